@@ -1,0 +1,142 @@
+//! `ferry store`: the embedded store, with etcd's flag names and defaults.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use ferry_store::{AutoCompaction, StoreConfig};
+
+/// Arguments of `ferry store`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    action: Option<StoreAction>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreAction {
+    /// Create a new data dir from a snapshot taken with `etcdctl snapshot save`.
+    Restore(RestoreArgs),
+}
+
+/// Flags of the running store (etcd's names and defaults).
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default", env = "ETCD_NAME")]
+    name: String,
+    /// Path to the data directory [default: ${name}.etcd].
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to listen on for client traffic.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ',',
+        env = "ETCD_LISTEN_CLIENT_URLS"
+    )]
+    listen_client_urls: Vec<String>,
+    /// Comma-separated client URLs to advertise to the cluster [default: the listen URLs].
+    #[arg(long, value_delimiter = ',', env = "ETCD_ADVERTISE_CLIENT_URLS")]
+    advertise_client_urls: Vec<String>,
+    /// Raise the NOSPACE alarm when the backend exceeds this many bytes (0 = 2 GiB).
+    #[arg(long, default_value_t = 0, env = "ETCD_QUOTA_BACKEND_BYTES")]
+    quota_backend_bytes: u64,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128, env = "ETCD_MAX_TXN_OPS")]
+    max_txn_ops: usize,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = 1536 * 1024, env = "ETCD_MAX_REQUEST_BYTES")]
+    max_request_bytes: usize,
+    /// Interpret --auto-compaction-retention as a duration (periodic) or a revision count.
+    #[arg(long, default_value = "periodic", env = "ETCD_AUTO_COMPACTION_MODE")]
+    auto_compaction_mode: String,
+    /// Auto compaction retention: 0 turns it off; hours or a duration (periodic), or revisions.
+    #[arg(long, default_value = "0", env = "ETCD_AUTO_COMPACTION_RETENTION")]
+    auto_compaction_retention: String,
+}
+
+/// Arguments of `ferry store restore`.
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// The snapshot file.
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// The new data dir (must not hold a store yet).
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+impl StoreArgs {
+    /// Runs the store until SIGINT/SIGTERM, or performs the chosen action.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.action {
+            Some(StoreAction::Restore(args)) => restore(args),
+            None => serve(self.serve).await,
+        }
+    }
+}
+
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let restored = ferry_store::snapshot::restore(&args.snapshot, &args.data_dir)?;
+    println!(
+        "restored {} revisions (store revision {}) into {}",
+        restored.revisions,
+        restored.revision,
+        args.data_dir.display()
+    );
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.max_txn_ops == 0 {
+        return Err(anyhow!("--max-txn-ops must be at least 1"));
+    }
+    if args.max_request_bytes == 0 {
+        return Err(anyhow!("--max-request-bytes must be at least 1"));
+    }
+    let auto_compaction =
+        AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
+            .map_err(|e| anyhow!(e))?;
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", args.name)));
+    let mut config = StoreConfig::new(&data_dir);
+    config.name = args.name;
+    config.listen_client_urls = args.listen_client_urls;
+    config.advertise_client_urls = args.advertise_client_urls;
+    if args.quota_backend_bytes > 0 {
+        config.quota_backend_bytes = args.quota_backend_bytes;
+    }
+    config.max_txn_ops = args.max_txn_ops;
+    config.max_request_bytes = args.max_request_bytes;
+    config.auto_compaction = auto_compaction;
+    let running = ferry_store::start(config)
+        .await
+        .with_context(|| format!("starting the store in {}", data_dir.display()))?;
+    for addr in &running.local_addrs {
+        tracing::info!(data_dir = %data_dir.display(), "ready to serve client requests on http://{addr}");
+    }
+    running.run_until(shutdown_signal()).await?;
+    tracing::info!("store stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the store");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

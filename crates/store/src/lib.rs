@@ -1,0 +1,13 @@
+//! ferry's embedded store: a single-node server for etcd's v3 gRPC protocol.
+//!
+//! [`mvcc`] holds the data model (revisions, the key index, the redb backend); [`server`]
+//! serves it as etcd's KV, Maintenance and Cluster services.
+
+pub mod error;
+pub mod mvcc;
+
+pub use error::StoreError;
+pub mod server;
+pub mod snapshot;
+
+pub use server::{start, AutoCompaction, RunningStore, StoreConfig};

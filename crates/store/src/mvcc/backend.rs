@@ -1,0 +1,159 @@
+//! The durable half of the store: redb tables and what they hold.
+//!
+//! `kv` maps a [`Revision`] to the protobuf-encoded `KeyValue` written at that revision (a
+//! tombstone is a `KeyValue` with version 0); `meta` holds counters and ids; `lease` maps a
+//! lease id to its TTL. The in-memory [`TreeIndex`] is rebuilt from `kv` on open.
+
+use std::path::Path;
+
+use etcd_client::proto::PbKeyValue;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::key_index::{KeyChange, TreeIndex};
+use super::revision::Revision;
+use crate::error::StoreError;
+
+/// Revision bytes → encoded `KeyValue`.
+pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+/// Name → integer.
+pub const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+/// Lease id → granted TTL in seconds.
+pub const LEASE: TableDefinition<i64, i64> = TableDefinition::new("lease");
+
+/// `meta` key: the revision the store was last compacted at.
+pub const META_COMPACT_REV: &str = "compact_revision";
+/// `meta` key: this store's cluster id.
+pub const META_CLUSTER_ID: &str = "cluster_id";
+/// `meta` key: this store's member id.
+pub const META_MEMBER_ID: &str = "member_id";
+/// `meta` key: number of write requests applied (reported as the raft index).
+pub const META_APPLIED_INDEX: &str = "applied_index";
+/// `meta` key: 1 while the NOSPACE alarm is raised.
+pub const META_ALARM_NOSPACE: &str = "alarm_nospace";
+/// `meta` key: the highest revision ever published (survives compaction of tombstones).
+pub const META_CURRENT_REV: &str = "current_revision";
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "ferry.redb";
+
+/// What a store needs from its history when it opens.
+pub struct Recovered {
+    pub index: TreeIndex,
+    pub current_rev: i64,
+    pub compact_rev: i64,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub applied_index: i64,
+    pub nospace: bool,
+    pub leases: Vec<(i64, i64)>,
+}
+
+/// Opens (or creates) the database in `data_dir`, refusing one another process holds.
+pub fn open(data_dir: &Path) -> Result<Database, StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+        what: format!("creating data dir {}", data_dir.display()),
+        source,
+    })?;
+    let path = data_dir.join(DB_FILE);
+    match Database::create(&path) {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            Err(StoreError::DataDirLocked(data_dir.to_path_buf()))
+        }
+        Err(e) => Err(StoreError::Backend(format!(
+            "opening {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Creates the tables and ids of a new store; a no-op for an existing one.
+pub fn initialise(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(StoreError::backend)?;
+    {
+        txn.open_table(KV).map_err(StoreError::backend)?;
+        txn.open_table(LEASE).map_err(StoreError::backend)?;
+        let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
+        for name in [META_CLUSTER_ID, META_MEMBER_ID] {
+            if meta.get(name).map_err(StoreError::backend)?.is_none() {
+                let id = (rand::random::<u64>() >> 1).max(1) as i64;
+                meta.insert(name, id).map_err(StoreError::backend)?;
+            }
+        }
+    }
+    txn.commit().map_err(StoreError::backend)
+}
+
+/// Reads everything the store keeps in memory back from disk.
+pub fn recover(db: &Database) -> Result<Recovered, StoreError> {
+    let txn = db.begin_read().map_err(StoreError::backend)?;
+    let meta = txn.open_table(META).map_err(StoreError::backend)?;
+    let get = |name: &str| -> Result<i64, StoreError> {
+        Ok(meta
+            .get(name)
+            .map_err(StoreError::backend)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    };
+    let compact_rev = get(META_COMPACT_REV)?;
+    let mut current_rev = get(META_CURRENT_REV)?.max(compact_rev);
+    let mut index = TreeIndex::default();
+    let kv = txn.open_table(KV).map_err(StoreError::backend)?;
+    for entry in kv.iter().map_err(StoreError::backend)? {
+        let (rev, value) = entry.map_err(StoreError::backend)?;
+        let rev = Revision::from_bytes(rev.value())
+            .ok_or_else(|| StoreError::Corrupt("kv table key is not a revision".into()))?;
+        let kv = decode_kv(value.value())?;
+        index.record(&kv.key, change_of(rev, &kv));
+        current_rev = current_rev.max(rev.main);
+    }
+    let leases = txn
+        .open_table(LEASE)
+        .map_err(StoreError::backend)?
+        .iter()
+        .map_err(StoreError::backend)?
+        .map(|e| {
+            e.map(|(id, ttl)| (id.value(), ttl.value()))
+                .map_err(StoreError::backend)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Recovered {
+        index,
+        current_rev,
+        compact_rev,
+        cluster_id: get(META_CLUSTER_ID)? as u64,
+        member_id: get(META_MEMBER_ID)? as u64,
+        applied_index: get(META_APPLIED_INDEX)?,
+        nospace: get(META_ALARM_NOSPACE)? != 0,
+        leases,
+    })
+}
+
+/// Decodes one stored `KeyValue`.
+pub fn decode_kv(bytes: &[u8]) -> Result<PbKeyValue, StoreError> {
+    PbKeyValue::decode(bytes).map_err(|e| StoreError::Corrupt(format!("stored KeyValue: {e}")))
+}
+
+/// The index entry describing a stored `KeyValue`.
+pub fn change_of(rev: Revision, kv: &PbKeyValue) -> KeyChange {
+    KeyChange {
+        rev,
+        create_revision: kv.create_revision,
+        version: kv.version,
+        lease: kv.lease,
+    }
+}
+
+/// Loads the value stored at `rev` through any readable `kv` table.
+pub fn load<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    rev: Revision,
+) -> Result<PbKeyValue, StoreError> {
+    let bytes = rev.to_bytes();
+    let value = table
+        .get(bytes.as_slice())
+        .map_err(StoreError::backend)?
+        .ok_or_else(|| StoreError::Corrupt(format!("no value stored at revision {rev:?}")))?;
+    decode_kv(value.value())
+}

@@ -1,0 +1,425 @@
+//! The MVCC key-value store: concurrent readers, one writer thread with group commit.
+//!
+//! Write requests queue to a single writer thread, which applies every request waiting in the
+//! queue inside one backend transaction (one revision per request) and commits it with one
+//! fsync before acknowledging any of them. Readers never wait for the writer: they read at
+//! the last published revision, which moves only after a commit is durable.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use etcd_client::proto::{
+    PbDeleteRequest, PbDeleteResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
+    PbRangeResponse, PbTxnRequest, PbTxnResponse,
+};
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, ReadableDatabase};
+use tokio::sync::{mpsc, oneshot};
+
+use super::apply::Applier;
+use super::backend::{self, KV, META};
+use super::key_index::TreeIndex;
+use super::range::{self, resolve_revision};
+use super::revision::Revision;
+use super::watchable::Event;
+use crate::error::StoreError;
+
+/// How many queued requests one commit may carry.
+const MAX_BATCH: usize = 1024;
+
+/// Limits the store enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most operations in one transaction branch.
+    pub max_txn_ops: usize,
+    /// Backend size at which the NOSPACE alarm is raised.
+    pub quota_backend_bytes: u64,
+}
+
+/// A write the writer thread applies.
+pub enum WriteRequest {
+    Put(PbPutRequest),
+    Delete(PbDeleteRequest),
+    Txn(PbTxnRequest),
+    Compact(i64),
+    Defragment,
+    SetNoSpace(bool),
+}
+
+/// What a write returns.
+pub enum WriteResponse {
+    Put(PbPutResponse),
+    Delete(PbDeleteResponse),
+    Txn(PbTxnResponse),
+    Done,
+}
+
+type Reply = oneshot::Sender<Result<WriteResponse, StoreError>>;
+
+/// State shared by readers, the writer and the servers.
+pub struct Shared {
+    pub(crate) db: RwLock<Database>,
+    pub(crate) db_path: PathBuf,
+    pub(crate) index: RwLock<TreeIndex>,
+    /// Last revision whose changes are durable and visible.
+    pub(crate) current_rev: AtomicI64,
+    pub(crate) compact_rev: AtomicI64,
+    pub(crate) applied_index: AtomicI64,
+    pub(crate) nospace: AtomicBool,
+    pub(crate) poisoned: Mutex<Option<String>>,
+    pub(crate) cluster_id: u64,
+    pub(crate) member_id: u64,
+    pub(crate) limits: Limits,
+    pub(crate) leases: Mutex<std::collections::BTreeMap<i64, i64>>,
+}
+
+/// Handle to an open store; cheap to clone.
+#[derive(Clone)]
+pub struct MvccStore {
+    shared: Arc<Shared>,
+    writes: mpsc::Sender<(WriteRequest, Reply)>,
+    events: tokio::sync::broadcast::Sender<Arc<Vec<Event>>>,
+}
+
+impl MvccStore {
+    /// Opens the store in `data_dir`, recovering its history, and starts the writer thread.
+    pub fn open(data_dir: &Path, limits: Limits) -> Result<Self, StoreError> {
+        let db = backend::open(data_dir)?;
+        backend::initialise(&db)?;
+        let recovered = backend::recover(&db)?;
+        let shared = Arc::new(Shared {
+            db: RwLock::new(db),
+            db_path: data_dir.join(backend::DB_FILE),
+            index: RwLock::new(recovered.index),
+            current_rev: AtomicI64::new(recovered.current_rev.max(1)),
+            compact_rev: AtomicI64::new(recovered.compact_rev),
+            applied_index: AtomicI64::new(recovered.applied_index),
+            nospace: AtomicBool::new(recovered.nospace),
+            poisoned: Mutex::new(None),
+            cluster_id: recovered.cluster_id,
+            member_id: recovered.member_id,
+            limits,
+            leases: Mutex::new(recovered.leases.into_iter().collect()),
+        });
+        let (writes, queue) = mpsc::channel(16 * MAX_BATCH);
+        let (events, _) = tokio::sync::broadcast::channel(4096);
+        let writer = Writer {
+            shared: shared.clone(),
+            queue,
+            events: events.clone(),
+        };
+        std::thread::Builder::new()
+            .name("ferry-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| StoreError::Io {
+                what: "starting the writer thread".into(),
+                source,
+            })?;
+        Ok(Self {
+            shared,
+            writes,
+            events,
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The last durable revision.
+    pub fn current_revision(&self) -> i64 {
+        self.shared.current_rev.load(Ordering::Acquire)
+    }
+
+    /// The revision the store was last compacted at.
+    pub fn compact_revision(&self) -> i64 {
+        self.shared.compact_rev.load(Ordering::Acquire)
+    }
+
+    /// Subscribes to the events of every commit from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<Event>>> {
+        self.events.subscribe()
+    }
+
+    /// Serves a Range at the last durable revision (or the one requested).
+    pub fn range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse, StoreError> {
+        let (txn, plan, current) = {
+            let index = self.shared.index.read();
+            let current = self.current_revision();
+            let at = resolve_revision(req.revision, current, self.compact_revision())?;
+            let plan = range::plan(&index, req, at);
+            // The read snapshot starts while the index lock keeps compaction out, so every
+            // value the plan names is still in it.
+            let txn = self
+                .shared
+                .db
+                .read()
+                .begin_read()
+                .map_err(StoreError::backend)?;
+            (txn, plan, current)
+        };
+        let table = txn.open_table(KV).map_err(StoreError::backend)?;
+        range::finish(&table, req, plan, current)
+    }
+
+    /// Queues a write and waits until it is durable.
+    pub async fn write(&self, req: WriteRequest) -> Result<WriteResponse, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send((req, tx))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// The backend file's size in bytes.
+    pub fn db_size(&self) -> u64 {
+        std::fs::metadata(&self.shared.db_path)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    queue: mpsc::Receiver<(WriteRequest, Reply)>,
+    events: tokio::sync::broadcast::Sender<Arc<Vec<Event>>>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = self.queue.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match self.queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            if let Some(reason) = self.shared.poisoned.lock().clone() {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+                }
+                continue;
+            }
+            if batch
+                .iter()
+                .any(|(r, _)| matches!(r, WriteRequest::Defragment))
+            {
+                self.run_singly(&mut batch);
+            } else {
+                self.commit_batch(batch.drain(..).collect());
+            }
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Defragmentation needs the database to itself; the rest of its batch commits around it.
+    fn run_singly(&mut self, batch: &mut Vec<(WriteRequest, Reply)>) {
+        let mut rest = Vec::new();
+        for (req, reply) in batch.drain(..) {
+            if matches!(req, WriteRequest::Defragment) {
+                if !rest.is_empty() {
+                    self.commit_batch(std::mem::take(&mut rest));
+                }
+                let _ = reply.send(self.defragment().map(|_| WriteResponse::Done));
+            } else {
+                rest.push((req, reply));
+            }
+        }
+        if !rest.is_empty() {
+            self.commit_batch(rest);
+        }
+    }
+
+    fn defragment(&self) -> Result<(), StoreError> {
+        let mut db = self.shared.db.write();
+        for _ in 0..200 {
+            match db.compact() {
+                Ok(_) => return Ok(()),
+                Err(redb::CompactionError::TransactionInProgress) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => return Err(StoreError::backend(e)),
+            }
+        }
+        Err(StoreError::Backend(
+            "defragment: reads kept the database busy for 2 s; try again".into(),
+        ))
+    }
+
+    fn commit_batch(&mut self, batch: Vec<(WriteRequest, Reply)>) {
+        let published = self.shared.current_rev.load(Ordering::Acquire);
+        let mut touched = Vec::new();
+        let mut events = Vec::new();
+        let mut results = Vec::with_capacity(batch.len());
+        let outcome = self.apply_batch(&batch, published, &mut touched, &mut events, &mut results);
+        match outcome {
+            Ok(new_rev) => {
+                self.shared.current_rev.store(new_rev, Ordering::Release);
+                if !events.is_empty() {
+                    let _ = self.events.send(Arc::new(events));
+                }
+                for ((_, reply), result) in batch.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "store commit failed; refusing further writes");
+                self.shared
+                    .index
+                    .write()
+                    .truncate_above(&touched, published);
+                *self.shared.poisoned.lock() = Some(reason.clone());
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+                }
+            }
+        }
+    }
+
+    /// Applies the batch in one backend transaction and commits it; returns the new revision.
+    fn apply_batch(
+        &self,
+        batch: &[(WriteRequest, Reply)],
+        published: i64,
+        touched: &mut Vec<Vec<u8>>,
+        events: &mut Vec<Event>,
+        results: &mut Vec<Result<WriteResponse, StoreError>>,
+    ) -> Result<i64, StoreError> {
+        let shared = &*self.shared;
+        let txn = shared
+            .db
+            .read()
+            .begin_write()
+            .map_err(StoreError::backend)?;
+        let mut rev = published;
+        let mut applied = 0i64;
+        let mut meta_changed = false;
+        {
+            let mut kv = txn.open_table(KV).map_err(StoreError::backend)?;
+            let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
+            let leases = shared.leases.lock();
+            let lease_exists = |id: i64| leases.contains_key(&id);
+            for (req, _) in batch {
+                if let Err(e) = self.check_quota(req, &mut meta) {
+                    meta_changed = true;
+                    results.push(Err(e));
+                    continue;
+                }
+                let mut applier = Applier {
+                    kv: &mut kv,
+                    index: &shared.index,
+                    base: rev,
+                    compacted: shared.compact_rev.load(Ordering::Acquire),
+                    sub: 0,
+                    touched,
+                    events,
+                    lease_exists: &lease_exists,
+                };
+                let result = match req {
+                    WriteRequest::Put(p) => applier.put(p).map(WriteResponse::Put),
+                    WriteRequest::Delete(d) => applier.delete(d).map(WriteResponse::Delete),
+                    WriteRequest::Txn(t) => applier.txn(t).map(WriteResponse::Txn),
+                    WriteRequest::Compact(at) => compact(shared, applier.kv, &mut meta, *at, rev)
+                        .map(|_| WriteResponse::Done),
+                    WriteRequest::SetNoSpace(on) => {
+                        set_nospace(shared, &mut meta, *on).map(|_| WriteResponse::Done)
+                    }
+                    WriteRequest::Defragment => Ok(WriteResponse::Done),
+                };
+                if applier.sub > 0 {
+                    rev += 1;
+                }
+                meta_changed |=
+                    matches!(req, WriteRequest::Compact(_) | WriteRequest::SetNoSpace(_));
+                if result.is_ok() {
+                    applied += 1;
+                }
+                results.push(result);
+            }
+            if rev == published && !meta_changed {
+                // Nothing changed (reads, failed checks): no commit, no fsync.
+                drop((kv, meta, leases));
+                txn.abort().map_err(StoreError::backend)?;
+                return Ok(rev);
+            }
+            let index = shared.applied_index.load(Ordering::Acquire) + applied;
+            meta.insert(backend::META_CURRENT_REV, rev)
+                .map_err(StoreError::backend)?;
+            meta.insert(backend::META_APPLIED_INDEX, index)
+                .map_err(StoreError::backend)?;
+        }
+        txn.commit().map_err(StoreError::backend)?;
+        shared.applied_index.fetch_add(applied, Ordering::AcqRel);
+        Ok(rev)
+    }
+
+    /// etcd's quota: a write that would grow the backend past the quota raises NOSPACE, and
+    /// while NOSPACE is raised every put fails.
+    fn check_quota(
+        &self,
+        req: &WriteRequest,
+        meta: &mut redb::Table<&'static str, i64>,
+    ) -> Result<(), StoreError> {
+        let cost = match req {
+            WriteRequest::Put(p) => p.key.len() + p.value.len(),
+            WriteRequest::Txn(t) if !super::request_check::is_read_only(t) => {
+                prost::Message::encoded_len(t)
+            }
+            _ => return Ok(()),
+        };
+        if self.shared.nospace.load(Ordering::Acquire) {
+            return Err(StoreError::NoSpace);
+        }
+        let size = std::fs::metadata(&self.shared.db_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if size + cost as u64 > self.shared.limits.quota_backend_bytes {
+            set_nospace(&self.shared, meta, true)?;
+            return Err(StoreError::NoSpace);
+        }
+        Ok(())
+    }
+}
+
+fn set_nospace(
+    shared: &Shared,
+    meta: &mut redb::Table<&'static str, i64>,
+    on: bool,
+) -> Result<(), StoreError> {
+    meta.insert(backend::META_ALARM_NOSPACE, on as i64)
+        .map_err(StoreError::backend)?;
+    shared.nospace.store(on, Ordering::Release);
+    Ok(())
+}
+
+fn compact(
+    shared: &Shared,
+    kv: &mut redb::Table<&'static [u8], &'static [u8]>,
+    meta: &mut redb::Table<&'static str, i64>,
+    at: i64,
+    current: i64,
+) -> Result<(), StoreError> {
+    if at <= shared.compact_rev.load(Ordering::Acquire) {
+        return Err(StoreError::Compacted);
+    }
+    if at > current {
+        return Err(StoreError::FutureRev);
+    }
+    let obsolete = {
+        let mut index = shared.index.write();
+        shared.compact_rev.store(at, Ordering::Release);
+        index.compact(at)
+    };
+    for rev in obsolete {
+        kv.remove(Revision::to_bytes(rev).as_slice())
+            .map_err(StoreError::backend)?;
+    }
+    meta.insert(backend::META_COMPACT_REV, at)
+        .map_err(StoreError::backend)?;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! etcd's Cluster service for a single member.
+
+use etcd_client::proto::{
+    PbClusterService, PbMember, PbMemberAddRequest, PbMemberAddResponse, PbMemberListRequest,
+    PbMemberListResponse, PbMemberPromoteRequest, PbMemberPromoteResponse, PbMemberRemoveRequest,
+    PbMemberRemoveResponse, PbMemberUpdateRequest, PbMemberUpdateResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::Context;
+use crate::StoreError;
+
+pub(crate) struct ClusterService {
+    ctx: Context,
+}
+
+impl ClusterService {
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl PbClusterService for ClusterService {
+    async fn member_add(
+        &self,
+        _request: Request<PbMemberAddRequest>,
+    ) -> Result<Response<PbMemberAddResponse>, Status> {
+        Err(StoreError::MembershipUnsupported.into())
+    }
+
+    async fn member_remove(
+        &self,
+        _request: Request<PbMemberRemoveRequest>,
+    ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        Err(StoreError::MembershipUnsupported.into())
+    }
+
+    async fn member_update(
+        &self,
+        _request: Request<PbMemberUpdateRequest>,
+    ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        Err(StoreError::MembershipUnsupported.into())
+    }
+
+    async fn member_list(
+        &self,
+        _request: Request<PbMemberListRequest>,
+    ) -> Result<Response<PbMemberListResponse>, Status> {
+        let member = PbMember {
+            id: self.ctx.store.shared().member_id,
+            name: self.ctx.config.name.clone(),
+            peer_ur_ls: vec![],
+            client_ur_ls: self.ctx.client_urls.to_vec(),
+            is_learner: false,
+        };
+        Ok(Response::new(PbMemberListResponse {
+            header: self.ctx.header(self.ctx.store.current_revision()),
+            members: vec![member],
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _request: Request<PbMemberPromoteRequest>,
+    ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        Err(StoreError::MembershipUnsupported.into())
+    }
+}

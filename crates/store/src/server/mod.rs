@@ -1,0 +1,236 @@
+//! The gRPC front end: etcd's KV, Maintenance and Cluster services over [`MvccStore`].
+
+mod auto_compaction;
+mod cluster;
+mod kv;
+mod maintenance;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::proto::{PbClusterServer, PbKvServer, PbMaintenanceServer, PbResponseHeader};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use auto_compaction::AutoCompaction;
+
+use crate::error::StoreError;
+use crate::mvcc::kvstore::{Limits, MvccStore};
+
+/// The version reported by Status; etcd clients gate features on it.
+pub const SERVER_VERSION: &str = "3.5.0";
+/// The raft term a single member reports: it is always the leader of its first term.
+const RAFT_TERM: u64 = 1;
+/// Headroom gRPC allows above `--max-request-bytes`, as etcd does, so that a request a little
+/// too large gets etcd's own error instead of a transport error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Everything `ferry store` is configured with.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Where the backend lives.
+    pub data_dir: PathBuf,
+    /// This member's human-readable name.
+    pub name: String,
+    /// Addresses to serve clients on.
+    pub listen_client_urls: Vec<String>,
+    /// Client URLs reported by MemberList (defaults to the listen URLs).
+    pub advertise_client_urls: Vec<String>,
+    /// Backend size at which NOSPACE is raised.
+    pub quota_backend_bytes: u64,
+    /// Most operations in one transaction branch.
+    pub max_txn_ops: usize,
+    /// Largest request accepted.
+    pub max_request_bytes: usize,
+    /// Automatic compaction, if any.
+    pub auto_compaction: Option<AutoCompaction>,
+}
+
+impl StoreConfig {
+    /// etcd's defaults, with the data dir given.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            name: "default".into(),
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: Vec::new(),
+            quota_backend_bytes: 2 * 1024 * 1024 * 1024,
+            max_txn_ops: 128,
+            max_request_bytes: 1536 * 1024,
+            auto_compaction: None,
+        }
+    }
+}
+
+/// Parses an etcd client URL (`http://host:port`) into something to bind.
+pub fn parse_client_url(url: &str) -> Result<String, StoreError> {
+    let invalid = |why: &str| StoreError::InvalidUrl {
+        url: url.to_string(),
+        reason: why.to_string(),
+    };
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(invalid("TLS listeners are not supported yet; use http://"));
+    } else {
+        return Err(invalid("expected http://HOST:PORT"));
+    };
+    let hostport = rest.trim_end_matches('/');
+    if hostport.is_empty() || !hostport.contains(':') || hostport.contains('/') {
+        return Err(invalid("expected http://HOST:PORT"));
+    }
+    Ok(hostport.to_string())
+}
+
+/// What every service needs.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub store: MvccStore,
+    pub config: Arc<StoreConfig>,
+    pub client_urls: Arc<Vec<String>>,
+}
+
+impl Context {
+    /// A response header for `revision`, with this member's ids.
+    pub fn header(&self, revision: i64) -> Option<PbResponseHeader> {
+        let shared = self.store.shared();
+        Some(PbResponseHeader {
+            cluster_id: shared.cluster_id,
+            member_id: shared.member_id,
+            revision,
+            raft_term: RAFT_TERM,
+        })
+    }
+
+    /// Fills in the ids of a header the store produced.
+    pub fn fill(&self, header: &mut Option<PbResponseHeader>) {
+        let revision = header
+            .as_ref()
+            .map_or_else(|| self.store.current_revision(), |h| h.revision);
+        *header = self.header(revision);
+    }
+
+    /// etcd's request size limit.
+    pub fn check_size(&self, msg: &impl prost::Message) -> Result<(), StoreError> {
+        if msg.encoded_len() > self.config.max_request_bytes {
+            return Err(StoreError::RequestTooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// A store serving clients.
+pub struct RunningStore {
+    /// The addresses it listens on (ports resolved).
+    pub local_addrs: Vec<SocketAddr>,
+    tasks: tokio::task::JoinSet<Result<(), StoreError>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl RunningStore {
+    /// Stops serving and waits for the listeners to close.
+    pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        let _ = self.stop.send(true);
+        while let Some(joined) = self.tasks.join_next().await {
+            joined.map_err(|e| StoreError::Backend(format!("server task: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// Serves until `signal` completes, then shuts down.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), StoreError> {
+        tokio::select! {
+            _ = signal => {}
+            Some(joined) = self.tasks.join_next() => {
+                joined.map_err(|e| StoreError::Backend(format!("server task: {e}")))??;
+            }
+        }
+        self.shutdown().await
+    }
+}
+
+/// Opens the store and starts serving it on every listen URL.
+pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
+    let mut listeners = Vec::new();
+    for url in &config.listen_client_urls {
+        let addr = parse_client_url(url)?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StoreError::Io {
+                what: format!("listening on {url}"),
+                source,
+            })?;
+        listeners.push(listener);
+    }
+    let local_addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| StoreError::Io {
+            what: "reading listener address".into(),
+            source,
+        })?;
+    let limits = Limits {
+        max_txn_ops: config.max_txn_ops,
+        quota_backend_bytes: config.quota_backend_bytes,
+    };
+    let store = MvccStore::open(&config.data_dir, limits)?;
+    let client_urls = if config.advertise_client_urls.is_empty() {
+        local_addrs.iter().map(|a| format!("http://{a}")).collect()
+    } else {
+        config.advertise_client_urls.clone()
+    };
+    let ctx = Context {
+        store: store.clone(),
+        config: Arc::new(config.clone()),
+        client_urls: Arc::new(client_urls),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(policy) = config.auto_compaction.clone() {
+        let mut stopped = stopped.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = auto_compaction::run(store, policy) => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        });
+    }
+    let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    for (listener, addr) in listeners.into_iter().zip(&local_addrs) {
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(
+                PbKvServer::new(kv::KvService::new(ctx.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                PbMaintenanceServer::new(maintenance::MaintenanceService::new(ctx.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(PbClusterServer::new(cluster::ClusterService::new(
+                ctx.clone(),
+            )));
+        let mut stopped = stopped.clone();
+        tracing::info!(address = %addr, name = %config.name, "serving etcd v3 clients");
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| StoreError::Backend(format!("gRPC server: {e}")))
+        });
+    }
+    Ok(RunningStore {
+        local_addrs,
+        tasks,
+        stop,
+    })
+}
