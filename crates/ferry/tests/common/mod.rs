@@ -1,0 +1,64 @@
+//! Helpers shared by ferry's integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+pub use ferry_testkit::{Kind, Server};
+
+/// The `ferry` binary built for these tests.
+pub fn ferry_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// Starts a server of `kind` with extra etcd-style flags.
+pub async fn start(kind: Kind, extra: &[&str]) -> anyhow::Result<Server> {
+    Server::start(kind, ferry_bin(), extra).await
+}
+
+/// The gRPC status behind a client error, or a test failure naming what came instead.
+pub fn status(err: etcd_client::Error) -> tonic::Status {
+    match err {
+        etcd_client::Error::GRpcStatus(s) => s,
+        other => panic!("expected a gRPC status error, got {other:?}"),
+    }
+}
+
+/// Asserts that `result` failed with etcd's `code` and exact `message`.
+pub fn assert_etcd_error<T: std::fmt::Debug>(
+    result: Result<T, etcd_client::Error>,
+    code: tonic::Code,
+    message: &str,
+) {
+    match result {
+        Ok(v) => panic!("expected error {message:?}, got success {v:?}"),
+        Err(e) => {
+            let s = status(e);
+            assert_eq!((s.code(), s.message()), (code, message), "wrong error");
+        }
+    }
+}
+
+/// Generates one test per case and backend: `on_ferry::case` and `on_etcd::case`.
+#[macro_export]
+macro_rules! against_both {
+    ($flags:expr; $($case:ident),* $(,)?) => {
+        mod on_ferry {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() -> anyhow::Result<()> {
+                    let server = super::common::start(super::common::Kind::Ferry, $flags).await?;
+                    super::$case(&server).await
+                }
+            )*
+        }
+        mod on_etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() -> anyhow::Result<()> {
+                    let server = super::common::start(super::common::Kind::Etcd, $flags).await?;
+                    super::$case(&server).await
+                }
+            )*
+        }
+    };
+}
