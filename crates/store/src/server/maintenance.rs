@@ -103,7 +103,9 @@ impl PbMaintenanceService for MaintenanceService {
                     vec![]
                 }
             }
-            ACTION_ACTIVATE | ACTION_DEACTIVATE if req.alarm == ALARM_NOSPACE => {
+            ACTION_ACTIVATE | ACTION_DEACTIVATE
+                if req.alarm == ALARM_NOSPACE && req.member_id == self.member_id() =>
+            {
                 let on = req.action == ACTION_ACTIVATE;
                 let was = self.nospace();
                 self.ctx.store.write(WriteRequest::SetNoSpace(on)).await?;
