@@ -25,14 +25,22 @@ macro_rules! against_both_quota {
         mod quota_on_ferry {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn nospace_alarm_blocks_puts_until_disarmed() -> anyhow::Result<()> {
-                let s = super::common::start(super::common::Kind::Ferry, &["--quota-backend-bytes", "4194304"]).await?;
+                let s = super::common::start(
+                    super::common::Kind::Ferry,
+                    &["--quota-backend-bytes", "4194304"],
+                )
+                .await?;
                 super::nospace_alarm_blocks_puts_until_disarmed(&s).await
             }
         }
         mod quota_on_etcd {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn nospace_alarm_blocks_puts_until_disarmed() -> anyhow::Result<()> {
-                let s = super::common::start(super::common::Kind::Etcd, &["--quota-backend-bytes", "4194304"]).await?;
+                let s = super::common::start(
+                    super::common::Kind::Etcd,
+                    &["--quota-backend-bytes", "4194304"],
+                )
+                .await?;
                 super::nospace_alarm_blocks_puts_until_disarmed(&s).await
             }
         }
@@ -51,8 +59,15 @@ async fn status_reports_a_usable_version_and_self_as_leader(server: &Server) -> 
         s.version()
     );
     assert!(s.db_size() > 0);
-    let header = s.header().cloned().ok_or_else(|| anyhow::anyhow!("no header"))?;
-    assert_eq!(s.leader(), header.member_id(), "a single member leads itself");
+    let header = s
+        .header()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no header"))?;
+    assert_eq!(
+        s.leader(),
+        header.member_id(),
+        "a single member leads itself"
+    );
     assert_eq!(header.revision(), 2);
     assert!(s.raft_index() >= 1);
     Ok(())
@@ -76,9 +91,17 @@ async fn hash_kv_is_stable_for_a_revision(server: &Server) -> anyhow::Result<()>
     let first = c.hash_kv(3).await?;
     c.put("c", "3", None).await?;
     let again = c.hash_kv(3).await?;
-    assert_eq!(first.hash(), again.hash(), "history up to a revision does not change");
+    assert_eq!(
+        first.hash(),
+        again.hash(),
+        "history up to a revision does not change"
+    );
     let later = c.hash_kv(4).await?;
-    assert_ne!(first.hash(), later.hash(), "a new revision changes the hash");
+    assert_ne!(
+        first.hash(),
+        later.hash(),
+        "a new revision changes the hash"
+    );
     c.compact(2, None).await?;
     assert_eq!(c.hash_kv(0).await?.compact_version(), 2);
     assert_etcd_error(
@@ -95,12 +118,18 @@ async fn defragment_reclaims_space(server: &Server) -> anyhow::Result<()> {
     for i in 0..300 {
         c.put(format!("big/{i:04}"), value.clone(), None).await?;
     }
-    let r = c.delete("big/", Some(DeleteOptions::new().with_prefix())).await?;
-    c.compact(r.header().map(|h| h.revision()).unwrap_or(0), None).await?;
+    let r = c
+        .delete("big/", Some(DeleteOptions::new().with_prefix()))
+        .await?;
+    c.compact(r.header().map(|h| h.revision()).unwrap_or(0), None)
+        .await?;
     let before = c.status().await?.db_size();
     c.defragment().await?;
     let after = c.status().await?.db_size();
-    assert!(after < before, "defragment did not shrink the backend: {before} -> {after}");
+    assert!(
+        after < before,
+        "defragment did not shrink the backend: {before} -> {after}"
+    );
     c.put("still", "works", None).await?;
     assert_eq!(c.get("still", None).await?.kvs()[0].value(), b"works");
     Ok(())
@@ -118,7 +147,11 @@ async fn snapshot_stream_ends_with_its_sha256(server: &Server) -> anyhow::Result
         bytes.extend_from_slice(chunk.blob());
         last_remaining = Some(chunk.remaining_bytes());
     }
-    assert_eq!(last_remaining, Some(0), "the last chunk has nothing remaining");
+    assert_eq!(
+        last_remaining,
+        Some(0),
+        "the last chunk has nothing remaining"
+    );
     // etcdctl recognises the digest by the length: whole 512-byte pages plus 32 bytes.
     assert_eq!(bytes.len() % 512, 32, "snapshot length {}", bytes.len());
     let (body, digest) = bytes.split_at(bytes.len() - 32);
@@ -150,7 +183,10 @@ async fn nospace_alarm_blocks_puts_until_disarmed(server: &Server) -> anyhow::Re
     let refused = refused.ok_or_else(|| anyhow::anyhow!("64 puts of 512 KiB fit a 4 MiB quota"))?;
     assert_eq!(
         (refused.code(), refused.message()),
-        (Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded")
+        (
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded"
+        )
     );
     let alarms = c.alarm(AlarmAction::Get, AlarmType::None, None).await?;
     assert_eq!(alarms.alarms().len(), 1);
@@ -162,10 +198,23 @@ async fn nospace_alarm_blocks_puts_until_disarmed(server: &Server) -> anyhow::Re
         Code::ResourceExhausted,
         "etcdserver: mvcc: database space exceeded",
     );
-    let count = c.get("q/", Some(GetOptions::new().with_prefix().with_count_only())).await?.count();
-    assert_eq!(count as usize, acknowledged.len(), "every acknowledged put is kept");
-    let r = c.delete("q/", Some(DeleteOptions::new().with_prefix())).await?;
-    c.compact(r.header().map(|h| h.revision()).unwrap_or(0), None).await?;
+    let count = c
+        .get(
+            "q/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await?
+        .count();
+    assert_eq!(
+        count as usize,
+        acknowledged.len(),
+        "every acknowledged put is kept"
+    );
+    let r = c
+        .delete("q/", Some(DeleteOptions::new().with_prefix()))
+        .await?;
+    c.compact(r.header().map(|h| h.revision()).unwrap_or(0), None)
+        .await?;
     c.defragment().await?;
     // Disarming names the member, as `etcdctl alarm disarm` does; another id disarms nothing.
     let for_member = |id: u64| {
@@ -173,10 +222,30 @@ async fn nospace_alarm_blocks_puts_until_disarmed(server: &Server) -> anyhow::Re
         opts.with_member(id);
         Some(opts)
     };
-    c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, for_member(member + 1)).await?;
-    assert_eq!(c.alarm(AlarmAction::Get, AlarmType::None, None).await?.alarms().len(), 1);
-    c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, for_member(member)).await?;
-    assert!(c.alarm(AlarmAction::Get, AlarmType::None, None).await?.alarms().is_empty());
+    c.alarm(
+        AlarmAction::Deactivate,
+        AlarmType::Nospace,
+        for_member(member + 1),
+    )
+    .await?;
+    assert_eq!(
+        c.alarm(AlarmAction::Get, AlarmType::None, None)
+            .await?
+            .alarms()
+            .len(),
+        1
+    );
+    c.alarm(
+        AlarmAction::Deactivate,
+        AlarmType::Nospace,
+        for_member(member),
+    )
+    .await?;
+    assert!(c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await?
+        .alarms()
+        .is_empty());
     c.put("tiny", "x", None).await?;
     Ok(())
 }

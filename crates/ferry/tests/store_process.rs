@@ -33,7 +33,14 @@ async fn acknowledged_writes_survive_kill_9_under_load() -> anyhow::Result<()> {
         // Let the load build up, then kill the server mid-stream.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut probe = server.client().await?;
-        while probe.get("crash/", Some(GetOptions::new().with_prefix().with_count_only())).await?.count() < 200 * (round + 1)
+        while probe
+            .get(
+                "crash/",
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await?
+            .count()
+            < 200 * (round + 1)
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -46,19 +53,37 @@ async fn acknowledged_writes_survive_kill_9_under_load() -> anyhow::Result<()> {
         let mut c = server.client().await?;
         for (key, rev) in &acknowledged {
             let got = c.get(key.as_str(), None).await?;
-            let kv = got.kvs().first().unwrap_or_else(|| panic!("acknowledged {key} is lost"));
-            assert_eq!(kv.mod_revision(), *rev, "{key} has the revision it was acknowledged at");
+            let kv = got
+                .kvs()
+                .first()
+                .unwrap_or_else(|| panic!("acknowledged {key} is lost"));
+            assert_eq!(
+                kv.mod_revision(),
+                *rev,
+                "{key} has the revision it was acknowledged at"
+            );
         }
         let mut revs: Vec<i64> = acknowledged.iter().map(|(_, r)| *r).collect();
         revs.sort_unstable();
         let before = revs.len();
         revs.dedup();
-        assert_eq!(before, revs.len(), "two acknowledged writes share a revision");
+        assert_eq!(
+            before,
+            revs.len(),
+            "two acknowledged writes share a revision"
+        );
         let max = revs.last().copied().unwrap_or(0);
         let next = c.put("after-restart", "x", None).await?;
-        assert!(next.header().map(|h| h.revision()).unwrap_or(0) > max, "revisions never repeat");
+        assert!(
+            next.header().map(|h| h.revision()).unwrap_or(0) > max,
+            "revisions never repeat"
+        );
     }
-    assert!(acknowledged.len() >= 300, "only {} writes were acknowledged", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 300,
+        "only {} writes were acknowledged",
+        acknowledged.len()
+    );
     Ok(())
 }
 
@@ -73,7 +98,10 @@ async fn a_second_process_on_the_same_data_dir_is_refused() -> anyhow::Result<()
         .output()?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("already in use by another ferry store process"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("already in use by another ferry store process"),
+        "stderr: {stderr}"
+    );
     server.client().await?.put("still", "serving", None).await?;
     Ok(())
 }
@@ -122,7 +150,10 @@ async fn snapshot_restores_into_a_new_store() -> anyhow::Result<()> {
         .output()?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sha256 digest does not match"));
-    assert!(!target.exists(), "a refused restore must not create the data dir");
+    assert!(
+        !target.exists(),
+        "a refused restore must not create the data dir"
+    );
 
     let out = Command::new(ferry_bin())
         .args(["store", "restore", "--snapshot"])
@@ -130,15 +161,28 @@ async fn snapshot_restores_into_a_new_store() -> anyhow::Result<()> {
         .arg("--data-dir")
         .arg(&target)
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let restored = Server::ferry_on(ferry_bin(), &target, &[]).await?;
     let mut r = restored.client().await?;
-    let all = r.get("snap/", Some(GetOptions::new().with_prefix())).await?;
+    let all = r
+        .get("snap/", Some(GetOptions::new().with_prefix()))
+        .await?;
     assert_eq!(all.count(), 99);
     assert_eq!(all.header().map(|h| h.revision()), Some(102));
-    let old = r.get("snap/010", Some(GetOptions::new().with_revision(60))).await?;
+    let old = r
+        .get("snap/010", Some(GetOptions::new().with_revision(60)))
+        .await?;
     assert_eq!(old.kvs()[0].value(), b"10");
-    assert!(r.get("x", Some(GetOptions::new().with_revision(10))).await.is_err(), "compaction is kept");
+    assert!(
+        r.get("x", Some(GetOptions::new().with_revision(10)))
+            .await
+            .is_err(),
+        "compaction is kept"
+    );
     // Restoring over an existing store is refused.
     let out = Command::new(ferry_bin())
         .args(["store", "restore", "--snapshot"])
@@ -155,10 +199,17 @@ async fn snapshot_restores_into_a_new_store() -> anyhow::Result<()> {
 async fn membership_changes_get_a_clear_error() -> anyhow::Result<()> {
     let server = start(Kind::Ferry, &[]).await?;
     let mut c = server.client().await?;
-    let err = c.member_add(["http://127.0.0.1:1"], None).await.expect_err("member add must fail");
+    let err = c
+        .member_add(["http://127.0.0.1:1"], None)
+        .await
+        .expect_err("member add must fail");
     let s = common::status(err);
     assert_eq!(s.code(), Code::FailedPrecondition);
-    assert!(s.message().contains("single-member store"), "{}", s.message());
+    assert!(
+        s.message().contains("single-member store"),
+        "{}",
+        s.message()
+    );
     assert_eq!(c.member_list().await?.members().len(), 1);
     Ok(())
 }
@@ -166,9 +217,14 @@ async fn membership_changes_get_a_clear_error() -> anyhow::Result<()> {
 async fn wait_for_compaction(c: &mut Client, below: i64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match c.get("k", Some(GetOptions::new().with_revision(below))).await {
+        match c
+            .get("k", Some(GetOptions::new().with_revision(below)))
+            .await
+        {
             Err(e) if e.to_string().contains("compacted") => return Ok(()),
-            _ if Instant::now() > deadline => anyhow::bail!("no auto-compaction past revision {below} within 15 s"),
+            _ if Instant::now() > deadline => {
+                anyhow::bail!("no auto-compaction past revision {below} within 15 s")
+            }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -178,7 +234,12 @@ async fn wait_for_compaction(c: &mut Client, below: i64) -> anyhow::Result<()> {
 async fn auto_compaction_in_revision_mode_keeps_the_last_n() -> anyhow::Result<()> {
     let server = start(
         Kind::Ferry,
-        &["--auto-compaction-mode", "revision", "--auto-compaction-retention", "10"],
+        &[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "10",
+        ],
     )
     .await?;
     let mut c = server.client().await?;
@@ -187,7 +248,9 @@ async fn auto_compaction_in_revision_mode_keeps_the_last_n() -> anyhow::Result<(
     }
     wait_for_compaction(&mut c, 5).await?;
     // The last 10 revisions stay readable.
-    let r = c.get("k", Some(GetOptions::new().with_revision(21))).await?;
+    let r = c
+        .get("k", Some(GetOptions::new().with_revision(21)))
+        .await?;
     assert_eq!(r.kvs()[0].value(), b"19");
     Ok(())
 }
@@ -196,7 +259,12 @@ async fn auto_compaction_in_revision_mode_keeps_the_last_n() -> anyhow::Result<(
 async fn auto_compaction_in_periodic_mode_follows_the_retention() -> anyhow::Result<()> {
     let server = start(
         Kind::Ferry,
-        &["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "2s"],
+        &[
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            "2s",
+        ],
     )
     .await?;
     let mut c = server.client().await?;
@@ -212,9 +280,28 @@ async fn auto_compaction_in_periodic_mode_follows_the_retention() -> anyhow::Res
 fn bad_flags_are_refused_with_the_flag_named() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cases: [(&[&str], &str); 4] = [
-        (&["--auto-compaction-mode", "hourly", "--auto-compaction-retention", "1"], "--auto-compaction-mode"),
-        (&["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"], "--auto-compaction-retention"),
-        (&["--listen-client-urls", "127.0.0.1:2379"], "invalid client URL"),
+        (
+            &[
+                "--auto-compaction-mode",
+                "hourly",
+                "--auto-compaction-retention",
+                "1",
+            ],
+            "--auto-compaction-mode",
+        ),
+        (
+            &[
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1h",
+            ],
+            "--auto-compaction-retention",
+        ),
+        (
+            &["--listen-client-urls", "127.0.0.1:2379"],
+            "invalid client URL",
+        ),
         (&["--max-txn-ops", "0"], "--max-txn-ops"),
     ];
     for (args, expected) in cases {
@@ -228,5 +315,8 @@ fn bad_flags_are_refused_with_the_flag_named() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: stderr {stderr:?}");
     }
-    assert!(!dir.path().join("d").exists(), "refused flags created the data dir");
+    assert!(
+        !dir.path().join("d").exists(),
+        "refused flags created the data dir"
+    );
 }

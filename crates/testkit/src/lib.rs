@@ -91,13 +91,17 @@ impl Server {
         let port = free_port()?;
         let client_url = format!("http://127.0.0.1:{port}");
         let mut args: Vec<String> = Vec::new();
+        let peer = format!("http://127.0.0.1:{}", free_port()?);
         let program = match kind {
             Kind::Ferry => {
-                args.push("store".into());
+                args.extend([
+                    "store".to_string(),
+                    "--initial-advertise-peer-urls".into(),
+                    peer,
+                ]);
                 ferry_bin.to_path_buf()
             }
             Kind::Etcd => {
-                let peer = format!("http://127.0.0.1:{}", free_port()?);
                 args.extend([
                     "--listen-peer-urls".to_string(),
                     peer.clone(),

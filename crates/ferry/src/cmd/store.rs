@@ -42,6 +42,14 @@ struct ServeArgs {
     /// Comma-separated client URLs to advertise to the cluster [default: the listen URLs].
     #[arg(long, value_delimiter = ',', env = "ETCD_ADVERTISE_CLIENT_URLS")]
     advertise_client_urls: Vec<String>,
+    /// Peer URLs reported in the member list (ferry serves no peer traffic).
+    #[arg(
+        long,
+        default_value = "http://localhost:2380",
+        value_delimiter = ',',
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS"
+    )]
+    initial_advertise_peer_urls: Vec<String>,
     /// Raise the NOSPACE alarm when the backend exceeds this many bytes (0 = 2 GiB).
     #[arg(long, default_value_t = 0, env = "ETCD_QUOTA_BACKEND_BYTES")]
     quota_backend_bytes: u64,
@@ -108,6 +116,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.name = args.name;
     config.listen_client_urls = args.listen_client_urls;
     config.advertise_client_urls = args.advertise_client_urls;
+    config.advertise_peer_urls = args.initial_advertise_peer_urls;
     if args.quota_backend_bytes > 0 {
         config.quota_backend_bytes = args.quota_backend_bytes;
     }

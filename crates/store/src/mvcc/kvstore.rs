@@ -210,7 +210,7 @@ impl Writer {
             {
                 self.run_singly(&mut batch);
             } else {
-                self.commit_batch(batch.drain(..).collect());
+                self.commit_batch(std::mem::take(&mut batch));
             }
         }
         tracing::debug!("store writer stopped");

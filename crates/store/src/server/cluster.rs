@@ -50,12 +50,13 @@ impl PbClusterService for ClusterService {
         let member = PbMember {
             id: self.ctx.store.shared().member_id,
             name: self.ctx.config.name.clone(),
-            peer_ur_ls: vec![],
+            peer_ur_ls: self.ctx.config.advertise_peer_urls.clone(),
             client_ur_ls: self.ctx.client_urls.to_vec(),
             is_learner: false,
         };
         Ok(Response::new(PbMemberListResponse {
-            header: self.ctx.header(self.ctx.store.current_revision()),
+            // etcd answers membership calls from the cluster state, which has no revision.
+            header: self.ctx.header(0),
             members: vec![member],
         }))
     }

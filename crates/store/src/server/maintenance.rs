@@ -273,7 +273,7 @@ fn async_stream(
                     let left = remaining - blob.len() as u64;
                     Ok((
                         PbSnapshotResponse {
-                            header: header.clone(),
+                            header,
                             remaining_bytes: left,
                             blob,
                             version: SERVER_VERSION.into(),

@@ -39,6 +39,9 @@ pub struct StoreConfig {
     pub listen_client_urls: Vec<String>,
     /// Client URLs reported by MemberList (defaults to the listen URLs).
     pub advertise_client_urls: Vec<String>,
+    /// Peer URLs reported by MemberList. ferry serves no peer traffic; the URLs are
+    /// reported so that tools expecting etcd's member fields see the same shape.
+    pub advertise_peer_urls: Vec<String>,
     /// Backend size at which NOSPACE is raised.
     pub quota_backend_bytes: u64,
     /// Most operations in one transaction branch.
@@ -57,6 +60,7 @@ impl StoreConfig {
             name: "default".into(),
             listen_client_urls: vec!["http://127.0.0.1:2379".into()],
             advertise_client_urls: Vec::new(),
+            advertise_peer_urls: vec!["http://localhost:2380".into()],
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
             max_txn_ops: 128,
             max_request_bytes: 1536 * 1024,
