@@ -3,7 +3,9 @@
 //! [`mvcc`] holds the data model (revisions, the key index, the redb backend); [`server`]
 //! serves it as etcd's KV, Maintenance and Cluster services.
 
+pub mod duration;
 pub mod error;
+pub mod lease;
 pub mod mvcc;
 
 pub use error::StoreError;

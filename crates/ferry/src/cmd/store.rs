@@ -59,6 +59,13 @@ struct ServeArgs {
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = 1536 * 1024, env = "ETCD_MAX_REQUEST_BYTES")]
     max_request_bytes: usize,
+    /// Interval of progress notifications to idle watches that asked for them.
+    #[arg(
+        long,
+        default_value = "10m",
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL"
+    )]
+    experimental_watch_progress_notify_interval: String,
     /// Interpret --auto-compaction-retention as a duration (periodic) or a revision count.
     #[arg(long, default_value = "periodic", env = "ETCD_AUTO_COMPACTION_MODE")]
     auto_compaction_mode: String,
@@ -109,6 +116,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let auto_compaction =
         AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
             .map_err(|e| anyhow!(e))?;
+    let progress = ferry_store::duration::parse(&args.experimental_watch_progress_notify_interval)
+        .map_err(|e| anyhow!("--experimental-watch-progress-notify-interval: {e}"))?;
+    if progress.is_zero() {
+        return Err(anyhow!(
+            "--experimental-watch-progress-notify-interval must be longer than zero"
+        ));
+    }
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", args.name)));
@@ -123,6 +137,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_txn_ops = args.max_txn_ops;
     config.max_request_bytes = args.max_request_bytes;
     config.auto_compaction = auto_compaction;
+    config.watch_progress_notify_interval = progress;
     let running = ferry_store::start(config)
         .await
         .with_context(|| format!("starting the store in {}", data_dir.display()))?;

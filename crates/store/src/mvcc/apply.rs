@@ -17,6 +17,7 @@ use super::range::{self, resolve_revision};
 use super::revision::Revision;
 use super::watchable::Event;
 use crate::error::StoreError;
+use crate::lease::Lessor;
 
 /// The state one write request is applied against.
 pub struct Applier<'a, 't> {
@@ -34,8 +35,10 @@ pub struct Applier<'a, 't> {
     pub touched: &'a mut Vec<Vec<u8>>,
     /// Events for watchers, in revision order.
     pub events: &'a mut Vec<Event>,
-    /// Whether a lease id exists.
-    pub lease_exists: &'a dyn Fn(i64) -> bool,
+    /// Live leases; keys attach and detach as they are written.
+    pub lessor: &'a mut Lessor,
+    /// The backend's `lease` table inside the writer's transaction.
+    pub leases: &'a mut Table<'t, i64, i64>,
 }
 
 impl Applier<'_, '_> {
@@ -76,7 +79,7 @@ impl Applier<'_, '_> {
         {
             return Err(StoreError::KeyNotFound);
         }
-        if req.lease != 0 && !(self.lease_exists)(req.lease) {
+        if req.lease != 0 && !self.lessor.contains(req.lease) {
             return Err(StoreError::LeaseNotFound);
         }
         Ok(())
@@ -90,6 +93,16 @@ impl Applier<'_, '_> {
             .map_err(StoreError::backend)?;
         self.index.write().record(&kv.key, change_of(rev, &kv));
         self.touched.push(kv.key.clone());
+        if let Some(old) = prev
+            .as_ref()
+            .map(|p| p.lease)
+            .filter(|&l| l != 0 && l != kv.lease)
+        {
+            self.lessor.detach(old, &kv.key);
+        }
+        if kv.lease != 0 {
+            self.lessor.attach(kv.lease, &kv.key);
+        }
         self.events.push(Event { kv, prev });
         Ok(())
     }
@@ -159,6 +172,27 @@ impl Applier<'_, '_> {
             deleted: doomed.len() as i64,
             prev_kvs,
         })
+    }
+
+    /// Grants a lease and persists it.
+    pub fn grant(&mut self, id: i64, ttl: i64) -> Result<(i64, i64), StoreError> {
+        let (id, ttl) = self.lessor.grant(id, ttl, std::time::Instant::now())?;
+        self.leases.insert(id, ttl).map_err(StoreError::backend)?;
+        Ok((id, ttl))
+    }
+
+    /// Revokes a lease: its keys are deleted in one revision and the lease is forgotten.
+    pub fn revoke(&mut self, id: i64) -> Result<(), StoreError> {
+        let keys = self.lessor.keys(id).ok_or(StoreError::LeaseNotFound)?;
+        for key in keys {
+            self.delete(&PbDeleteRequest {
+                key,
+                ..Default::default()
+            })?;
+        }
+        self.lessor.remove(id);
+        self.leases.remove(id).map_err(StoreError::backend)?;
+        Ok(())
     }
 
     /// Serves a Range inside a transaction, seeing the transaction's earlier writes.

@@ -18,12 +18,13 @@ use redb::{Database, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::Applier;
-use super::backend::{self, KV, META};
-use super::key_index::TreeIndex;
+use super::backend::{self, KV, LEASE, META};
+use super::key_index::{KeyRange, TreeIndex};
 use super::range::{self, resolve_revision};
 use super::revision::Revision;
 use super::watchable::Event;
 use crate::error::StoreError;
+use crate::lease::Lessor;
 
 /// How many queued requests one commit may carry.
 const MAX_BATCH: usize = 1024;
@@ -45,6 +46,8 @@ pub enum WriteRequest {
     Compact(i64),
     Defragment,
     SetNoSpace(bool),
+    LeaseGrant { id: i64, ttl: i64 },
+    LeaseRevoke(i64),
 }
 
 /// What a write returns.
@@ -52,6 +55,7 @@ pub enum WriteResponse {
     Put(PbPutResponse),
     Delete(PbDeleteResponse),
     Txn(PbTxnResponse),
+    LeaseGranted { id: i64, ttl: i64 },
     Done,
 }
 
@@ -71,7 +75,7 @@ pub struct Shared {
     pub(crate) cluster_id: u64,
     pub(crate) member_id: u64,
     pub(crate) limits: Limits,
-    pub(crate) leases: Mutex<std::collections::BTreeMap<i64, i64>>,
+    pub(crate) lessor: Mutex<Lessor>,
 }
 
 /// Handle to an open store; cheap to clone.
@@ -88,6 +92,17 @@ impl MvccStore {
         let db = backend::open(data_dir)?;
         backend::initialise(&db)?;
         let recovered = backend::recover(&db)?;
+        let mut lessor =
+            Lessor::restore(recovered.leases.iter().copied(), std::time::Instant::now());
+        let all = KeyRange::new(&[0], &[0]);
+        recovered
+            .index
+            .visit(&all, recovered.current_rev, |key, change| {
+                if change.lease != 0 {
+                    lessor.attach(change.lease, key);
+                }
+                true
+            });
         let shared = Arc::new(Shared {
             db: RwLock::new(db),
             db_path: data_dir.join(backend::DB_FILE),
@@ -100,7 +115,7 @@ impl MvccStore {
             cluster_id: recovered.cluster_id,
             member_id: recovered.member_id,
             limits,
-            leases: Mutex::new(recovered.leases.into_iter().collect()),
+            lessor: Mutex::new(lessor),
         });
         let (writes, queue) = mpsc::channel(16 * MAX_BATCH);
         let (events, _) = tokio::sync::broadcast::channel(4096);
@@ -161,6 +176,43 @@ impl MvccStore {
         };
         let table = txn.open_table(KV).map_err(StoreError::backend)?;
         range::finish(&table, req, plan, current)
+    }
+
+    /// Every change with a revision in `from..=to`, in revision order, for watchers catching
+    /// up. `prev` adds each key's previous value. Fails with `Compacted` when `from` is below
+    /// the compact revision.
+    pub fn history(&self, from: i64, to: i64, prev: bool) -> Result<Vec<Event>, StoreError> {
+        let index = self.shared.index.read();
+        if from < self.compact_revision() {
+            return Err(StoreError::Compacted);
+        }
+        let txn = self
+            .shared
+            .db
+            .read()
+            .begin_read()
+            .map_err(StoreError::backend)?;
+        let table = txn.open_table(KV).map_err(StoreError::backend)?;
+        let start = Revision::new(from, 0).to_bytes();
+        let end = Revision::new(to.saturating_add(1), 0).to_bytes();
+        let mut events = Vec::new();
+        for row in table
+            .range(start.as_slice()..end.as_slice())
+            .map_err(StoreError::backend)?
+        {
+            let (_, value) = row.map_err(StoreError::backend)?;
+            let kv = backend::decode_kv(value.value())?;
+            let prev = if prev {
+                index
+                    .get(&kv.key, kv.mod_revision - 1)
+                    .map(|c| backend::load(&table, c.rev))
+                    .transpose()?
+            } else {
+                None
+            };
+            events.push(Event { kv, prev });
+        }
+        Ok(events)
     }
 
     /// Queues a write and waits until it is durable.
@@ -302,8 +354,8 @@ impl Writer {
         {
             let mut kv = txn.open_table(KV).map_err(StoreError::backend)?;
             let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
-            let leases = shared.leases.lock();
-            let lease_exists = |id: i64| leases.contains_key(&id);
+            let mut lease_table = txn.open_table(LEASE).map_err(StoreError::backend)?;
+            let mut lessor = shared.lessor.lock();
             for (req, _) in batch {
                 if let Err(e) = self.check_quota(req, &mut meta) {
                     meta_changed = true;
@@ -318,7 +370,8 @@ impl Writer {
                     sub: 0,
                     touched,
                     events,
-                    lease_exists: &lease_exists,
+                    lessor: &mut lessor,
+                    leases: &mut lease_table,
                 };
                 let result = match req {
                     WriteRequest::Put(p) => applier.put(p).map(WriteResponse::Put),
@@ -329,8 +382,19 @@ impl Writer {
                     WriteRequest::SetNoSpace(on) => {
                         set_nospace(shared, &mut meta, *on).map(|_| WriteResponse::Done)
                     }
+                    WriteRequest::LeaseGrant { id, ttl } => applier
+                        .grant(*id, *ttl)
+                        .map(|(id, ttl)| WriteResponse::LeaseGranted { id, ttl }),
+                    WriteRequest::LeaseRevoke(id) => {
+                        applier.revoke(*id).map(|_| WriteResponse::Done)
+                    }
                     WriteRequest::Defragment => Ok(WriteResponse::Done),
                 };
+                meta_changed |= result.is_ok()
+                    && matches!(
+                        req,
+                        WriteRequest::LeaseGrant { .. } | WriteRequest::LeaseRevoke(_)
+                    );
                 if applier.sub > 0 {
                     rev += 1;
                 }
@@ -343,7 +407,7 @@ impl Writer {
             }
             if rev == published && !meta_changed {
                 // Nothing changed (reads, failed checks): no commit, no fsync.
-                drop((kv, meta, leases));
+                drop((kv, meta, lease_table, lessor));
                 txn.abort().map_err(StoreError::backend)?;
                 return Ok(rev);
             }
@@ -367,6 +431,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let cost = match req {
             WriteRequest::Put(p) => p.key.len() + p.value.len(),
+            WriteRequest::LeaseGrant { .. } => 64,
             WriteRequest::Txn(t) if !super::request_check::is_read_only(t) => {
                 prost::Message::encoded_len(t)
             }

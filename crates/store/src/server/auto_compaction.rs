@@ -20,7 +20,12 @@ impl AutoCompaction {
     pub fn parse(mode: &str, retention: &str) -> Result<Option<Self>, String> {
         match mode {
             "periodic" => {
-                let d = parse_retention(retention)?;
+                // A bare number is hours (etcd's historical unit).
+                let d = match retention.parse::<u64>() {
+                    Ok(hours) => Duration::from_secs(hours * 3600),
+                    Err(_) => crate::duration::parse(retention)
+                        .map_err(|e| format!("--auto-compaction-retention {retention:?}: {e}"))?,
+                };
                 Ok((!d.is_zero()).then_some(Self::Periodic(d)))
             }
             "revision" => {
@@ -37,42 +42,6 @@ impl AutoCompaction {
             )),
         }
     }
-}
-
-/// A bare number is hours (etcd's historical unit); otherwise a Go-style duration (`90s`,
-/// `30m`, `1h30m`).
-fn parse_retention(text: &str) -> Result<Duration, String> {
-    let bad = || format!("--auto-compaction-retention {text:?} is not a duration like 1h or 30m");
-    if let Ok(hours) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(hours * 3600));
-    }
-    let mut total = 0f64;
-    let mut number = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            number.push(c);
-            continue;
-        }
-        let unit = if c == 'm' && chars.peek() == Some(&'s') {
-            chars.next();
-            0.001
-        } else {
-            match c {
-                'h' => 3600.0,
-                'm' => 60.0,
-                's' => 1.0,
-                _ => return Err(bad()),
-            }
-        };
-        let n: f64 = number.parse().map_err(|_| bad())?;
-        total += n * unit;
-        number.clear();
-    }
-    if !number.is_empty() || text.is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(total))
 }
 
 /// Runs the policy forever.

@@ -3,7 +3,9 @@
 mod auto_compaction;
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::proto::{PbClusterServer, PbKvServer, PbMaintenanceServer, PbResponseHeader};
+use etcd_client::proto::{
+    PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader,
+    PbWatchServer,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -50,6 +55,8 @@ pub struct StoreConfig {
     pub max_request_bytes: usize,
     /// Automatic compaction, if any.
     pub auto_compaction: Option<AutoCompaction>,
+    /// How often watches that asked for progress notifications get one when idle.
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl StoreConfig {
@@ -65,6 +72,7 @@ impl StoreConfig {
             max_txn_ops: 128,
             max_request_bytes: 1536 * 1024,
             auto_compaction: None,
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
 }
@@ -204,6 +212,16 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
             }
         });
     }
+    {
+        let mut stopped = stopped.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = lease::revoke_expired(store) => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        });
+    }
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (listener, addr) in listeners.into_iter().zip(&local_addrs) {
         let router = tonic::transport::Server::builder()
@@ -220,7 +238,13 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
             )
             .add_service(PbClusterServer::new(cluster::ClusterService::new(
                 ctx.clone(),
-            )));
+            )))
+            .add_service(
+                PbWatchServer::new(watch::WatchService::new(ctx.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(PbLeaseServer::new(lease::LeaseService::new(ctx.clone())));
         let mut stopped = stopped.clone();
         tracing::info!(address = %addr, name = %config.name, "serving etcd v3 clients");
         tasks.spawn(async move {

@@ -1,0 +1,169 @@
+//! etcd's Lease service, and the loop that revokes expired leases.
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use etcd_client::proto::{
+    PbLeaseGrantRequest, PbLeaseGrantResponse, PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse,
+    PbLeaseLeasesRequest, PbLeaseLeasesResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse,
+    PbLeaseService, PbLeaseStatus, PbLeaseTimeToLiveRequest, PbLeaseTimeToLiveResponse,
+};
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Context;
+use crate::mvcc::kvstore::{MvccStore, WriteRequest, WriteResponse};
+
+/// How often the store looks for expired leases.
+const EXPIRY_CHECK: Duration = Duration::from_millis(100);
+
+pub(crate) struct LeaseService {
+    ctx: Context,
+}
+
+impl LeaseService {
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PbLeaseService for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<PbLeaseGrantRequest>,
+    ) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        let req = request.into_inner();
+        match self
+            .ctx
+            .store
+            .write(WriteRequest::LeaseGrant {
+                id: req.id,
+                ttl: req.ttl,
+            })
+            .await?
+        {
+            WriteResponse::LeaseGranted { id, ttl } => Ok(Response::new(PbLeaseGrantResponse {
+                header: self.ctx.header(self.ctx.store.current_revision()),
+                id,
+                ttl,
+                error: String::new(),
+            })),
+            _ => Err(Status::internal(
+                "store returned a response of the wrong type",
+            )),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<PbLeaseRevokeRequest>,
+    ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let id = request.into_inner().id;
+        self.ctx.store.write(WriteRequest::LeaseRevoke(id)).await?;
+        Ok(Response::new(PbLeaseRevokeResponse {
+            header: self.ctx.header(self.ctx.store.current_revision()),
+        }))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<PbLeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let ctx = self.ctx.clone();
+        let stream = request.into_inner().map(move |req| {
+            let id = req?.id;
+            // An unknown or expired lease answers TTL 0, as etcd does.
+            let ttl = ctx
+                .store
+                .shared()
+                .lessor
+                .lock()
+                .renew(id, Instant::now())
+                .unwrap_or(0);
+            Ok(PbLeaseKeepAliveResponse {
+                header: ctx.header(ctx.store.current_revision()),
+                id,
+                ttl,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<PbLeaseTimeToLiveRequest>,
+    ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let req = request.into_inner();
+        let found = self
+            .ctx
+            .store
+            .shared()
+            .lessor
+            .lock()
+            .time_to_live(req.id, Instant::now());
+        let header = self.ctx.header(self.ctx.store.current_revision());
+        // A missing lease is not an error: etcd answers TTL -1.
+        let resp = match found {
+            Some(t) => PbLeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: t.remaining,
+                granted_ttl: t.granted,
+                keys: if req.keys { t.keys } else { vec![] },
+            },
+            None => PbLeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: vec![],
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<PbLeaseLeasesRequest>,
+    ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        let ids = self.ctx.store.shared().lessor.lock().ids();
+        Ok(Response::new(PbLeaseLeasesResponse {
+            header: self.ctx.header(self.ctx.store.current_revision()),
+            leases: ids.into_iter().map(|id| PbLeaseStatus { id }).collect(),
+        }))
+    }
+}
+
+/// Revokes leases whose deadline passed, forever: their keys are deleted and watchers see the
+/// deletes.
+pub(crate) async fn revoke_expired(store: MvccStore) {
+    let mut timer = tokio::time::interval(EXPIRY_CHECK);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        timer.tick().await;
+        let expired = store.shared().lessor.lock().take_expired(Instant::now());
+        // Submitted together so that many expiries share one commit.
+        for chunk in expired.chunks(1024) {
+            let revocations = chunk.iter().map(|&id| {
+                let store = store.clone();
+                async move { (id, store.write(WriteRequest::LeaseRevoke(id)).await) }
+            });
+            for (id, result) in futures::future::join_all(revocations).await {
+                match result {
+                    Ok(_) | Err(crate::StoreError::LeaseNotFound) => {
+                        tracing::debug!(lease = id, "revoked expired lease")
+                    }
+                    Err(e) => {
+                        tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; will retry");
+                        store.shared().lessor.lock().retry_expired(id);
+                    }
+                }
+            }
+        }
+    }
+}
