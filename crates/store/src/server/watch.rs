@@ -80,8 +80,11 @@ impl Watcher {
     fn wants(&self, event: &Event) -> bool {
         event.kv.mod_revision >= self.start
             && self.range.contains(&event.kv.key)
-            && !(event.is_delete() && self.no_delete)
-            && !(!event.is_delete() && self.no_put)
+            && if event.is_delete() {
+                !self.no_delete
+            } else {
+                !self.no_put
+            }
     }
 
     fn to_pb(&self, event: &Event) -> PbEvent {
