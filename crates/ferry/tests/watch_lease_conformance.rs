@@ -17,6 +17,8 @@ against_both!(&["--experimental-watch-progress-notify-interval", "1s"];
     watch_filters_prefixes_and_prev_kv,
     one_stream_carries_many_watches_and_cancels_one,
     watch_below_the_compact_revision_is_cancelled,
+    negative_start_revision_is_cancelled,
+    slow_watcher_blocks_no_one_and_catches_up,
     progress_request_reports_the_current_revision,
     periodic_progress_reaches_idle_watches,
     transaction_events_arrive_in_one_response,
@@ -212,6 +214,70 @@ async fn watch_below_the_compact_revision_is_cancelled(server: &Server) -> anyho
     next(&mut at).await?;
     let got = events(&mut at, 3).await?;
     assert_eq!(got.iter().map(|e| e.3).collect::<Vec<_>>(), [5, 6, 7]);
+    Ok(())
+}
+
+async fn negative_start_revision_is_cancelled(server: &Server) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    c.put("k", "v", None).await?;
+    let mut stream = c
+        .watch("k", Some(WatchOptions::new().with_start_revision(-3)))
+        .await?;
+    assert!(next(&mut stream).await?.created());
+    let resp = next(&mut stream).await?;
+    assert!(resp.canceled());
+    assert_eq!(
+        resp.compact_revision(),
+        -1,
+        "never compacted: etcd reports -1"
+    );
+    Ok(())
+}
+
+async fn slow_watcher_blocks_no_one_and_catches_up(server: &Server) -> anyhow::Result<()> {
+    const PUTS: usize = 3000;
+    let mut c = server.client().await?;
+    // A watcher that reads nothing while thousands of 1 KiB events are written.
+    let mut slow = c
+        .watch(
+            "s/",
+            Some(WatchOptions::new().with_prefix().with_prev_key()),
+        )
+        .await?;
+    next(&mut slow).await?;
+    let mut fast = c
+        .watch("s/", Some(WatchOptions::new().with_prefix()))
+        .await?;
+    next(&mut fast).await?;
+    let reader = tokio::spawn(async move { events(&mut fast, PUTS).await });
+    let value = "x".repeat(1024);
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut c = server.client().await?;
+        let value = value.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..PUTS / 4 {
+                c.put(format!("s/{w}/{i}"), value.clone(), None).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in writers {
+        tokio::time::timeout(Duration::from_secs(120), w).await???;
+    }
+    let fast_events = tokio::time::timeout(Duration::from_secs(60), reader).await???;
+    assert_eq!(
+        fast_events.len(),
+        PUTS,
+        "the other watcher got everything while one lagged"
+    );
+    let slow_events = events(&mut slow, PUTS).await?;
+    let revs: Vec<i64> = slow_events.iter().map(|e| e.3).collect();
+    assert_eq!(
+        revs,
+        (2..2 + PUTS as i64).collect::<Vec<_>>(),
+        "the slow watcher caught up in order"
+    );
     Ok(())
 }
 

@@ -36,6 +36,9 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// Backend size at which the NOSPACE alarm is raised.
     pub quota_backend_bytes: u64,
+    /// Committed batches the change feed buffers for each subscriber; a subscriber further
+    /// behind than this catches up from history instead.
+    pub feed_capacity: usize,
 }
 
 /// A write the writer thread applies.
@@ -118,7 +121,7 @@ impl MvccStore {
             lessor: Mutex::new(lessor),
         });
         let (writes, queue) = mpsc::channel(16 * MAX_BATCH);
-        let (events, _) = tokio::sync::broadcast::channel(4096);
+        let (events, _) = tokio::sync::broadcast::channel(shared.limits.feed_capacity.max(1));
         let writer = Writer {
             shared: shared.clone(),
             queue,

@@ -27,6 +27,8 @@ use crate::mvcc::kvstore::{Limits, MvccStore};
 
 /// The version reported by Status; etcd clients gate features on it.
 pub const SERVER_VERSION: &str = "3.5.0";
+/// How long a shutdown waits for open requests and streams before closing them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// The raft term a single member reports: it is always the leader of its first term.
 const RAFT_TERM: u64 = 1;
 /// Headroom gRPC allows above `--max-request-bytes`, as etcd does, so that a request a little
@@ -57,6 +59,9 @@ pub struct StoreConfig {
     pub auto_compaction: Option<AutoCompaction>,
     /// How often watches that asked for progress notifications get one when idle.
     pub watch_progress_notify_interval: Duration,
+    /// Committed batches buffered for each watch stream before a stream that is behind
+    /// must catch up from history (it never blocks writers either way).
+    pub watch_feed_capacity: usize,
 }
 
 impl StoreConfig {
@@ -73,6 +78,7 @@ impl StoreConfig {
             max_request_bytes: 1536 * 1024,
             auto_compaction: None,
             watch_progress_notify_interval: Duration::from_secs(600),
+            watch_feed_capacity: 1024,
         }
     }
 }
@@ -143,13 +149,24 @@ pub struct RunningStore {
 }
 
 impl RunningStore {
-    /// Stops serving and waits for the listeners to close.
+    /// Stops serving: in-flight requests get a grace period, then open streams (watches,
+    /// keep-alives) are closed.
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
         let _ = self.stop.send(true);
-        while let Some(joined) = self.tasks.join_next().await {
-            joined.map_err(|e| StoreError::Backend(format!("server task: {e}")))??;
+        let graceful = async {
+            while let Some(joined) = self.tasks.join_next().await {
+                joined.map_err(|e| StoreError::Backend(format!("server task: {e}")))??;
+            }
+            Ok::<_, StoreError>(())
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, graceful).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::info!("closing client streams still open after the shutdown grace period");
+                self.tasks.abort_all();
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Serves until `signal` completes, then shuts down.
@@ -188,6 +205,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
     let limits = Limits {
         max_txn_ops: config.max_txn_ops,
         quota_backend_bytes: config.quota_backend_bytes,
+        feed_capacity: config.watch_feed_capacity,
     };
     let store = MvccStore::open(&config.data_dir, limits)?;
     let client_urls = if config.advertise_client_urls.is_empty() {

@@ -288,11 +288,17 @@ impl Session {
     }
 
     async fn send_compacted(&self, id: i64) -> Result<(), Gone> {
+        // Like etcd, a store that was never compacted reports compact revision -1 (what a
+        // watch from a negative start revision sees).
+        let compacted = match self.ctx.store.compact_revision() {
+            0 => -1,
+            rev => rev,
+        };
         self.send(PbWatchResponse {
             header: self.header(self.ctx.store.current_revision()),
             watch_id: id,
             canceled: true,
-            compact_revision: self.ctx.store.compact_revision(),
+            compact_revision: compacted,
             cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
             ..Default::default()
         })
@@ -388,8 +394,12 @@ impl Session {
     }
 }
 
-/// Sends events as one response, or as fragments when the watcher allows it and the
-/// response would exceed the request size limit.
+/// Most revisions in one response, as etcd's watchBatchMaxRevs.
+const MAX_REVISIONS_PER_RESPONSE: usize = 1000;
+
+/// Sends events in responses of whole revisions (a revision is never split, so every
+/// response is atomic), each at most `max_request_bytes` and 1,000 revisions unless one
+/// revision alone is larger; such a revision is fragmented when the watcher allows it.
 async fn send_events(
     ctx: &Context,
     out: &mpsc::Sender<Result<PbWatchResponse, Status>>,
@@ -398,36 +408,67 @@ async fn send_events(
     events: Vec<PbEvent>,
     revision: i64,
 ) -> Result<(), Gone> {
-    if events.is_empty() {
-        return Ok(());
-    }
     let limit = ctx.config.max_request_bytes;
-    let response = |events: Vec<PbEvent>, fragment: bool| PbWatchResponse {
-        header: ctx.header(revision),
-        watch_id: id,
-        fragment,
-        events,
-        ..Default::default()
+    let send = |events: Vec<PbEvent>, fragment: bool| {
+        let resp = PbWatchResponse {
+            header: ctx.header(revision),
+            watch_id: id,
+            fragment,
+            events,
+            ..Default::default()
+        };
+        async move { out.send(Ok(resp)).await.map_err(|_| Gone) }
     };
-    let size: usize = events.iter().map(prost::Message::encoded_len).sum();
-    if !watcher.fragment || size <= limit {
-        return out
-            .send(Ok(response(events, false)))
-            .await
-            .map_err(|_| Gone);
+    let mut batch: Vec<PbEvent> = Vec::new();
+    let mut batch_size = 0;
+    let mut batch_revisions = 0;
+    let mut events = events.into_iter().peekable();
+    while let Some(first) = events.next() {
+        let rev = first.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        let mut group = vec![first];
+        while let Some(next) =
+            events.next_if(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision) == rev)
+        {
+            group.push(next);
+        }
+        let size: usize = group.iter().map(prost::Message::encoded_len).sum();
+        let full = batch_size + size > limit || batch_revisions == MAX_REVISIONS_PER_RESPONSE;
+        if !batch.is_empty() && full {
+            send(std::mem::take(&mut batch), false).await?;
+            batch_size = 0;
+            batch_revisions = 0;
+        }
+        if size > limit && watcher.fragment {
+            send_fragments(group, limit, &send).await?;
+            continue;
+        }
+        batch.extend(group);
+        batch_size += size;
+        batch_revisions += 1;
     }
+    if !batch.is_empty() {
+        send(batch, false).await?;
+    }
+    Ok(())
+}
+
+/// One revision too large for a response, split as etcd does: every part but the last has
+/// `fragment` set, and the client joins them.
+async fn send_fragments<F, Fut>(events: Vec<PbEvent>, limit: usize, send: &F) -> Result<(), Gone>
+where
+    F: Fn(Vec<PbEvent>, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Gone>>,
+{
     let mut chunk = Vec::new();
     let mut chunk_size = 0;
     for event in events {
         let len = prost::Message::encoded_len(&event);
         if !chunk.is_empty() && chunk_size + len > limit {
-            out.send(Ok(response(std::mem::take(&mut chunk), true)))
-                .await
-                .map_err(|_| Gone)?;
+            send(std::mem::take(&mut chunk), true).await?;
             chunk_size = 0;
         }
         chunk_size += len;
         chunk.push(event);
     }
-    out.send(Ok(response(chunk, false))).await.map_err(|_| Gone)
+    send(chunk, false).await
 }
