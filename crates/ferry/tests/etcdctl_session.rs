@@ -140,13 +140,14 @@ fn transcript(server: &Server, snapshot_path: &str) -> anyhow::Result<Vec<String
 }
 
 fn mask(line: &str) -> String {
+    // Named numeric fields before hex ids: a decimal id can look like a 16-digit hex id.
     let rules: [(&str, &str); 9] = [
         (r"127\.0\.0\.1:\d+", "ENDPOINT"),
-        (r"\b[0-9a-f]{16}\b", "ID"),
         (
             r#""(cluster_id|member_id|raft_term|leader|raftIndex|raftTerm|raftAppliedIndex|dbSize|dbSizeInUse|ID|hash|memberID)":\d+"#,
             "\"$1\":N",
         ),
+        (r"\b[0-9a-f]{16}\b", "ID"),
         (r#""version":"[^"]*""#, "\"version\":\"V\""),
         (r"took = \S+", "took = T"),
         (r#"\"(ClusterID|MemberID|RaftTerm)\" : \d+"#, "\"$1\" : N"),
