@@ -144,10 +144,10 @@ fn mask(line: &str) -> String {
     let rules: [(&str, &str); 9] = [
         (r"127\.0\.0\.1:\d+", "ENDPOINT"),
         (
-            r#""(cluster_id|member_id|raft_term|leader|raftIndex|raftTerm|raftAppliedIndex|dbSize|dbSizeInUse|ID|hash|memberID)":\d+"#,
+            r#""(cluster_id|member_id|raft_term|leader|raftIndex|raftTerm|raftAppliedIndex|dbSize|dbSizeInUse|ID|hash|memberID|lease)":\d+"#,
             "\"$1\":N",
         ),
-        (r"\b[0-9a-f]{16}\b", "ID"),
+        (r"\b[0-9a-f]{8,16}\b", "ID"),
         (r#""version":"[^"]*""#, "\"version\":\"V\""),
         (r"took = \S+", "took = T"),
         (r#"\"(ClusterID|MemberID|RaftTerm)\" : \d+"#, "\"$1\" : N"),
@@ -200,5 +200,172 @@ async fn etcdctl_session_matches_etcd_line_by_line() -> anyhow::Result<()> {
         std::path::Path::new(&ferry_snap).exists(),
         "snapshot save wrote the file"
     );
+    Ok(())
+}
+
+/// Runs etcdctl commands one by one against one server, keeping a masked transcript.
+struct Etcdctl {
+    endpoint: String,
+    lines: Vec<String>,
+}
+
+impl Etcdctl {
+    fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(ferry_testkit::etcdctl_binary()?);
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint))
+            .args(args);
+        Ok(cmd)
+    }
+
+    /// Runs one command to completion; returns its stdout.
+    fn run(&mut self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.command(args)?.stdin(Stdio::null()).output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        self.record(
+            args,
+            out.status.code(),
+            &stdout,
+            &String::from_utf8_lossy(&out.stderr),
+        );
+        Ok(stdout)
+    }
+
+    fn record(&mut self, args: &[&str], code: Option<i32>, stdout: &str, stderr: &str) {
+        self.lines.push(format!(
+            "$ etcdctl {} => exit {}",
+            mask(&args.join(" ")),
+            code.unwrap_or(-1)
+        ));
+        self.lines.extend(stdout.lines().map(mask));
+        self.lines.extend(
+            stderr
+                .lines()
+                .filter(|l| !l.starts_with('{'))
+                .map(|l| format!("stderr: {}", mask(l))),
+        );
+    }
+
+    /// Starts a long-running command (a watch); `finish` collects what it printed.
+    fn spawn(&self, args: &[&str]) -> anyhow::Result<std::process::Child> {
+        Ok(self
+            .command(args)?
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
+    fn finish(&mut self, args: &[&str], mut child: std::process::Child) -> anyhow::Result<()> {
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        // Killed on purpose: the exit code is not part of the comparison.
+        self.record(
+            args,
+            Some(0),
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+        );
+        Ok(())
+    }
+}
+
+fn mask_lease(line: &str) -> String {
+    let re = regex::Regex::new(r"remaining\(\d+s\)").expect("valid pattern");
+    re.replace_all(line, "remaining(Ns)").into_owned()
+}
+
+async fn watch_lease_lock_transcript(server: &Server) -> anyhow::Result<Vec<String>> {
+    let mut ctl = Etcdctl {
+        endpoint: server.endpoint(),
+        lines: Vec::new(),
+    };
+    ctl.run(&["put", "w/a", "1"])?;
+    ctl.run(&["put", "w/a", "2"])?;
+    let history = ["watch", "w/a", "--rev=1"];
+    let prefix = ["watch", "w/", "--prefix", "--prev-kv"];
+    let w1 = ctl.spawn(&history)?;
+    let w2 = ctl.spawn(&prefix)?;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    ctl.run(&["put", "w/b", "3"])?;
+    ctl.run(&["del", "w/a"])?;
+    with_txn(&mut ctl, "put w/c 4\nput w/d 5\n")?;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    ctl.finish(&history, w1)?;
+    ctl.finish(&prefix, w2)?;
+
+    let granted = ctl.run(&["lease", "grant", "100"])?;
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("unexpected lease grant output {granted:?}"))?
+        .to_string();
+    ctl.run(&["put", "l/k", "v", &format!("--lease={id}")])?;
+    ctl.run(&["get", "l/k", "-w", "json"])?;
+    ctl.run(&["lease", "timetolive", &id, "--keys"])?;
+    ctl.run(&["lease", "list"])?;
+    ctl.run(&["lease", "keep-alive", "--once", &id])?;
+    ctl.run(&["lease", "revoke", &id])?;
+    ctl.run(&["get", "l/k"])?;
+    ctl.run(&["lease", "timetolive", &id])?;
+    ctl.run(&["lease", "revoke", &id])?;
+    ctl.run(&["lease", "grant", "0"])?;
+    ctl.run(&["lock", "mylock", "echo", "held"])?;
+    ctl.run(&["lock", "mylock", "echo", "held again"])?;
+    ctl.run(&["get", "mylock", "--prefix", "--count-only", "-w", "json"])?;
+    Ok(ctl.lines.iter().map(|l| mask_lease(l)).collect())
+}
+
+fn with_txn(ctl: &mut Etcdctl, success: &str) -> anyhow::Result<()> {
+    let mut child = ctl
+        .command(&["txn"])?
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(format!("\n{success}\n\n").as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    ctl.record(
+        &["txn"],
+        out.status.code(),
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_lease_and_lock_match_etcd() -> anyhow::Result<()> {
+    let etcd = start(Kind::Etcd, &[]).await?;
+    let ferry = start(Kind::Ferry, &[]).await?;
+    let expected = watch_lease_lock_transcript(&etcd).await?;
+    let actual = watch_lease_lock_transcript(&ferry).await?;
+    let mismatches: Vec<String> = expected
+        .iter()
+        .zip(&actual)
+        .enumerate()
+        .filter(|(_, (e, a))| e != a)
+        .map(|(i, (e, a))| format!("line {i}:\n  etcd:  {e}\n  ferry: {a}"))
+        .collect();
+    assert!(
+        mismatches.is_empty() && expected.len() == actual.len(),
+        "{} differences ({} vs {} lines):\n{}\n\netcd:\n{}\n\nferry:\n{}",
+        mismatches.len(),
+        expected.len(),
+        actual.len(),
+        mismatches.join("\n"),
+        expected.join("\n"),
+        actual.join("\n")
+    );
+    // The session really exercised watches and leases.
+    assert!(
+        actual.iter().any(|l| l == "DELETE"),
+        "no watch event in:\n{}",
+        actual.join("\n")
+    );
+    assert!(actual.iter().any(|l| l.contains("granted with TTL(100s)")));
+    assert!(actual.iter().any(|l| l == "held again"));
     Ok(())
 }
