@@ -320,3 +320,34 @@ fn bad_flags_are_refused_with_the_flag_named() {
         "refused flags created the data dir"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_restart_with_their_full_ttl() -> anyhow::Result<()> {
+    use etcd_client::{LeaseTimeToLiveOptions, PutOptions};
+    let mut server = start(Kind::Ferry, &[]).await?;
+    let mut c = server.client().await?;
+    let lease = c.lease_grant(10, None).await?.id();
+    c.put("leased", "v", Some(PutOptions::new().with_lease(lease)))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.kill();
+    server.restart().await?;
+    let mut c = server.client().await?;
+    let ttl = c
+        .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await?;
+    assert_eq!(ttl.granted_ttl(), 10);
+    assert!(
+        ttl.ttl() >= 8,
+        "the remaining TTL is reset to the full TTL on restart: {}",
+        ttl.ttl()
+    );
+    assert_eq!(
+        ttl.keys(),
+        [b"leased".to_vec()],
+        "key attachments are rebuilt"
+    );
+    c.lease_revoke(lease).await?;
+    assert!(c.get("leased", None).await?.kvs().is_empty());
+    Ok(())
+}
