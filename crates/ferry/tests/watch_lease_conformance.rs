@@ -22,6 +22,7 @@ against_both!(&["--experimental-watch-progress-notify-interval", "1s"];
     progress_request_reports_the_current_revision,
     periodic_progress_reaches_idle_watches,
     transaction_events_arrive_in_one_response,
+    oversized_revision_is_fragmented_when_asked,
     watches_created_under_concurrent_writes_miss_nothing,
     lease_grant_ids_and_ttl_bounds,
     lease_revoke_deletes_every_key_in_one_revision,
@@ -329,6 +330,46 @@ async fn transaction_events_arrive_in_one_response(server: &Server) -> anyhow::R
         .events()
         .iter()
         .all(|e| e.kv().map(|kv| kv.mod_revision()) == Some(2)));
+    Ok(())
+}
+
+async fn oversized_revision_is_fragmented_when_asked(server: &Server) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    for i in 0..3 {
+        c.put(format!("f/{i}"), vec![b'x'; 1024 * 1024], None)
+            .await?;
+    }
+    let mut stream = c
+        .watch(
+            "f/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_prev_key()
+                    .with_fragment(),
+            ),
+        )
+        .await?;
+    next(&mut stream).await?;
+    // One revision deleting 3 MiB of previous values: more than --max-request-bytes.
+    c.delete("f/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await?;
+    let mut fragments = Vec::new();
+    let mut events = 0;
+    loop {
+        let resp = next(&mut stream).await?;
+        events += resp.events().len();
+        fragments.push(resp.0.fragment);
+        if !resp.0.fragment {
+            break;
+        }
+    }
+    assert_eq!(events, 3);
+    assert!(
+        fragments.len() >= 2,
+        "expected fragments, got {fragments:?}"
+    );
+    assert!(fragments[..fragments.len() - 1].iter().all(|f| *f));
     Ok(())
 }
 
