@@ -12,4 +12,4 @@ pub use error::StoreError;
 pub mod server;
 pub mod snapshot;
 
-pub use server::{start, AutoCompaction, RunningStore, StoreConfig};
+pub use server::{start, AutoCompaction, RunningStore, ServerTls, StoreConfig};

@@ -1,12 +1,14 @@
 //! The command line: one subcommand per component.
 
+mod connection;
+mod registry;
 mod store;
 
 use clap::{Parser, Subcommand};
 
 /// ferry: service registration, discovery and configuration distribution on the etcd v3 API.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, propagate_version = true)]
+#[command(name = "ferry", version)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,6 +18,8 @@ pub struct Cli {
 enum Command {
     /// Run the embedded etcd-compatible store (or restore one from a snapshot).
     Store(store::StoreArgs),
+    /// Announce service instances and discover them.
+    Registry(registry::RegistryArgs),
 }
 
 impl Cli {
@@ -23,6 +27,34 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Store(args) => args.run().await,
+            Command::Registry(args) => args.run().await,
         }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops ferry");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_has_consistent_flags_and_help() {
+        super::Cli::command().debug_assert();
     }
 }

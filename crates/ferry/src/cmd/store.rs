@@ -66,6 +66,18 @@ struct ServeArgs {
         env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL"
     )]
     experimental_watch_progress_notify_interval: String,
+    /// Server certificate for https:// listeners.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    /// Key of the server certificate.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// CA that signs client certificates.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require client certificates signed by --trusted-ca-file.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    client_cert_auth: bool,
     /// Interpret --auto-compaction-retention as a duration (periodic) or a revision count.
     #[arg(long, default_value = "periodic", env = "ETCD_AUTO_COMPACTION_MODE")]
     auto_compaction_mode: String,
@@ -123,6 +135,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "--experimental-watch-progress-notify-interval must be longer than zero"
         ));
     }
+    let tls = match (args.cert_file, args.key_file) {
+        (Some(cert_file), Some(key_file)) => Some(ferry_store::ServerTls {
+            cert_file,
+            key_file,
+            trusted_ca_file: args.trusted_ca_file,
+            client_cert_auth: args.client_cert_auth,
+        }),
+        (None, None) if args.client_cert_auth || args.trusted_ca_file.is_some() => {
+            return Err(anyhow!(
+                "--client-cert-auth and --trusted-ca-file need --cert-file and --key-file"
+            ))
+        }
+        (None, None) => None,
+        _ => return Err(anyhow!("--cert-file and --key-file go together")),
+    };
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", args.name)));
@@ -138,29 +165,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_request_bytes = args.max_request_bytes;
     config.auto_compaction = auto_compaction;
     config.watch_progress_notify_interval = progress;
+    config.tls = tls;
     let running = ferry_store::start(config)
         .await
         .with_context(|| format!("starting the store in {}", data_dir.display()))?;
     for addr in &running.local_addrs {
         tracing::info!(data_dir = %data_dir.display(), "ready to serve client requests on http://{addr}");
     }
-    running.run_until(shutdown_signal()).await?;
+    running.run_until(super::shutdown_signal()).await?;
     tracing::info!("store stopped cleanly");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the store");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-    }
 }

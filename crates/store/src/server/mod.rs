@@ -62,6 +62,56 @@ pub struct StoreConfig {
     /// Committed batches buffered for each watch stream before a stream that is behind
     /// must catch up from history (it never blocks writers either way).
     pub watch_feed_capacity: usize,
+    /// TLS for `https://` listeners.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS settings of the client listeners (etcd's `--cert-file`, `--key-file`,
+/// `--trusted-ca-file`, `--client-cert-auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The server certificate (PEM).
+    pub cert_file: PathBuf,
+    /// Its key (PEM).
+    pub key_file: PathBuf,
+    /// CA that client certificates must be signed by.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by the trusted CA.
+    pub client_cert_auth: bool,
+}
+
+impl ServerTls {
+    fn load(&self) -> Result<tonic::transport::ServerTlsConfig, StoreError> {
+        let read = |what: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| StoreError::Io {
+                what: format!("reading {what} {}", path.display()),
+                source,
+            })
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read("--cert-file", &self.cert_file)?,
+            read("--key-file", &self.key_file)?,
+        );
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        match (&self.trusted_ca_file, self.client_cert_auth) {
+            (Some(ca), _) => {
+                config = config
+                    .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                        "--trusted-ca-file",
+                        ca,
+                    )?))
+                    .client_auth_optional(!self.client_cert_auth);
+            }
+            (None, true) => {
+                return Err(StoreError::InvalidUrl {
+                    url: "--client-cert-auth".into(),
+                    reason: "needs --trusted-ca-file to check client certificates against".into(),
+                })
+            }
+            (None, false) => {}
+        }
+        Ok(config)
+    }
 }
 
 impl StoreConfig {
@@ -79,28 +129,30 @@ impl StoreConfig {
             auto_compaction: None,
             watch_progress_notify_interval: Duration::from_secs(600),
             watch_feed_capacity: 1024,
+            tls: None,
         }
     }
 }
 
-/// Parses an etcd client URL (`http://host:port`) into something to bind.
-pub fn parse_client_url(url: &str) -> Result<String, StoreError> {
+/// Parses an etcd client URL (`http://host:port` or `https://host:port`) into the address to
+/// bind and whether it serves TLS.
+pub fn parse_client_url(url: &str) -> Result<(String, bool), StoreError> {
     let invalid = |why: &str| StoreError::InvalidUrl {
         url: url.to_string(),
         reason: why.to_string(),
     };
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(invalid("TLS listeners are not supported yet; use http://"));
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true)
     } else {
-        return Err(invalid("expected http://HOST:PORT"));
+        return Err(invalid("expected http://HOST:PORT or https://HOST:PORT"));
     };
     let hostport = rest.trim_end_matches('/');
     if hostport.is_empty() || !hostport.contains(':') || hostport.contains('/') {
-        return Err(invalid("expected http://HOST:PORT"));
+        return Err(invalid("expected http://HOST:PORT or https://HOST:PORT"));
     }
-    Ok(hostport.to_string())
+    Ok((hostport.to_string(), tls))
 }
 
 /// What every service needs.
@@ -183,9 +235,18 @@ impl RunningStore {
 
 /// Opens the store and starts serving it on every listen URL.
 pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
+    let tls = config.tls.as_ref().map(ServerTls::load).transpose()?;
     let mut listeners = Vec::new();
+    let mut secure = Vec::new();
     for url in &config.listen_client_urls {
-        let addr = parse_client_url(url)?;
+        let (addr, https) = parse_client_url(url)?;
+        if https && tls.is_none() {
+            return Err(StoreError::InvalidUrl {
+                url: url.clone(),
+                reason: "an https:// listener needs --cert-file and --key-file".into(),
+            });
+        }
+        secure.push(https);
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StoreError::Io {
@@ -209,7 +270,11 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
     };
     let store = MvccStore::open(&config.data_dir, limits)?;
     let client_urls = if config.advertise_client_urls.is_empty() {
-        local_addrs.iter().map(|a| format!("http://{a}")).collect()
+        local_addrs
+            .iter()
+            .zip(&secure)
+            .map(|(a, https)| format!("{}://{a}", if *https { "https" } else { "http" }))
+            .collect()
     } else {
         config.advertise_client_urls.clone()
     };
@@ -241,8 +306,14 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
         });
     }
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    for (listener, addr) in listeners.into_iter().zip(&local_addrs) {
-        let router = tonic::transport::Server::builder()
+    for ((listener, addr), https) in listeners.into_iter().zip(&local_addrs).zip(secure) {
+        let mut builder = tonic::transport::Server::builder();
+        if let (true, Some(tls)) = (https, &tls) {
+            builder = builder
+                .tls_config(tls.clone())
+                .map_err(|e| StoreError::Backend(format!("TLS configuration: {e}")))?;
+        }
+        let router = builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(
                 PbKvServer::new(kv::KvService::new(ctx.clone()))
@@ -264,7 +335,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
             )
             .add_service(PbLeaseServer::new(lease::LeaseService::new(ctx.clone())));
         let mut stopped = stopped.clone();
-        tracing::info!(address = %addr, name = %config.name, "serving etcd v3 clients");
+        tracing::info!(address = %addr, tls = https, name = %config.name, "serving etcd v3 clients");
         tasks.spawn(async move {
             router
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {

@@ -1,0 +1,214 @@
+//! How every ferry component connects to "an etcd": the embedded `ferry store` or a real
+//! etcd cluster, with the same settings.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ferry_client::ConnectError> {
+//! let config = ferry_client::ConnectConfig::new(["127.0.0.1:2379"]);
+//! let mut client = ferry_client::connect(&config).await?;
+//! client.put("hello", "world", None).await.ok();
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+/// TLS settings of a client (PEM files, as etcdctl's `--cacert`, `--cert`, `--key`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA bundle that signed the server certificate.
+    pub ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    pub cert: Option<PathBuf>,
+    /// Key of the client certificate.
+    pub key: Option<PathBuf>,
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectConfig {
+    /// `host:port` or `http(s)://host:port` endpoints.
+    pub endpoints: Vec<String>,
+    /// TLS, when the endpoints are `https://` or TLS files are given.
+    pub tls: Option<TlsFiles>,
+    /// User name and password for etcd authentication.
+    pub credentials: Option<(String, String)>,
+    /// How long establishing a connection may take.
+    pub dial_timeout: Duration,
+    /// How long one request may take.
+    pub request_timeout: Duration,
+}
+
+impl ConnectConfig {
+    /// Plain connections to `endpoints` with etcdctl's default timeouts.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            tls: None,
+            credentials: None,
+            dial_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a connection could not be made; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No endpoint was given.
+    #[error("no etcd endpoint given (use --endpoints or FERRY_ENDPOINTS)")]
+    NoEndpoints,
+    /// A TLS file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    TlsFile {
+        /// Which file (CA, certificate, key).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate was given without its key, or the other way round.
+    #[error("--cert and --key go together: give both or neither")]
+    CertWithoutKey,
+    /// The endpoint did not answer in time or refused the connection.
+    #[error("cannot reach etcd at {endpoints}: {reason}")]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The TLS handshake failed (wrong CA, expired or mismatched certificate, missing client
+    /// certificate).
+    #[error("TLS handshake with {endpoints} failed: {reason}")]
+    Tls {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What the TLS layer said.
+        reason: String,
+    },
+    /// The server refused the user name or password.
+    #[error("etcd at {endpoints} refused the credentials for user {user:?}: {reason}")]
+    Credentials {
+        /// The endpoints tried.
+        endpoints: String,
+        /// The user name.
+        user: String,
+        /// What the server said.
+        reason: String,
+    },
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
+    std::fs::read(path).map_err(|source| ConnectError::TlsFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Connects and checks the connection with a Status call, so that an unreachable endpoint,
+/// a TLS problem or wrong credentials are reported here rather than at the first request.
+pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
+    if config.endpoints.is_empty() {
+        return Err(ConnectError::NoEndpoints);
+    }
+    let uses_https = config.endpoints.iter().any(|e| e.starts_with("https://"));
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.dial_timeout)
+        .with_timeout(config.request_timeout);
+    let mut endpoints = config.endpoints.clone();
+    if config.tls.is_some() || uses_https {
+        let files = config.tls.clone().unwrap_or_default();
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &files.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read("CA file", ca)?));
+        }
+        match (&files.cert, &files.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read("certificate", cert)?,
+                    read("key", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(ConnectError::CertWithoutKey),
+        }
+        options = options.with_tls(tls);
+        // etcd-client picks TLS per endpoint from the scheme.
+        endpoints = endpoints
+            .into_iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.replacen("http://", "https://", 1)
+                } else {
+                    format!("https://{e}")
+                }
+            })
+            .collect();
+    }
+    if let Some((user, password)) = &config.credentials {
+        options = options.with_user(user.clone(), password.clone());
+    }
+    let joined = config.endpoints.join(",");
+    let classify = |err: etcd_client::Error| -> ConnectError {
+        let reason = describe(&err);
+        let lower = reason.to_lowercase();
+        if let Some((user, _)) = &config.credentials {
+            if lower.contains("authentication failed") || lower.contains("invalid user") {
+                return ConnectError::Credentials {
+                    endpoints: joined.clone(),
+                    user: user.clone(),
+                    reason,
+                };
+            }
+        }
+        if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+            ConnectError::Tls {
+                endpoints: joined.clone(),
+                reason,
+            }
+        } else {
+            ConnectError::Unreachable {
+                endpoints: joined.clone(),
+                reason,
+            }
+        }
+    };
+    let attempt = async {
+        let mut client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(classify)?;
+        client.status().await.map_err(classify)?;
+        Ok(client)
+    };
+    match tokio::time::timeout(config.dial_timeout + config.request_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Unreachable {
+            endpoints: joined.clone(),
+            reason: format!(
+                "no answer within {:?}",
+                config.dial_timeout + config.request_timeout
+            ),
+        }),
+    }
+}
+
+/// The whole chain of an error, since the useful part (refused, certificate unknown) is
+/// usually at the bottom.
+fn describe(err: &etcd_client::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

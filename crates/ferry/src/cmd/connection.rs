@@ -1,0 +1,94 @@
+//! The connection flags every subcommand that talks to a store shares.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use ferry_client::{ConnectConfig, TlsFiles};
+
+/// How to reach the store (the embedded one or a real etcd cluster).
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Comma-separated etcd endpoints (host:port, http://host:port or https://host:port).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379",
+        env = "FERRY_ENDPOINTS",
+        global = true
+    )]
+    pub endpoints: Vec<String>,
+    /// CA bundle to verify the server certificate.
+    #[arg(long, env = "FERRY_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[arg(long, env = "FERRY_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// Key of the client certificate.
+    #[arg(long, env = "FERRY_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// User name, or `user:password` (as etcdctl's --user).
+    #[arg(long, env = "FERRY_USER", global = true)]
+    pub user: Option<String>,
+    /// Password, when --user holds only the name.
+    #[arg(long, env = "FERRY_PASSWORD", global = true, hide_env_values = true)]
+    pub password: Option<String>,
+    /// Time allowed to establish a connection.
+    #[arg(long, default_value = "2s", env = "FERRY_DIAL_TIMEOUT", global = true)]
+    pub dial_timeout: String,
+    /// Time allowed for one request.
+    #[arg(
+        long,
+        default_value = "5s",
+        env = "FERRY_COMMAND_TIMEOUT",
+        global = true
+    )]
+    pub command_timeout: String,
+}
+
+fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    let d = ferry_store::duration::parse(text).map_err(|e| anyhow!("--{flag}: {e}"))?;
+    if d.is_zero() {
+        return Err(anyhow!("--{flag} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+impl ConnectionArgs {
+    /// The library configuration these flags describe.
+    pub fn config(&self) -> anyhow::Result<ConnectConfig> {
+        let mut config =
+            ConnectConfig::new(self.endpoints.iter().filter(|e| !e.is_empty()).cloned());
+        config.dial_timeout = duration("dial-timeout", &self.dial_timeout)?;
+        config.request_timeout = duration("command-timeout", &self.command_timeout)?;
+        if self.cacert.is_some() || self.cert.is_some() || self.key.is_some() {
+            config.tls = Some(TlsFiles {
+                ca: self.cacert.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            });
+        }
+        config.credentials =
+            match (&self.user, &self.password) {
+                (None, None) => None,
+                (None, Some(_)) => return Err(anyhow!("--password needs --user")),
+                (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+                (Some(user), None) => match user.split_once(':') {
+                    Some((name, password)) => Some((name.to_string(), password.to_string())),
+                    None => return Err(anyhow!(
+                        "--user {user:?} has no password: use --user NAME:PASSWORD or --password"
+                    )),
+                },
+            };
+        Ok(config)
+    }
+
+    /// Connects, reporting unreachable endpoints, TLS and credential problems clearly.
+    pub async fn connect(&self) -> anyhow::Result<etcd_client::Client> {
+        let config = self.config()?;
+        ferry_client::connect(&config)
+            .await
+            .with_context(|| "connecting to the store".to_string())
+    }
+}
