@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use etcd_client::Client;
 
+pub use ferry_client::TlsFiles;
+
 /// Which implementation of the etcd v3 API a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -30,6 +32,8 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
     args: Vec<String>,
     program: PathBuf,
+    /// Client TLS settings when the server listens on https.
+    tls: Option<ferry_client::TlsFiles>,
 }
 
 /// Picks a free loopback port (the kernel's choice for port 0).
@@ -63,9 +67,30 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 impl Server {
     /// Starts `kind` with extra flags (etcd's flag names work for both).
     pub async fn start(kind: Kind, ferry_bin: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(kind, ferry_bin, extra, None).await
+    }
+
+    /// Starts `kind` listening on `https://`, with `extra` carrying the server's TLS flags
+    /// (`--cert-file`, `--key-file`, …); `client` is what readiness checks connect with.
+    pub async fn start_tls(
+        kind: Kind,
+        ferry_bin: &Path,
+        extra: &[&str],
+        client: ferry_client::TlsFiles,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(kind, ferry_bin, extra, Some(client)).await
+    }
+
+    async fn start_with(
+        kind: Kind,
+        ferry_bin: &Path,
+        extra: &[&str],
+        tls: Option<ferry_client::TlsFiles>,
+    ) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir().context("creating a temp dir")?;
         let data_dir = tmp.path().join("data");
-        let mut server = Self::prepare(kind, ferry_bin, &data_dir, extra)?;
+        let mut server = Self::prepare(kind, ferry_bin, &data_dir, extra, tls.is_some())?;
+        server.tls = tls;
         server._tmp = Some(tmp);
         server.spawn().await?;
         Ok(server)
@@ -77,7 +102,7 @@ impl Server {
         data_dir: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut server = Self::prepare(Kind::Ferry, ferry_bin, data_dir, extra)?;
+        let mut server = Self::prepare(Kind::Ferry, ferry_bin, data_dir, extra, false)?;
         server.spawn().await?;
         Ok(server)
     }
@@ -87,9 +112,11 @@ impl Server {
         ferry_bin: &Path,
         data_dir: &Path,
         extra: &[&str],
+        https: bool,
     ) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let client_url = format!("http://127.0.0.1:{port}");
+        let scheme = if https { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{port}");
         let mut args: Vec<String> = Vec::new();
         let peer = format!("http://127.0.0.1:{}", free_port()?);
         let program = match kind {
@@ -136,6 +163,7 @@ impl Server {
             _tmp: None,
             args,
             program,
+            tls: None,
         })
     }
 
@@ -161,10 +189,8 @@ impl Server {
                     bail!("{:?} server exited during start-up: {status}", self.kind);
                 }
             }
-            if let Ok(mut client) = Client::connect([self.endpoint()], None).await {
-                if client.status().await.is_ok() {
-                    return Ok(());
-                }
+            if self.connect().await.is_ok() {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("{:?} server did not become ready within 20 s", self.kind);
@@ -193,11 +219,20 @@ impl Server {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// A connected client.
+    /// A connected client (over TLS when the server listens on https).
     pub async fn client(&self) -> anyhow::Result<Client> {
-        Client::connect([self.endpoint()], None)
-            .await
-            .context("connecting to the server")
+        self.connect().await.context("connecting to the server")
+    }
+
+    /// The connection settings a client of this server needs.
+    pub fn connect_config(&self) -> ferry_client::ConnectConfig {
+        let mut config = ferry_client::ConnectConfig::new([self.endpoint()]);
+        config.tls = self.tls.clone();
+        config
+    }
+
+    async fn connect(&self) -> Result<Client, ferry_client::ConnectError> {
+        ferry_client::connect(&self.connect_config()).await
     }
 
     /// Kills the server with SIGKILL and reaps it.

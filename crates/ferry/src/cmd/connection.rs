@@ -69,18 +69,19 @@ impl ConnectionArgs {
                 key: self.key.clone(),
             });
         }
-        config.credentials =
-            match (&self.user, &self.password) {
-                (None, None) => None,
-                (None, Some(_)) => return Err(anyhow!("--password needs --user")),
-                (Some(user), Some(password)) => Some((user.clone(), password.clone())),
-                (Some(user), None) => match user.split_once(':') {
-                    Some((name, password)) => Some((name.to_string(), password.to_string())),
-                    None => return Err(anyhow!(
+        config.credentials = match (&self.user, &self.password) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(anyhow!("--password needs --user")),
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            (Some(user), None) => match user.split_once(':') {
+                Some((name, password)) => Some((name.to_string(), password.to_string())),
+                None => {
+                    return Err(anyhow!(
                         "--user {user:?} has no password: use --user NAME:PASSWORD or --password"
-                    )),
-                },
-            };
+                    ))
+                }
+            },
+        };
         Ok(config)
     }
 

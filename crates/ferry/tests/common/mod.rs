@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+pub mod certs;
+
 pub use ferry_testkit::{Kind, Server};
 
 /// The `ferry` binary built for these tests.
