@@ -9,6 +9,8 @@
 //! # Ok(()) }
 //! ```
 
+mod insecure;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,6 +25,9 @@ pub struct TlsFiles {
     pub cert: Option<PathBuf>,
     /// Key of the client certificate.
     pub key: Option<PathBuf>,
+    /// Encrypt but do not verify the server's certificate (etcdctl's
+    /// `--insecure-skip-tls-verify`). Only the first endpoint is used.
+    pub insecure_skip_verify: bool,
 }
 
 /// Where and how to connect.
@@ -121,7 +126,8 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
         .with_connect_timeout(config.dial_timeout)
         .with_timeout(config.request_timeout);
     let mut endpoints = config.endpoints.clone();
-    if config.tls.is_some() || uses_https {
+    let insecure = config.tls.as_ref().is_some_and(|t| t.insecure_skip_verify);
+    if (config.tls.is_some() || uses_https) && !insecure {
         let files = config.tls.clone().unwrap_or_default();
         let mut tls = TlsOptions::new();
         if let Some(ca) = &files.ca {
@@ -179,9 +185,17 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
         }
     };
     let attempt = async {
-        let mut client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(classify)?;
+        let mut client = match &config.tls {
+            Some(files) if insecure => {
+                let channel = insecure::channel(&config.endpoints[0], files, config.dial_timeout)?;
+                Client::from_channel(channel, Some(options))
+                    .await
+                    .map_err(classify)?
+            }
+            _ => Client::connect(endpoints, Some(options))
+                .await
+                .map_err(classify)?,
+        };
         client.status().await.map_err(classify)?;
         Ok(client)
     };

@@ -334,6 +334,17 @@ async fn tls_and_mutual_tls(kind: Kind) -> anyhow::Result<()> {
             ),
             "{err}"
         );
+        // --insecure-skip-tls-verify: encrypted, the unknown CA accepted (the client
+        // certificate still goes along for mutual TLS).
+        let mut insecure = wrong_ca.clone();
+        if let Some(tls) = insecure.tls.as_mut() {
+            tls.ca = None;
+            tls.insecure_skip_verify = true;
+        }
+        ferry_client::connect(&insecure)
+            .await?
+            .put("insecure", "ok", None)
+            .await?;
         // Plain text against a TLS listener fails too.
         let mut plain = server.connect_config();
         plain.tls = None;

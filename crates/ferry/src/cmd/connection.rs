@@ -28,6 +28,9 @@ pub struct ConnectionArgs {
     /// Key of the client certificate.
     #[arg(long, env = "FERRY_KEY", global = true)]
     pub key: Option<PathBuf>,
+    /// Use TLS but do not verify the server certificate (first endpoint only).
+    #[arg(long, env = "FERRY_INSECURE_SKIP_TLS_VERIFY", global = true)]
+    pub insecure_skip_tls_verify: bool,
     /// User name, or `user:password` (as etcdctl's --user).
     #[arg(long, env = "FERRY_USER", global = true)]
     pub user: Option<String>,
@@ -62,11 +65,16 @@ impl ConnectionArgs {
             ConnectConfig::new(self.endpoints.iter().filter(|e| !e.is_empty()).cloned());
         config.dial_timeout = duration("dial-timeout", &self.dial_timeout)?;
         config.request_timeout = duration("command-timeout", &self.command_timeout)?;
-        if self.cacert.is_some() || self.cert.is_some() || self.key.is_some() {
+        if self.cacert.is_some()
+            || self.cert.is_some()
+            || self.key.is_some()
+            || self.insecure_skip_tls_verify
+        {
             config.tls = Some(TlsFiles {
                 ca: self.cacert.clone(),
                 cert: self.cert.clone(),
                 key: self.key.clone(),
+                insecure_skip_verify: self.insecure_skip_tls_verify,
             });
         }
         config.credentials = match (&self.user, &self.password) {

@@ -96,6 +96,7 @@ impl Certs {
             ca: Some(self.ca.clone()),
             cert: Some(self.client_cert.clone()),
             key: Some(self.client_key.clone()),
+            insecure_skip_verify: false,
         }
     }
 }
