@@ -164,6 +164,13 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
         let reason = describe(&err);
         let lower = reason.to_lowercase();
         if let Some((user, _)) = &config.credentials {
+            if lower.contains("unimplemented") || lower.contains("not implemented") {
+                return ConnectError::Credentials {
+                    endpoints: joined.clone(),
+                    user: user.clone(),
+                    reason: "the server does not support authentication (ferry store has none yet); connect without --user".into(),
+                };
+            }
             if lower.contains("authentication failed") || lower.contains("invalid user") {
                 return ConnectError::Credentials {
                     endpoints: joined.clone(),

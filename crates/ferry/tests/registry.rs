@@ -17,6 +17,7 @@ against_both!(&[];
     discovery_sees_joins_and_leaves_in_order,
     discovery_relists_after_compaction_without_losing_or_inventing,
     heartbeats_write_nothing,
+    a_lost_lease_is_replaced_by_announcing_again,
 );
 
 const PREFIX: &str = "/services";
@@ -245,6 +246,36 @@ async fn discovery_relists_after_compaction_without_losing_or_inventing(
     assert_eq!(now, ["new", "stay"]);
     stay.stop().await?;
     join.stop().await?;
+    Ok(())
+}
+
+async fn a_lost_lease_is_replaced_by_announcing_again(server: &Server) -> anyhow::Result<()> {
+    let client = server.client().await?;
+    let mut a = announce(
+        client.clone(),
+        fast(),
+        Instance::new("web", "phoenix", "127.0.0.1:1"),
+    )
+    .await?;
+    let ferry_registry::AnnounceState::Live { lease } = a.state() else {
+        anyhow::bail!("not live after announce");
+    };
+    // As if the lease had expired during a partition: revoke it behind the announcer's back.
+    let mut c = server.client().await?;
+    c.lease_revoke(lease).await?;
+    assert!(c.get("/services/web/phoenix", None).await?.kvs().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = tokio::time::timeout(Duration::from_secs(10), a.changed()).await??;
+        if let ferry_registry::AnnounceState::Live { lease: new } = state {
+            assert_ne!(new, lease);
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never announced again");
+    }
+    let got = c.get("/services/web/phoenix", None).await?;
+    assert_eq!(got.kvs().len(), 1, "registered again under the new lease");
+    a.stop().await?;
     Ok(())
 }
 
