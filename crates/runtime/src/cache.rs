@@ -192,6 +192,9 @@ impl<T> Cache<T> {
     }
 }
 
+/// `(old, new)` for one key whose state changed in a [`Cache::replace`].
+pub(crate) type Change<T> = (Option<Object<T>>, Option<Object<T>>);
+
 fn remove_from<T>(index: &mut Index<T>, key: &str, value: &T) {
     for v in (index.compute)(value) {
         if let Some(keys) = index.entries.get_mut(&v) {

@@ -332,6 +332,13 @@ impl<K: QueueKey> Default for WorkQueue<K> {
     }
 }
 
+impl<K> Drop for Inner<K> {
+    fn drop(&mut self) {
+        // Wakes the delay task so it sees the queue is gone and ends.
+        self.delayed_changed.notify_one();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,12 +399,5 @@ mod tests {
             .await
             .expect("drain finished")
             .expect("task");
-    }
-}
-
-impl<K> Drop for Inner<K> {
-    fn drop(&mut self) {
-        // Wakes the delay task so it sees the queue is gone and ends.
-        self.delayed_changed.notify_one();
     }
 }
