@@ -213,7 +213,7 @@ impl<T> Cache<T> {
     pub(crate) fn replace(
         &self,
         fresh: Vec<Object<T>>,
-    ) -> Vec<(Option<Object<T>>, Option<Object<T>>)> {
+    ) -> Vec<Change<T>> {
         let mut state = self.state.write();
         let mut fresh: BTreeMap<String, Object<T>> =
             fresh.into_iter().map(|o| (o.key.clone(), o)).collect();
