@@ -210,10 +210,7 @@ impl<T> Cache<T> {
     /// Replaces every object at once (readers see the old set or the new one, never a mix)
     /// and returns `(old, new)` for every key that changed: `(Some, None)` vanished,
     /// `(None, Some)` appeared, `(Some, Some)` changed revision.
-    pub(crate) fn replace(
-        &self,
-        fresh: Vec<Object<T>>,
-    ) -> Vec<Change<T>> {
+    pub(crate) fn replace(&self, fresh: Vec<Object<T>>) -> Vec<Change<T>> {
         let mut state = self.state.write();
         let mut fresh: BTreeMap<String, Object<T>> =
             fresh.into_iter().map(|o| (o.key.clone(), o)).collect();

@@ -262,7 +262,8 @@ async fn run<T: DeserializeOwned + Send + Sync + 'static>(
             Some(r) => r,
             None => match relist(&mut client, &config, &shared).await {
                 Ok(r) => {
-                    let _ = shared.synced.send(true);
+                    // send_replace stores the value even while nobody is waiting yet.
+                    shared.synced.send_replace(true);
                     r
                 }
                 Err(e) => {
