@@ -30,6 +30,7 @@ against_both!(&[];
     predicates_keep_status_writes_from_retriggering,
     leader_fails_over_and_a_deposed_leader_cannot_write,
     network_example_converges,
+    periodic_resync_replays_unchanged_objects,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -471,9 +472,16 @@ async fn leader_fails_over_and_a_deposed_leader_cannot_write(
         "{refused:?}"
     );
     assert_eq!(c.get("/guarded", None).await?.kvs()[0].value(), b"by b");
+    let mut observed = election.observe();
     let c2 = election.campaign("c").await?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        observed.wait_for(|v| v.as_deref() == Some(b"c".as_slice())),
+    )
+    .await??;
     c2.resign().await?;
     assert_eq!(election.leader().await?, None);
+    tokio::time::timeout(Duration::from_secs(10), observed.wait_for(|v| v.is_none())).await??;
     Ok(())
 }
 
@@ -551,5 +559,25 @@ async fn network_example_converges(server: &Server) -> anyhow::Result<()> {
     .await?;
     let _ = stop.send(());
     run.await?;
+    Ok(())
+}
+
+async fn periodic_resync_replays_unchanged_objects(server: &Server) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    c.put("/resync/a", item("1"), None).await?;
+    let mut config = InformerConfig::new("/resync/");
+    config.resync_period = Some(Duration::from_millis(300));
+    let informer: Informer<Item> = Informer::start(server.client().await?, config);
+    informer.wait_for_sync().await;
+    let mut events = informer.subscribe();
+    let got = collect(&mut events, 3).await?;
+    assert_eq!(
+        got,
+        [
+            "+/resync/a=1",
+            "~/resync/a=1 (resync)",
+            "~/resync/a=1 (resync)"
+        ]
+    );
     Ok(())
 }

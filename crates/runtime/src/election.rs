@@ -35,6 +35,17 @@ fn store(action: &'static str) -> impl FnOnce(etcd_client::Error) -> ElectionErr
 }
 
 /// An election among the candidates under one prefix.
+///
+/// ```no_run
+/// # async fn demo(client: etcd_client::Client) -> Result<(), ferry_runtime::election::ElectionError> {
+/// use ferry_runtime::Election;
+/// let election = Election::new(client, "/ferry/election/reconciler", 5);
+/// let leadership = election.campaign("replica-1").await?;
+/// // Only the leader's writes land; a deposed leader gets ElectionError::NotLeader.
+/// leadership.fenced([etcd_client::TxnOp::put("/state", "written by the leader", None)]).await?;
+/// leadership.resign().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Election {
     client: Client,
@@ -147,6 +158,56 @@ impl Election {
                 return Err(ElectionError::NotLeader(key));
             }
         }
+    }
+
+    /// Follows the leadership: the receiver always holds the current leader's value (`None`
+    /// while nobody leads) and changes when the leader does. Ends when the receiver drops.
+    pub fn observe(&self) -> watch::Receiver<Option<Vec<u8>>> {
+        let (tx, rx) = watch::channel(None);
+        let election = self.clone();
+        tokio::spawn(async move {
+            let mut client = election.client.clone();
+            let prefix = format!("{}/", election.prefix);
+            let first = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Ascend)
+                .with_limit(1);
+            loop {
+                let resp = match client.get(prefix.as_str(), Some(first.clone())).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "observing the election; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                let leader = resp.kvs().first().map(|kv| kv.value().to_vec());
+                let read_at = resp.header().map(|h| h.revision()).unwrap_or(0);
+                tx.send_if_modified(|current| {
+                    let changed = *current != leader;
+                    *current = leader;
+                    changed
+                });
+                // Watch from just after the read, so no change between the two is missed.
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(read_at + 1);
+                let Ok(mut stream) = client.watch(prefix.as_str(), Some(options)).await else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                loop {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        m = stream.message() => match m {
+                            Ok(Some(resp)) if resp.events().is_empty() && !resp.canceled() => continue,
+                            _ => break,
+                        }
+                    }
+                }
+            }
+        });
+        rx
     }
 
     /// The current leader's key and value, if any.

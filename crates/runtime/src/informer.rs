@@ -108,6 +108,23 @@ impl<T> Shared<T> {
 }
 
 /// A running informer over one prefix, decoding values as JSON `T`.
+///
+/// ```no_run
+/// # async fn demo(client: etcd_client::Client) {
+/// use ferry_runtime::{Event, Informer, InformerConfig};
+/// #[derive(serde::Deserialize)]
+/// struct Network { cidr: String }
+/// let informer: Informer<Network> = Informer::start(client, InformerConfig::new("/registry/networks/"));
+/// informer.add_handler(|event| match event {
+///     Event::Added(o) => println!("new {} {}", o.key, o.value.cidr),
+///     Event::Updated { new, resync: false, .. } => println!("changed {}", new.key),
+///     Event::Updated { .. } => {} // periodic resync of an unchanged object
+///     Event::Deleted(o) => println!("gone {} (was {})", o.key, o.value.cidr),
+/// });
+/// informer.wait_for_sync().await;
+/// println!("{} networks", informer.cache().len());
+/// # }
+/// ```
 pub struct Informer<T> {
     shared: Arc<Shared<T>>,
     task: JoinHandle<()>,

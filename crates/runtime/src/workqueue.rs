@@ -59,6 +59,20 @@ struct Inner<K> {
 }
 
 /// A rate-limited, deduplicating work queue; cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use ferry_runtime::WorkQueue;
+/// let queue: WorkQueue<String> = WorkQueue::new();
+/// queue.add("a".to_string());
+/// queue.add("a".to_string()); // already queued: deduplicated
+/// let key = queue.get().await.expect("a key");
+/// // ... reconcile `key`; on failure: queue.add_rate_limited(key.clone());
+/// queue.forget(&key); // success: reset its backoff
+/// queue.done(&key);
+/// assert!(queue.is_empty());
+/// # }
+/// ```
 pub struct WorkQueue<K: QueueKey> {
     inner: Arc<Inner<K>>,
 }
