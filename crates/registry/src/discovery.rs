@@ -1,9 +1,11 @@
-//! Discovering instances: list a prefix, then watch it, keeping the live set.
+//! Discovering instances: an informer over the registry prefix, seen as joins, updates and
+//! leaves. The informer (from `ferry-runtime`) does the list + watch, the resume after a
+//! lost connection and the relist after compaction; this module only interprets it.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, GetOptions};
+use ferry_runtime::{Event, Informer, InformerConfig};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -40,18 +42,17 @@ pub enum Change {
 
 /// The live instances of a service (or of all services), kept current in the background.
 pub struct Discovery {
+    informer: Informer<Instance>,
+    changes: mpsc::UnboundedReceiver<Event<Instance>>,
     live: watch::Receiver<Vec<Instance>>,
-    changes: mpsc::UnboundedReceiver<Change>,
-    task: JoinHandle<()>,
+    follower: JoinHandle<()>,
 }
 
 impl Drop for Discovery {
     fn drop(&mut self) {
-        self.task.abort();
+        self.follower.abort();
     }
 }
-
-type Known = BTreeMap<Vec<u8>, Instance>;
 
 impl Discovery {
     /// Starts discovery of `service` (or every service) under `prefix`; returns after the
@@ -76,30 +77,61 @@ impl Discovery {
             Some(s) => format!("{base}/{s}/"),
             None => format!("{base}/"),
         };
-        let (known, revision) = list(&mut client, &key_prefix).await?;
-        let (changes_tx, changes) = mpsc::unbounded_channel();
-        for instance in sorted(&known) {
-            let _ = changes_tx.send(Change::Joined(instance));
-        }
-        let (live_tx, live) = watch::channel(sorted(&known));
-        let task = tokio::spawn(follow(
-            client, key_prefix, config, known, revision, live_tx, changes_tx,
-        ));
+        // Fail fast on a store that cannot be read, rather than retrying in the background.
+        client
+            .get(
+                key_prefix.as_str(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(RegistryError::store(format!("listing {key_prefix}")))?;
+        let mut informer_config = InformerConfig::new(key_prefix);
+        informer_config.min_backoff = config.min_retry_backoff;
+        informer_config.max_backoff = config.max_retry_backoff;
+        let informer: Informer<Instance> = Informer::start(client, informer_config);
+        informer.wait_for_sync().await;
+        let changes = informer.subscribe();
+        let cache = informer.cache();
+        let (live_tx, live) =
+            watch::channel(sorted(cache.list().into_iter().map(|o| (*o.value).clone())));
+        let mut updates = informer.subscribe();
+        let follower = tokio::spawn(async move {
+            while updates.recv().await.is_some() {
+                live_tx.send_replace(sorted(cache.list().into_iter().map(|o| (*o.value).clone())));
+            }
+        });
         Ok(Self {
-            live,
+            informer,
             changes,
-            task,
+            live,
+            follower,
         })
     }
 
     /// The live instances, oldest first.
     pub fn instances(&self) -> Vec<Instance> {
-        self.live.borrow().clone()
+        sorted(
+            self.informer
+                .cache()
+                .list()
+                .into_iter()
+                .map(|o| (*o.value).clone()),
+        )
     }
 
-    /// The next change (the first listing arrives as `Joined` changes, oldest first).
+    /// The next change; instances present at start arrive first, as `Joined`.
     pub async fn next_change(&mut self) -> Option<Change> {
-        self.changes.recv().await
+        loop {
+            let change = match self.changes.recv().await? {
+                Event::Added(o) => Change::Joined((*o.value).clone()),
+                Event::Updated { old, new, .. } if old.value != new.value => {
+                    Change::Updated((*new.value).clone())
+                }
+                Event::Updated { .. } => continue,
+                Event::Deleted(o) => Change::Left((*o.value).clone()),
+            };
+            return Some(change);
+        }
     }
 
     /// Waits until the live set satisfies `condition`, returning it.
@@ -116,169 +148,8 @@ impl Discovery {
     }
 }
 
-fn sorted(known: &Known) -> Vec<Instance> {
-    let mut all: Vec<Instance> = known.values().cloned().collect();
+fn sorted(instances: impl Iterator<Item = Instance>) -> Vec<Instance> {
+    let mut all: Vec<Instance> = instances.collect();
     all.sort_by(|a, b| a.order().cmp(&b.order()));
     all
-}
-
-fn decode(key: &[u8], value: &[u8]) -> Option<Instance> {
-    match serde_json::from_slice::<Instance>(value) {
-        Ok(instance) => Some(instance),
-        Err(e) => {
-            tracing::warn!(key = %String::from_utf8_lossy(key), error = %e, "skipping an entry that is not an instance");
-            None
-        }
-    }
-}
-
-async fn list(client: &mut Client, prefix: &str) -> Result<(Known, i64), RegistryError> {
-    let resp = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(RegistryError::store(format!("listing {prefix}")))?;
-    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let known = resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| decode(kv.key(), kv.value()).map(|i| (kv.key().to_vec(), i)))
-        .collect();
-    Ok((known, revision))
-}
-
-/// Why a watch ended.
-enum WatchEnd {
-    /// The history to resume from was compacted: relist.
-    Compacted,
-    /// The connection failed: retry from the same revision.
-    Failed(String),
-    /// Nobody listens any more.
-    Closed,
-}
-
-async fn follow(
-    mut client: Client,
-    prefix: String,
-    config: DiscoveryConfig,
-    mut known: Known,
-    mut revision: i64,
-    live: watch::Sender<Vec<Instance>>,
-    changes: mpsc::UnboundedSender<Change>,
-) {
-    let mut backoff = config.min_retry_backoff;
-    loop {
-        let end = watch_from(
-            &mut client,
-            &prefix,
-            &mut known,
-            &mut revision,
-            &live,
-            &changes,
-            &mut backoff,
-            &config,
-        )
-        .await;
-        match end {
-            WatchEnd::Closed => return,
-            WatchEnd::Failed(reason) => {
-                tracing::debug!(%prefix, %reason, "discovery watch failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(config.max_retry_backoff);
-            }
-            WatchEnd::Compacted => match list(&mut client, &prefix).await {
-                Ok((fresh, at)) => {
-                    tracing::info!(%prefix, revision = at, "history compacted; relisted");
-                    // Deliver the difference, so nothing is lost or invented.
-                    for (key, old) in &known {
-                        if !fresh.contains_key(key)
-                            && changes.send(Change::Left(old.clone())).is_err()
-                        {
-                            return;
-                        }
-                    }
-                    for (key, new) in &fresh {
-                        let change = match known.get(key) {
-                            None => Change::Joined(new.clone()),
-                            Some(old) if old != new => Change::Updated(new.clone()),
-                            Some(_) => continue,
-                        };
-                        if changes.send(change).is_err() {
-                            return;
-                        }
-                    }
-                    known = fresh;
-                    revision = at;
-                    let _ = live.send(sorted(&known));
-                }
-                Err(e) => {
-                    tracing::debug!(%prefix, error = %e, "relist failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(config.max_retry_backoff);
-                }
-            },
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn watch_from(
-    client: &mut Client,
-    prefix: &str,
-    known: &mut Known,
-    revision: &mut i64,
-    live: &watch::Sender<Vec<Instance>>,
-    changes: &mpsc::UnboundedSender<Change>,
-    backoff: &mut Duration,
-    config: &DiscoveryConfig,
-) -> WatchEnd {
-    let options = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(*revision + 1);
-    let mut stream = match client.watch(prefix, Some(options)).await {
-        Ok(s) => s,
-        Err(e) => return WatchEnd::Failed(e.to_string()),
-    };
-    loop {
-        let resp = match stream.message().await {
-            Ok(Some(resp)) => resp,
-            Ok(None) => return WatchEnd::Failed("watch stream ended".into()),
-            Err(e) => return WatchEnd::Failed(e.to_string()),
-        };
-        if resp.canceled() {
-            return if resp.compact_revision() != 0 {
-                WatchEnd::Compacted
-            } else {
-                WatchEnd::Failed(format!("watch cancelled: {}", resp.cancel_reason()))
-            };
-        }
-        *backoff = config.min_retry_backoff;
-        if resp.events().is_empty() {
-            continue;
-        }
-        for event in resp.events() {
-            let Some(kv) = event.kv() else { continue };
-            *revision = (*revision).max(kv.mod_revision());
-            let change = match event.event_type() {
-                EventType::Put => match decode(kv.key(), kv.value()) {
-                    Some(instance) => match known.insert(kv.key().to_vec(), instance.clone()) {
-                        None => Change::Joined(instance),
-                        Some(old) if old != instance => Change::Updated(instance),
-                        Some(_) => continue,
-                    },
-                    None => match known.remove(kv.key()) {
-                        Some(old) => Change::Left(old),
-                        None => continue,
-                    },
-                },
-                EventType::Delete => match known.remove(kv.key()) {
-                    Some(old) => Change::Left(old),
-                    None => continue,
-                },
-            };
-            if changes.send(change).is_err() {
-                return WatchEnd::Closed;
-            }
-        }
-        let _ = live.send(sorted(known));
-    }
 }
