@@ -160,6 +160,16 @@ impl MvccStore {
         self.events.subscribe()
     }
 
+    /// A backend snapshot. Callers that read values named by the index take it while holding
+    /// the index read lock, so compaction cannot remove those values first.
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.shared
+            .db
+            .read()
+            .begin_read()
+            .map_err(StoreError::backend)
+    }
+
     /// Serves a Range at the last durable revision (or the one requested).
     pub fn range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse, StoreError> {
         let (txn, plan, current) = {
@@ -169,12 +179,7 @@ impl MvccStore {
             let plan = range::plan(&index, req, at);
             // The read snapshot starts while the index lock keeps compaction out, so every
             // value the plan names is still in it.
-            let txn = self
-                .shared
-                .db
-                .read()
-                .begin_read()
-                .map_err(StoreError::backend)?;
+            let txn = self.begin_read()?;
             (txn, plan, current)
         };
         let table = txn.open_table(KV).map_err(StoreError::backend)?;
@@ -189,12 +194,7 @@ impl MvccStore {
         if from < self.compact_revision() {
             return Err(StoreError::Compacted);
         }
-        let txn = self
-            .shared
-            .db
-            .read()
-            .begin_read()
-            .map_err(StoreError::backend)?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(KV).map_err(StoreError::backend)?;
         let start = Revision::new(from, 0).to_bytes();
         let end = Revision::new(to.saturating_add(1), 0).to_bytes();
