@@ -87,13 +87,22 @@ impl Server {
         extra: &[&str],
         tls: Option<ferry_client::TlsFiles>,
     ) -> anyhow::Result<Self> {
-        let tmp = tempfile::tempdir().context("creating a temp dir")?;
-        let data_dir = tmp.path().join("data");
-        let mut server = Self::prepare(kind, ferry_bin, &data_dir, extra, tls.is_some())?;
-        server.tls = tls;
-        server._tmp = Some(tmp);
-        server.spawn().await?;
-        Ok(server)
+        // A free port can be taken by another test between picking it and binding it; a
+        // server that exits during start-up is tried again on new ports.
+        let mut last_error = None;
+        for _ in 0..3 {
+            let tmp = tempfile::tempdir().context("creating a temp dir")?;
+            let data_dir = tmp.path().join("data");
+            let mut server = Self::prepare(kind, ferry_bin, &data_dir, extra, tls.is_some())?;
+            server.tls = tls.clone();
+            server._tmp = Some(tmp);
+            match server.spawn().await {
+                Ok(()) => return Ok(server),
+                Err(e) if e.to_string().contains("exited during start-up") => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("server did not start")))
     }
 
     /// Starts a ferry store on an existing data dir (for restore tests).
