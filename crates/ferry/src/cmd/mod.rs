@@ -2,7 +2,10 @@
 
 mod connection;
 mod registry;
+mod render;
 mod store;
+
+pub use render::confd_style;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +23,8 @@ enum Command {
     Store(store::StoreArgs),
     /// Announce service instances and discover them.
     Registry(registry::RegistryArgs),
+    /// Render confd template resources from the store (confd-compatible).
+    Render(render::RenderArgs),
 }
 
 impl Cli {
@@ -28,6 +33,7 @@ impl Cli {
         match self.command {
             Command::Store(args) => args.run().await,
             Command::Registry(args) => args.run().await,
+            Command::Render(args) => args.run().await,
         }
     }
 }

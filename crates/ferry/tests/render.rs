@@ -1,0 +1,132 @@
+//! `ferry render -onetime` against `ferry store` and a real etcd 3.4: confd resources,
+//! staged writes, check and reload commands, dry runs and template errors.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{ferry_bin, Server};
+use etcd_client::DeleteOptions;
+
+against_both!(&[];
+    onetime_renders_checks_installs_and_reloads,
+);
+
+const TEMPLATE: &str = "upstream apache {\n{{- range getvs \"/services/apache/*\"}}\n    server {{.}};\n{{- end}}\n}\n";
+
+fn setup(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("conf.d"))?;
+    std::fs::create_dir_all(dir.join("templates"))?;
+    std::fs::create_dir_all(dir.join("out"))?;
+    std::fs::write(dir.join("templates/upstream.tmpl"), TEMPLATE)?;
+    std::fs::write(
+        dir.join("conf.d/upstream.toml"),
+        format!(
+            "[template]\nsrc = \"upstream.tmpl\"\ndest = \"{out}\"\nkeys = [\"/services/apache\"]\nmode = \"0640\"\n\
+             check_cmd = \"grep -q server {{{{.src}}}}\"\nreload_cmd = \"touch {marker}\"\n",
+            out = dir.join("out/upstream.conf").display(),
+            marker = dir.join("reloaded").display(),
+        ),
+    )?;
+    Ok(())
+}
+
+fn render(server: &Server, dir: &Path, extra: &[&str]) -> anyhow::Result<Output> {
+    Ok(Command::new(ferry_bin())
+        .args(["render", "-onetime", "-confdir"])
+        .arg(dir)
+        .args(["-node", &server.endpoint()])
+        .args(extra)
+        .env("FERRY_LOG", "warn")
+        .output()?)
+}
+
+async fn onetime_renders_checks_installs_and_reloads(server: &Server) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    setup(dir)?;
+    let mut c = server.client().await?;
+    for (id, addr) in [
+        ("3", "10.0.0.3:80"),
+        ("1", "10.0.0.1:80"),
+        ("2", "10.0.0.2:80"),
+    ] {
+        c.put(format!("/services/apache/{id}"), addr, None).await?;
+    }
+    c.put("/services/apache2/x", "not mine", None).await?;
+    let out = render(server, dir, &[])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dest = dir.join("out/upstream.conf");
+    let expected = "upstream apache {\n    server 10.0.0.1:80;\n    server 10.0.0.2:80;\n    server 10.0.0.3:80;\n}\n";
+    assert_eq!(std::fs::read_to_string(&dest)?, expected);
+    assert_eq!(
+        std::fs::metadata(&dest)?.permissions().mode() & 0o777,
+        0o640
+    );
+    assert!(dir.join("reloaded").exists(), "reload_cmd ran");
+
+    // Nothing changed: no rewrite, no reload.
+    std::fs::remove_file(dir.join("reloaded"))?;
+    assert!(render(server, dir, &[])?.status.success());
+    assert!(!dir.join("reloaded").exists(), "no reload without a change");
+
+    // A dry run shows the change and touches nothing.
+    c.put("/services/apache/4", "10.0.0.4:80", None).await?;
+    let out = render(server, dir, &["-noop"])?;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("+    server 10.0.0.4:80;"));
+    assert_eq!(std::fs::read_to_string(&dest)?, expected);
+
+    // A change that fails check_cmd is never installed, and the run fails.
+    c.delete(
+        "/services/apache/",
+        Some(DeleteOptions::new().with_prefix()),
+    )
+    .await?;
+    let out = render(server, dir, &[])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("check_cmd"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&dest)?, expected, "dest untouched");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("out"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "staged files removed: {leftovers:?}");
+    assert!(!dir.join("reloaded").exists());
+
+    // A template error names the file, line and column.
+    std::fs::write(dir.join("templates/upstream.tmpl"), "ok\n{{if}}\n")?;
+    let out = render(server, dir, &[])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upstream.tmpl:2:"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn bad_resources_and_flags_are_refused() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    std::fs::create_dir_all(tmp.path().join("conf.d"))?;
+    std::fs::write(
+        tmp.path().join("conf.d/bad.toml"),
+        "[template]\nsrc = \"x\"\ndest = \"/tmp/x\"\nmode = \"rwx\"\n",
+    )?;
+    let out = Command::new(ferry_bin())
+        .args(["render", "-onetime", "-confdir"])
+        .arg(tmp.path())
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an octal file mode"));
+    let out = Command::new(ferry_bin())
+        .args(["render", "-onetime", "-backend", "consul"])
+        .output()?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-backend \"consul\""));
+    Ok(())
+}

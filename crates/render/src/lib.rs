@@ -1,0 +1,15 @@
+//! ferry's renderer: confd's template resources, its template functions and its
+//! staged-write pipeline, over etcd keys read at one store revision.
+//!
+//! The template language is Go's `text/template`, provided by the `gotmpl` crate (see
+//! ARCHITECTURE.md for why); [`functions`] adds confd's function set over a [`KvSnapshot`].
+
+pub mod functions;
+pub mod pipeline;
+pub mod resource;
+pub mod snapshot;
+
+pub use functions::template_for;
+pub use pipeline::{render_resource, Outcome, RenderError};
+pub use resource::{load_confdir, TemplateResource};
+pub use snapshot::KvSnapshot;
