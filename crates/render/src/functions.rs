@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine;
-use gotmpl::{FuncMap, Template, TemplateError as Error, Value};
+use gotmpl::{FuncMap, Template, TemplateError as Error, Value, ValueFunc};
 
 use crate::snapshot::KvSnapshot;
 
@@ -148,7 +148,7 @@ fn json_to_value(v: serde_json::Value) -> Value {
 /// confd's function map, bound to `snapshot`.
 pub fn confd_functions(snapshot: Arc<KvSnapshot>) -> FuncMap {
     let mut m = FuncMap::new();
-    let mut add = |name: &str, f: Arc<dyn Fn(&[Value]) -> Result<Value, Error> + Send + Sync>| {
+    let mut add = |name: &str, f: ValueFunc| {
         m.insert(name.into(), f);
     };
     let s = snapshot.clone();
