@@ -8,11 +8,13 @@ declare -A wanted=(
   [protoc]=protobuf-compiler
   [etcd]=etcd-server
   [etcdctl]=etcd-client
+  [nginx]=nginx-light
 )
 
 missing=()
 for cmd in "${!wanted[@]}"; do
-  command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
+  # nginx lives in /usr/sbin, which is not on every user's PATH.
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${wanted[$cmd]}")
 done
 
 if [ ${#missing[@]} -eq 0 ]; then

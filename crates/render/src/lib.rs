@@ -8,6 +8,7 @@ pub mod functions;
 pub mod pipeline;
 pub mod resource;
 pub mod snapshot;
+pub mod watch;
 
 pub use functions::template_for;
 pub use pipeline::{render_resource, Outcome, RenderError};

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
+use std::time::Duration;
+
+use ferry_render::watch::{interval_mode, watch_mode, Report, Wait};
 use ferry_render::{load_confdir, render_resource, KvSnapshot, Outcome};
 
 use super::connection::ConnectionArgs;
@@ -16,6 +19,15 @@ pub struct RenderArgs {
     /// Render every resource once and exit (non-zero if any failed).
     #[arg(long)]
     onetime: bool,
+    /// Render every resource every N seconds.
+    #[arg(long)]
+    interval: Option<u64>,
+    /// Render each resource whenever its keys change (after a quiet period).
+    #[arg(long)]
+    watch: bool,
+    /// Default quiet period for -watch, `min:max` (a resource's `wait` overrides it).
+    #[arg(long, default_value = "50ms:500ms")]
+    wait: String,
     /// Show what would change without writing anything or running commands.
     #[arg(long)]
     noop: bool,
@@ -59,17 +71,71 @@ impl RenderArgs {
                 self.backend
             ));
         }
-        if !self.onetime && !self.noop {
-            return Err(anyhow!(
-                "only -onetime (and -noop) are available yet; -interval and -watch are coming"
-            ));
+        let modes = [self.onetime, self.watch, self.interval.is_some()]
+            .iter()
+            .filter(|m| **m)
+            .count();
+        if modes > 1 {
+            return Err(anyhow!("choose one of -onetime, -watch and -interval"));
         }
+        if modes == 0 && !self.noop {
+            return Err(anyhow!("choose a mode: -onetime, -watch or -interval N"));
+        }
+        if self.interval == Some(0) {
+            return Err(anyhow!("-interval must be at least 1 second"));
+        }
+        let default_wait = Wait::parse(&self.wait).map_err(|e| anyhow!("-wait: {e}"))?;
         if !self.nodes.is_empty() {
             self.connection.endpoints = self.nodes.clone();
         }
         let resources = load_confdir(&self.confdir).context("loading template resources")?;
         let mut client = self.connection.connect().await?;
         let templates = self.confdir.join("templates");
+        if self.watch || self.interval.is_some() {
+            if self.noop {
+                return Err(anyhow!("-noop goes with -onetime"));
+            }
+            let report: Report = Arc::new(|resource, revision, result| match result {
+                Ok(Outcome::Updated) => {
+                    tracing::info!(dest = %resource.dest.display(), revision, "updated")
+                }
+                Ok(_) => tracing::debug!(dest = %resource.dest.display(), revision, "in sync"),
+                Err(e) => {
+                    tracing::error!(resource = %resource.file.display(), revision, error = %e, "render failed")
+                }
+            });
+            let mut tasks = tokio::task::JoinSet::new();
+            for resource in resources {
+                let wait = match &resource.wait {
+                    Some(w) => {
+                        Wait::parse(w).map_err(|e| anyhow!("{}: {e}", resource.file.display()))?
+                    }
+                    None => default_wait,
+                };
+                let (client, prefix, templates, report) = (
+                    client.clone(),
+                    self.prefix.clone(),
+                    templates.clone(),
+                    report.clone(),
+                );
+                match self.interval {
+                    Some(secs) => tasks.spawn(interval_mode(
+                        client,
+                        resource,
+                        prefix,
+                        templates,
+                        Duration::from_secs(secs),
+                        report,
+                    )),
+                    None => tasks.spawn(watch_mode(
+                        client, resource, prefix, templates, wait, report,
+                    )),
+                };
+            }
+            super::shutdown_signal().await;
+            tasks.abort_all();
+            return Ok(());
+        }
         let mut failed = 0;
         for resource in &resources {
             let prefix = format!(

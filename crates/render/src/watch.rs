@@ -1,0 +1,202 @@
+//! The interval and watch modes: keep resources rendered as their keys change.
+//!
+//! Watch mode renders a resource from a fresh snapshot, then watches its keys from the
+//! snapshot's revision + 1. The first change starts a quiet period: changes keep arriving
+//! until none has come for `min` (or `max` has passed since the first), then the resource is
+//! rendered once. A lost or compacted watch simply renders from a new snapshot again, so no
+//! change is ever missed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, WatchOptions};
+
+use crate::pipeline::{render_resource, Outcome};
+use crate::resource::TemplateResource;
+use crate::snapshot::KvSnapshot;
+
+/// A quiet period: render once no change came for `min`, or `max` after the first change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// Quiet time that ends a burst.
+    pub min: Duration,
+    /// Longest a burst may delay a render.
+    pub max: Duration,
+}
+
+impl Wait {
+    /// Parses `"min:max"` (`"100ms:2s"`), or one duration for both.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (min, max) = text.split_once(':').unwrap_or((text, text));
+        let parse = |s: &str| {
+            parse_duration(s.trim())
+                .ok_or_else(|| format!("wait {text:?}: {s:?} is not a duration like 100ms or 2s"))
+        };
+        let (min, max) = (parse(min)?, parse(max)?);
+        if max < min {
+            return Err(format!("wait {text:?}: max is shorter than min"));
+        }
+        Ok(Self { min, max })
+    }
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))?;
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// Where a resource's render status is reported.
+pub type Report = Arc<dyn Fn(&TemplateResource, i64, Result<Outcome, String>) + Send + Sync>;
+
+/// Renders one resource now from a fresh snapshot.
+async fn render_once(
+    client: &mut Client,
+    resource: &TemplateResource,
+    prefix: &str,
+    templates: &PathBuf,
+    report: &Report,
+) -> Option<i64> {
+    let full_prefix = format!(
+        "{}/{}",
+        prefix.trim_end_matches('/'),
+        resource.prefix.trim_matches('/')
+    );
+    match KvSnapshot::read(client, &full_prefix, &resource.keys).await {
+        Ok(snapshot) => {
+            let revision = snapshot.revision;
+            let result = render_resource(resource, templates, Arc::new(snapshot), false).await;
+            report(resource, revision, result.map_err(|e| e.to_string()));
+            Some(revision)
+        }
+        Err(e) => {
+            report(resource, 0, Err(format!("reading keys: {e}")));
+            None
+        }
+    }
+}
+
+/// Renders `resource` every `interval`, forever.
+pub async fn interval_mode(
+    mut client: Client,
+    resource: TemplateResource,
+    prefix: String,
+    templates: PathBuf,
+    interval: Duration,
+    report: Report,
+) {
+    loop {
+        render_once(&mut client, &resource, &prefix, &templates, &report).await;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Renders `resource` whenever its keys change, with the quiet period `wait`, forever.
+pub async fn watch_mode(
+    mut client: Client,
+    resource: TemplateResource,
+    prefix: String,
+    templates: PathBuf,
+    wait: Wait,
+    report: Report,
+) {
+    let full_prefix = format!(
+        "{}/{}",
+        prefix.trim_end_matches('/'),
+        resource.prefix.trim_matches('/')
+    );
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(revision) =
+            render_once(&mut client, &resource, &prefix, &templates, &report).await
+        else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        };
+        backoff = Duration::from_millis(100);
+        // One stream, one watch per key prefix, all from just after the snapshot.
+        let mut keys = resource.keys.iter().map(|k| {
+            format!(
+                "/{}/{}",
+                full_prefix.trim_matches('/'),
+                k.trim_start_matches('/')
+            )
+            .replace("//", "/")
+        });
+        let Some(first) = keys.next() else { return };
+        let options = |key: &str| {
+            (
+                key.to_string(),
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            )
+        };
+        let (key, opts) = options(&first);
+        let mut stream = match client.watch(key, Some(opts)).await {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        let mut ok = true;
+        for key in keys {
+            let (key, opts) = options(&key);
+            if stream.watch(key, Some(opts)).await.is_err() {
+                ok = false;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        // Wait for the first change, then for the burst to end.
+        let mut first_change = None;
+        loop {
+            let timeout = match first_change {
+                None => Duration::from_secs(3600),
+                Some(started) => {
+                    let since: Duration = tokio::time::Instant::now() - started;
+                    wait.min.min(wait.max.saturating_sub(since))
+                }
+            };
+            match tokio::time::timeout(timeout, stream.message()).await {
+                Ok(Ok(Some(resp))) if resp.canceled() => break,
+                Ok(Ok(Some(resp))) if !resp.events().is_empty() => {
+                    first_change.get_or_insert_with(tokio::time::Instant::now);
+                }
+                Ok(Ok(Some(_))) => {}
+                Ok(_) => break,
+                Err(_) if first_change.is_some() => break,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_quiet_periods() {
+        assert_eq!(
+            Wait::parse("100ms:2s"),
+            Ok(Wait {
+                min: Duration::from_millis(100),
+                max: Duration::from_secs(2)
+            })
+        );
+        assert_eq!(Wait::parse("1s").map(|w| w.max), Ok(Duration::from_secs(1)));
+        assert!(Wait::parse("2s:1s").is_err());
+        assert!(Wait::parse("soon").is_err());
+    }
+}
