@@ -64,7 +64,7 @@ async fn render_once(
     client: &mut Client,
     resource: &TemplateResource,
     prefix: &str,
-    templates: &PathBuf,
+    templates: &std::path::Path,
     report: &Report,
 ) -> Option<i64> {
     let full_prefix = format!(
