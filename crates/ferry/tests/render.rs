@@ -12,6 +12,8 @@ use etcd_client::DeleteOptions;
 
 against_both!(&[];
     onetime_renders_checks_installs_and_reloads,
+    interval_mode_config_file_status_and_metrics,
+    sync_only_keep_stage_file_and_owner,
 );
 
 const TEMPLATE: &str = "upstream apache {\n{{- range getvs \"/services/apache/*\"}}\n    server {{.}};\n{{- end}}\n}\n";
@@ -128,5 +130,134 @@ fn bad_resources_and_flags_are_refused() -> anyhow::Result<()> {
         .args(["render", "-onetime", "-backend", "consul"])
         .output()?;
     assert!(String::from_utf8_lossy(&out.stderr).contains("-backend \"consul\""));
+    Ok(())
+}
+
+async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await?;
+    sock.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = String::new();
+    sock.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+async fn interval_mode_config_file_status_and_metrics(server: &Server) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    setup(dir)?;
+    // confd's own config file carries the endpoint, the conf dir and the interval.
+    let config = dir.join("confd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "backend = \"etcdv3\"\nconfdir = \"{}\"\ninterval = 1\nnodes = [\"{}\"]\n",
+            dir.display(),
+            server.endpoint()
+        ),
+    )?;
+    let mut c = server.client().await?;
+    c.put("/services/apache/1", "10.0.0.1:80", None).await?;
+    let metrics = format!("127.0.0.1:{}", ferry_testkit::free_port()?);
+    let status = dir.join("status.json");
+    let mut child = Command::new(ferry_bin())
+        .args(["render", "-config-file"])
+        .arg(&config)
+        .args(["-metrics-addr", &metrics, "-status-file"])
+        .arg(&status)
+        .args(["-log-level", "warn"])
+        .spawn()?;
+    let result = async {
+        let dest = dir.join("out/upstream.conf");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let wait_for = |needle: &'static str| {
+            let dest = dest.clone();
+            async move {
+                while !std::fs::read_to_string(&dest)
+                    .unwrap_or_default()
+                    .contains(needle)
+                {
+                    anyhow::ensure!(std::time::Instant::now() < until, "{needle} never rendered");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                anyhow::Ok(())
+            }
+        };
+        wait_for("10.0.0.1:80").await?;
+        c.put("/services/apache/2", "10.0.0.2:80", None).await?;
+        wait_for("10.0.0.2:80").await?;
+        let text = http_get(&metrics, "/metrics").await?;
+        assert!(text.contains("ferry_render_last_render_success{"), "{text}");
+        assert!(text.contains("ferry_render_renders_total{"), "{text}");
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&status)?)?;
+        assert_eq!(json[0]["ok"], serde_json::Value::Bool(true), "{json}");
+        assert!(json[0]["revision"].as_i64().unwrap_or(0) >= 3, "{json}");
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+async fn sync_only_keep_stage_file_and_owner(server: &Server) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    setup(dir)?;
+    let me = String::from_utf8(Command::new("id").arg("-un").output()?.stdout)?
+        .trim()
+        .to_string();
+    let group = String::from_utf8(Command::new("id").arg("-gn").output()?.stdout)?
+        .trim()
+        .to_string();
+    let toml = dir.join("conf.d/upstream.toml");
+    let mut text = std::fs::read_to_string(&toml)?;
+    text.push_str(&format!("owner = \"{me}\"\ngroup = \"{group}\"\n"));
+    std::fs::write(&toml, text)?;
+    // No backends: check_cmd (grep server) fails.
+    let out = render(server, dir, &["-keep-stage-file"])?;
+    assert!(!out.status.success());
+    let staged: Vec<String> = std::fs::read_dir(dir.join("out"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        staged.iter().any(|n| n.starts_with(".upstream.conf")),
+        "staged file kept: {staged:?}"
+    );
+    assert!(!dir.join("out/upstream.conf").exists());
+    // -sync-only installs without check or reload.
+    let out = render(server, dir, &["-sync-only"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("out/upstream.conf").exists());
+    assert!(!dir.join("reloaded").exists(), "no reload with -sync-only");
+    use std::os::unix::fs::MetadataExt;
+    let uid: u32 = String::from_utf8(Command::new("id").arg("-u").output()?.stdout)?
+        .trim()
+        .parse()?;
+    assert_eq!(std::fs::metadata(dir.join("out/upstream.conf"))?.uid(), uid);
+    // An unknown owner is refused and changes nothing.
+    let mut c = server.client().await?;
+    c.put("/services/apache/1", "10.0.0.1:80", None).await?;
+    let text = std::fs::read_to_string(&toml)?.replace(
+        &format!("owner = \"{me}\""),
+        "owner = \"no-such-user-ferry\"",
+    );
+    std::fs::write(&toml, text)?;
+    let before = std::fs::read_to_string(dir.join("out/upstream.conf"))?;
+    let out = render(server, dir, &[])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such user"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/upstream.conf"))?,
+        before
+    );
     Ok(())
 }

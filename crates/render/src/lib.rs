@@ -8,9 +8,10 @@ pub mod functions;
 pub mod pipeline;
 pub mod resource;
 pub mod snapshot;
+pub mod status;
 pub mod watch;
 
 pub use functions::template_for;
-pub use pipeline::{render_resource, Outcome, RenderError};
+pub use pipeline::{render_resource, Outcome, RenderError, RenderOptions};
 pub use resource::{load_confdir, TemplateResource};
 pub use snapshot::KvSnapshot;

@@ -95,13 +95,58 @@ fn diff(old: &str, new: &str) -> String {
     out
 }
 
+/// How a render behaves (confd's `-noop`, `-sync-only`, `-keep-stage-file`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Show what would change; write nothing, run nothing.
+    pub noop: bool,
+    /// Install without running `check_cmd` or `reload_cmd`.
+    pub sync_only: bool,
+    /// Keep the staged file after a failed check (for debugging).
+    pub keep_stage_file: bool,
+}
+
+/// Looks a name up in an `/etc/passwd`-style file (`name:x:id:…`).
+fn id_by_name(file: &str, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, id)| id.parse().ok())
+}
+
+/// The uid and gid a resource asks for: names win over numbers, as in confd forks.
+pub fn ownership(resource: &TemplateResource) -> Result<(Option<u32>, Option<u32>), RenderError> {
+    let uid = match &resource.owner {
+        Some(name) => Some(
+            id_by_name("/etc/passwd", name)
+                .ok_or_else(|| RenderError::Template(format!("owner {name:?}: no such user")))?,
+        ),
+        None => resource.uid,
+    };
+    let gid = match &resource.group {
+        Some(name) => Some(
+            id_by_name("/etc/group", name)
+                .ok_or_else(|| RenderError::Template(format!("group {name:?}: no such group")))?,
+        ),
+        None => resource.gid,
+    };
+    Ok((uid, gid))
+}
+
 /// Renders `resource` (templates under `templates_dir`) from `snapshot`.
 pub async fn render_resource(
     resource: &TemplateResource,
     templates_dir: &Path,
     snapshot: Arc<KvSnapshot>,
-    noop: bool,
+    options: RenderOptions,
 ) -> Result<Outcome, RenderError> {
+    use std::os::unix::fs::MetadataExt;
+    let noop = options.noop;
+    let (uid, gid) = ownership(resource)?;
     let src = templates_dir.join(&resource.src);
     let text = std::fs::read_to_string(&src).map_err(io(&src))?;
     let name = src.display().to_string();
@@ -110,10 +155,12 @@ pub async fn render_resource(
         .map_err(|e| RenderError::Template(e.to_string()))?;
     let mode = resource.file_mode().unwrap_or(0o644);
     let current = std::fs::read_to_string(&resource.dest).ok();
-    let current_mode = std::fs::metadata(&resource.dest)
-        .ok()
-        .map(|m| m.permissions().mode() & 0o7777);
-    if current.as_deref() == Some(rendered.as_str()) && current_mode == Some(mode) {
+    let meta = std::fs::metadata(&resource.dest).ok();
+    let current_mode = meta.as_ref().map(|m| m.permissions().mode() & 0o7777);
+    let owner_ok = meta
+        .as_ref()
+        .is_some_and(|m| uid.is_none_or(|u| u == m.uid()) && gid.is_none_or(|g| g == m.gid()));
+    if current.as_deref() == Some(rendered.as_str()) && current_mode == Some(mode) && owner_ok {
         return Ok(Outcome::Unchanged);
     }
     if noop {
@@ -134,10 +181,16 @@ pub async fn render_resource(
     std::fs::write(staged.path(), &rendered).map_err(io(staged.path()))?;
     std::fs::set_permissions(staged.path(), std::fs::Permissions::from_mode(mode))
         .map_err(io(staged.path()))?;
-    if let Some(check) = &resource.check_cmd {
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(staged.path(), uid, gid).map_err(io(staged.path()))?;
+    }
+    if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
         let command = check.replace("{{.src}}", &staged.path().display().to_string());
         if let Err((status, output)) = shell(&command).await {
-            // Dropping the staged file removes it; dest stays as it was.
+            if options.keep_stage_file {
+                let _ = staged.keep();
+            }
+            // Otherwise dropping the staged file removes it; dest stays as it was.
             return Err(RenderError::Check {
                 command,
                 status,
@@ -151,7 +204,7 @@ pub async fn render_resource(
             path: resource.dest.clone(),
             source: e.error,
         })?;
-    if let Some(reload) = &resource.reload_cmd {
+    if let (Some(reload), false) = (&resource.reload_cmd, options.sync_only) {
         if let Err((status, output)) = shell(reload).await {
             return Err(RenderError::Reload {
                 command: reload.clone(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, WatchOptions};
 
-use crate::pipeline::{render_resource, Outcome};
+use crate::pipeline::{render_resource, Outcome, RenderOptions};
 use crate::resource::TemplateResource;
 use crate::snapshot::KvSnapshot;
 
@@ -59,67 +59,64 @@ fn parse_duration(s: &str) -> Option<Duration> {
 /// Where a resource's render status is reported.
 pub type Report = Arc<dyn Fn(&TemplateResource, i64, Result<Outcome, String>) + Send + Sync>;
 
-/// Renders one resource now from a fresh snapshot.
-async fn render_once(
-    client: &mut Client,
-    resource: &TemplateResource,
-    prefix: &str,
-    templates: &std::path::Path,
-    report: &Report,
-) -> Option<i64> {
-    let full_prefix = format!(
-        "{}/{}",
-        prefix.trim_end_matches('/'),
-        resource.prefix.trim_matches('/')
-    );
-    match KvSnapshot::read(client, &full_prefix, &resource.keys).await {
-        Ok(snapshot) => {
-            let revision = snapshot.revision;
-            let result = render_resource(resource, templates, Arc::new(snapshot), false).await;
-            report(resource, revision, result.map_err(|e| e.to_string()));
-            Some(revision)
-        }
-        Err(e) => {
-            report(resource, 0, Err(format!("reading keys: {e}")));
-            None
+/// What every render of a run shares.
+#[derive(Clone)]
+pub struct Job {
+    /// The store connection.
+    pub client: Client,
+    /// The global key prefix (`-prefix`).
+    pub prefix: String,
+    /// `<confdir>/templates`.
+    pub templates: PathBuf,
+    /// `-noop`, `-sync-only`, `-keep-stage-file`.
+    pub options: RenderOptions,
+    /// Where results go.
+    pub report: Report,
+}
+
+impl Job {
+    fn full_prefix(&self, resource: &TemplateResource) -> String {
+        format!(
+            "{}/{}",
+            self.prefix.trim_end_matches('/'),
+            resource.prefix.trim_matches('/')
+        )
+    }
+
+    /// Renders `resource` now from a fresh snapshot; returns the snapshot's revision.
+    pub async fn render_once(&mut self, resource: &TemplateResource) -> Option<i64> {
+        let prefix = self.full_prefix(resource);
+        match KvSnapshot::read(&mut self.client, &prefix, &resource.keys).await {
+            Ok(snapshot) => {
+                let revision = snapshot.revision;
+                let result =
+                    render_resource(resource, &self.templates, Arc::new(snapshot), self.options)
+                        .await;
+                (self.report)(resource, revision, result.map_err(|e| e.to_string()));
+                Some(revision)
+            }
+            Err(e) => {
+                (self.report)(resource, 0, Err(format!("reading keys: {e}")));
+                None
+            }
         }
     }
 }
 
 /// Renders `resource` every `interval`, forever.
-pub async fn interval_mode(
-    mut client: Client,
-    resource: TemplateResource,
-    prefix: String,
-    templates: PathBuf,
-    interval: Duration,
-    report: Report,
-) {
+pub async fn interval_mode(mut job: Job, resource: TemplateResource, interval: Duration) {
     loop {
-        render_once(&mut client, &resource, &prefix, &templates, &report).await;
+        job.render_once(&resource).await;
         tokio::time::sleep(interval).await;
     }
 }
 
 /// Renders `resource` whenever its keys change, with the quiet period `wait`, forever.
-pub async fn watch_mode(
-    mut client: Client,
-    resource: TemplateResource,
-    prefix: String,
-    templates: PathBuf,
-    wait: Wait,
-    report: Report,
-) {
-    let full_prefix = format!(
-        "{}/{}",
-        prefix.trim_end_matches('/'),
-        resource.prefix.trim_matches('/')
-    );
+pub async fn watch_mode(mut job: Job, resource: TemplateResource, wait: Wait) {
+    let full_prefix = job.full_prefix(&resource);
     let mut backoff = Duration::from_millis(100);
     loop {
-        let Some(revision) =
-            render_once(&mut client, &resource, &prefix, &templates, &report).await
-        else {
+        let Some(revision) = job.render_once(&resource).await else {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
@@ -144,7 +141,7 @@ pub async fn watch_mode(
             )
         };
         let (key, opts) = options(&first);
-        let mut stream = match client.watch(key, Some(opts)).await {
+        let mut stream = match job.client.watch(key, Some(opts)).await {
             Ok(s) => s,
             Err(_) => continue,
         };

@@ -15,6 +15,9 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log level: error, warn, info, debug or trace (FERRY_LOG takes tracing filters).
+    #[arg(long = "log-level", global = true)]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,15 +1,18 @@
 //! `ferry render`: confd's command line over the renderer. confd's single-dash flags
-//! (`-onetime`, `-confdir …`) are accepted as well as double-dash ones.
+//! (`-onetime`, `-confdir …`) work as well as double-dash ones, and `-config-file` reads
+//! confd's TOML config (flags win over it).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use std::time::Duration;
-
-use ferry_render::watch::{interval_mode, watch_mode, Report, Wait};
-use ferry_render::{load_confdir, render_resource, KvSnapshot, Outcome};
+use ferry_render::status::StatusBoard;
+use ferry_render::watch::{interval_mode, watch_mode, Job, Report, Wait};
+use ferry_render::{load_confdir, Outcome, RenderOptions};
+use serde::Deserialize;
 
 use super::connection::ConnectionArgs;
 
@@ -31,20 +34,69 @@ pub struct RenderArgs {
     /// Show what would change without writing anything or running commands.
     #[arg(long)]
     noop: bool,
-    /// confd's config dir, holding conf.d/ and templates/.
-    #[arg(long, default_value = "/etc/confd")]
-    confdir: PathBuf,
+    /// Install without running check_cmd or reload_cmd.
+    #[arg(long = "sync-only")]
+    sync_only: bool,
+    /// Keep the staged file when check_cmd fails.
+    #[arg(long = "keep-stage-file")]
+    keep_stage_file: bool,
+    /// confd's config dir, holding conf.d/ and templates/ [default: /etc/confd].
+    #[arg(long)]
+    confdir: Option<PathBuf>,
+    /// confd's TOML config file.
+    #[arg(long = "config-file")]
+    config_file: Option<PathBuf>,
     /// Key prefix for every resource.
-    #[arg(long, default_value = "")]
-    prefix: String,
+    #[arg(long)]
+    prefix: Option<String>,
     /// confd's name for an endpoint (repeatable); same as --endpoints.
     #[arg(long = "node")]
     nodes: Vec<String>,
     /// Accepted for confd compatibility: etcd or etcdv3 (both mean the etcd v3 API).
-    #[arg(long, default_value = "etcdv3")]
-    backend: String,
+    #[arg(long)]
+    backend: Option<String>,
+    /// confd's name for --cert.
+    #[arg(long = "client-cert")]
+    client_cert: Option<PathBuf>,
+    /// confd's name for --key.
+    #[arg(long = "client-key")]
+    client_key: Option<PathBuf>,
+    /// confd's name for --cacert.
+    #[arg(long = "client-ca-keys")]
+    client_ca_keys: Option<PathBuf>,
+    /// confd's name for --user (with -password).
+    #[arg(long)]
+    username: Option<String>,
+    /// Write each resource's last render as JSON to this file.
+    #[arg(long = "status-file")]
+    status_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long = "metrics-addr")]
+    metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     connection: ConnectionArgs,
+}
+
+/// The confd.toml keys ferry reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct ConfdFile {
+    backend: Option<String>,
+    confdir: Option<PathBuf>,
+    interval: Option<u64>,
+    nodes: Option<Vec<String>>,
+    prefix: Option<String>,
+    noop: Option<bool>,
+    watch: Option<bool>,
+    sync_only: Option<bool>,
+    #[serde(alias = "client_cert")]
+    client_cert: Option<PathBuf>,
+    #[serde(alias = "client_key")]
+    client_key: Option<PathBuf>,
+    #[serde(alias = "client_cakeys")]
+    client_cakeys: Option<PathBuf>,
+    username: Option<String>,
+    password: Option<String>,
 }
 
 /// confd spells long flags with one dash; turn `-onetime` into `--onetime`.
@@ -63,12 +115,44 @@ pub fn confd_style(args: Vec<String>) -> Vec<String> {
 }
 
 impl RenderArgs {
-    /// Renders every resource of the conf dir once.
+    /// Merges `-config-file` under the flags.
+    fn apply_config_file(&mut self) -> anyhow::Result<()> {
+        let Some(path) = &self.config_file else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading -config-file {}", path.display()))?;
+        let file: ConfdFile =
+            toml::from_str(&text).map_err(|e| anyhow!("-config-file {}: {e}", path.display()))?;
+        self.backend = self.backend.take().or(file.backend);
+        self.confdir = self.confdir.take().or(file.confdir);
+        self.prefix = self.prefix.take().or(file.prefix);
+        if self.interval.is_none() && !self.onetime && !self.watch {
+            self.interval = file.interval.filter(|_| !file.watch.unwrap_or(false));
+        }
+        self.watch |= file.watch.unwrap_or(false) && !self.onetime && self.interval.is_none();
+        self.noop |= file.noop.unwrap_or(false);
+        self.sync_only |= file.sync_only.unwrap_or(false);
+        if self.nodes.is_empty() {
+            self.nodes = file.nodes.unwrap_or_default();
+        }
+        self.client_cert = self.client_cert.take().or(file.client_cert);
+        self.client_key = self.client_key.take().or(file.client_key);
+        self.client_ca_keys = self.client_ca_keys.take().or(file.client_cakeys);
+        self.username = self.username.take().or(file.username);
+        if self.connection.password.is_none() {
+            self.connection.password = file.password;
+        }
+        Ok(())
+    }
+
+    /// Runs the chosen mode.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        if self.backend != "etcd" && self.backend != "etcdv3" {
+        self.apply_config_file()?;
+        let backend = self.backend.clone().unwrap_or_else(|| "etcdv3".into());
+        if backend != "etcd" && backend != "etcdv3" {
             return Err(anyhow!(
-                "-backend {:?}: ferry render reads etcd (etcd or etcdv3)",
-                self.backend
+                "-backend {backend:?}: ferry render reads etcd (etcd or etcdv3)"
             ));
         }
         let modes = [self.onetime, self.watch, self.interval.is_some()]
@@ -84,89 +168,120 @@ impl RenderArgs {
         if self.interval == Some(0) {
             return Err(anyhow!("-interval must be at least 1 second"));
         }
+        if self.noop && (self.watch || self.interval.is_some()) {
+            return Err(anyhow!("-noop goes with -onetime"));
+        }
         let default_wait = Wait::parse(&self.wait).map_err(|e| anyhow!("-wait: {e}"))?;
         if !self.nodes.is_empty() {
             self.connection.endpoints = self.nodes.clone();
         }
-        let resources = load_confdir(&self.confdir).context("loading template resources")?;
-        let mut client = self.connection.connect().await?;
-        let templates = self.confdir.join("templates");
-        if self.watch || self.interval.is_some() {
-            if self.noop {
-                return Err(anyhow!("-noop goes with -onetime"));
-            }
-            let report: Report = Arc::new(|resource, revision, result| match result {
-                Ok(Outcome::Updated) => {
-                    tracing::info!(dest = %resource.dest.display(), revision, "updated")
-                }
-                Ok(_) => tracing::debug!(dest = %resource.dest.display(), revision, "in sync"),
-                Err(e) => {
-                    tracing::error!(resource = %resource.file.display(), revision, error = %e, "render failed")
-                }
-            });
-            let mut tasks = tokio::task::JoinSet::new();
-            for resource in resources {
-                let wait = match &resource.wait {
-                    Some(w) => {
-                        Wait::parse(w).map_err(|e| anyhow!("{}: {e}", resource.file.display()))?
+        self.connection.cert = self.connection.cert.take().or(self.client_cert.take());
+        self.connection.key = self.connection.key.take().or(self.client_key.take());
+        self.connection.cacert = self.connection.cacert.take().or(self.client_ca_keys.take());
+        self.connection.user = self.connection.user.take().or(self.username.take());
+        let confdir = self
+            .confdir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/confd"));
+        let resources = load_confdir(&confdir).context("loading template resources")?;
+        let client = self.connection.connect().await?;
+        let board = Arc::new(StatusBoard::default());
+        if let Some(addr) = self.metrics_addr {
+            serve_metrics(addr, board.clone()).await?;
+        }
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let report: Report = {
+            let (board, status_file, failures) =
+                (board.clone(), self.status_file.clone(), failures.clone());
+            Arc::new(move |resource, revision, result| {
+                board.record(resource, revision, &result);
+                match &result {
+                    Ok(Outcome::Updated) => {
+                        tracing::info!(dest = %resource.dest.display(), revision, "updated")
                     }
-                    None => default_wait,
-                };
-                let (client, prefix, templates, report) = (
-                    client.clone(),
-                    self.prefix.clone(),
-                    templates.clone(),
-                    report.clone(),
-                );
-                match self.interval {
-                    Some(secs) => tasks.spawn(interval_mode(
-                        client,
-                        resource,
-                        prefix,
-                        templates,
-                        Duration::from_secs(secs),
-                        report,
-                    )),
-                    None => tasks.spawn(watch_mode(
-                        client, resource, prefix, templates, wait, report,
-                    )),
-                };
+                    Ok(Outcome::Unchanged) => {
+                        tracing::debug!(dest = %resource.dest.display(), revision, "in sync")
+                    }
+                    Ok(Outcome::WouldUpdate { diff }) => {
+                        println!("{} would change:\n{diff}", resource.dest.display())
+                    }
+                    Err(e) => {
+                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(resource = %resource.file.display(), revision, error = %e, "render failed");
+                        eprintln!("{}: {e}", resource.file.display());
+                    }
+                }
+                if let Some(path) = &status_file {
+                    if let Err(e) = board.write_file(path) {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot write the status file");
+                    }
+                }
+            })
+        };
+        let job = Job {
+            client,
+            prefix: self.prefix.clone().unwrap_or_default(),
+            templates: confdir.join("templates"),
+            options: RenderOptions {
+                noop: self.noop,
+                sync_only: self.sync_only,
+                keep_stage_file: self.keep_stage_file,
+            },
+            report,
+        };
+        if self.onetime || self.noop {
+            let mut job = job;
+            for resource in &resources {
+                job.render_once(resource).await;
             }
-            super::shutdown_signal().await;
-            tasks.abort_all();
+            let failed = failures.load(std::sync::atomic::Ordering::Relaxed);
+            if failed > 0 {
+                return Err(anyhow!(
+                    "{failed} of {} template resources failed",
+                    resources.len()
+                ));
+            }
             return Ok(());
         }
-        let mut failed = 0;
-        for resource in &resources {
-            let prefix = format!(
-                "{}/{}",
-                self.prefix.trim_end_matches('/'),
-                resource.prefix.trim_matches('/')
-            );
-            let snapshot = KvSnapshot::read(&mut client, &prefix, &resource.keys)
-                .await
-                .with_context(|| format!("{}: reading keys", resource.file.display()))?;
-            match render_resource(resource, &templates, Arc::new(snapshot), self.noop).await {
-                Ok(Outcome::Unchanged) => {
-                    tracing::info!(dest = %resource.dest.display(), "in sync")
+        let mut tasks = tokio::task::JoinSet::new();
+        for resource in resources {
+            let wait = match &resource.wait {
+                Some(w) => {
+                    Wait::parse(w).map_err(|e| anyhow!("{}: {e}", resource.file.display()))?
                 }
-                Ok(Outcome::Updated) => tracing::info!(dest = %resource.dest.display(), "updated"),
-                Ok(Outcome::WouldUpdate { diff }) => {
-                    println!("{} would change:\n{diff}", resource.dest.display());
-                }
-                Err(e) => {
-                    failed += 1;
-                    tracing::error!(resource = %resource.file.display(), error = %e, "render failed");
-                    eprintln!("{}: {e}", resource.file.display());
-                }
-            }
+                None => default_wait,
+            };
+            match self.interval {
+                Some(secs) => tasks.spawn(interval_mode(
+                    job.clone(),
+                    resource,
+                    Duration::from_secs(secs),
+                )),
+                None => tasks.spawn(watch_mode(job.clone(), resource, wait)),
+            };
         }
-        if failed > 0 {
-            return Err(anyhow!(
-                "{failed} of {} template resources failed",
-                resources.len()
-            ));
-        }
+        super::shutdown_signal().await;
+        tasks.abort_all();
         Ok(())
     }
+}
+
+/// Serves `/metrics` in the background.
+async fn serve_metrics(addr: SocketAddr, board: Arc<StatusBoard>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("-metrics-addr {addr}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let board = board.clone();
+            async move { board.prometheus() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
 }
