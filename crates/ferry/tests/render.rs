@@ -14,6 +14,8 @@ against_both!(&[];
     onetime_renders_checks_installs_and_reloads,
     interval_mode_config_file_status_and_metrics,
     sync_only_keep_stage_file_and_owner,
+    watch_mode_survives_a_store_restart_and_reports_reload_failures,
+    classic_confd_templates_render_as_confd_does,
 );
 
 const TEMPLATE: &str = "upstream apache {\n{{- range getvs \"/services/apache/*\"}}\n    server {{.}};\n{{- end}}\n}\n";
@@ -258,6 +260,116 @@ async fn sync_only_keep_stage_file_and_owner(server: &Server) -> anyhow::Result<
     assert_eq!(
         std::fs::read_to_string(dir.join("out/upstream.conf"))?,
         before
+    );
+    Ok(())
+}
+
+async fn watch_mode_survives_a_store_restart_and_reports_reload_failures(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let mut own = common::start(server.kind(), &[]).await?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    setup(dir)?;
+    let toml = dir.join("conf.d/upstream.toml");
+    let text = std::fs::read_to_string(&toml)?;
+    let reload = text
+        .lines()
+        .find(|l| l.starts_with("reload_cmd"))
+        .unwrap_or_default()
+        .to_string();
+    std::fs::write(&toml, text.replace(&reload, "reload_cmd = \"exit 3\""))?;
+    let mut c = own.client().await?;
+    c.put("/services/apache/1", "10.0.0.1:80", None).await?;
+    let status = dir.join("status.json");
+    let mut child = Command::new(ferry_bin())
+        .args(["render", "-watch", "-wait", "50ms:200ms", "-confdir"])
+        .arg(dir)
+        .args(["-node", &own.endpoint(), "-status-file"])
+        .arg(&status)
+        .env("FERRY_LOG", "error")
+        .spawn()?;
+    let dest = dir.join("out/upstream.conf");
+    let result = async {
+        let wait_for = |needle: &'static str| {
+            let dest = dest.clone();
+            async move {
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while !std::fs::read_to_string(&dest)
+                    .unwrap_or_default()
+                    .contains(needle)
+                {
+                    anyhow::ensure!(std::time::Instant::now() < until, "{needle} never rendered");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                anyhow::Ok(())
+            }
+        };
+        wait_for("10.0.0.1:80").await?;
+        // The failed reload is reported (the file itself was installed).
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&status)?)?;
+        assert_eq!(json[0]["ok"], serde_json::Value::Bool(false), "{json}");
+        assert!(
+            json[0]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("reload_cmd"),
+            "{json}"
+        );
+        own.kill();
+        own.restart().await?;
+        let mut c = own.client().await?;
+        c.put("/services/apache/2", "10.0.0.2:80", None).await?;
+        wait_for("10.0.0.2:80").await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// confd's quick-start templates (nginx and haproxy), rendered as confd renders them.
+async fn classic_confd_templates_render_as_confd_does(server: &Server) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    for d in ["conf.d", "templates", "out"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::write(
+        dir.join("templates/nginx.tmpl"),
+        "upstream {{getv \"/subdomain\"}} {\n{{range getvs \"/upstream/*\"}}    server {{.}};\n{{end}}}\n\nserver {\n    server_name  {{getv \"/subdomain\"}}.example.com;\n    location / {\n        proxy_pass        http://{{getv \"/subdomain\"}};\n    }\n}\n",
+    )?;
+    std::fs::write(
+        dir.join("templates/haproxy.cfg.tmpl"),
+        "backend {{getv \"/subdomain\"}}\n{{range gets \"/upstream/*\"}}    server {{base .Key}} {{.Value}} check\n{{end}}",
+    )?;
+    for (name, src) in [("nginx", "nginx.tmpl"), ("haproxy", "haproxy.cfg.tmpl")] {
+        std::fs::write(
+            dir.join(format!("conf.d/{name}.toml")),
+            format!(
+                "[template]\nprefix = \"/myapp\"\nsrc = \"{src}\"\ndest = \"{}\"\nkeys = [\"/subdomain\", \"/upstream\"]\n",
+                dir.join(format!("out/{name}")).display()
+            ),
+        )?;
+    }
+    let mut c = server.client().await?;
+    c.put("/myapp/subdomain", "myapp", None).await?;
+    c.put("/myapp/upstream/app2", "10.0.1.11:80", None).await?;
+    c.put("/myapp/upstream/app1", "10.0.1.10:80", None).await?;
+    let out = render(server, dir, &["-prefix", "/"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/nginx"))?,
+        "upstream myapp {\n    server 10.0.1.10:80;\n    server 10.0.1.11:80;\n}\n\nserver {\n    server_name  myapp.example.com;\n    location / {\n        proxy_pass        http://myapp;\n    }\n}\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/haproxy"))?,
+        "backend myapp\n    server app1 10.0.1.10:80 check\n    server app2 10.0.1.11:80 check\n"
     );
     Ok(())
 }
