@@ -492,14 +492,20 @@ pub fn confd_functions(snapshot: Arc<KvSnapshot>) -> FuncMap {
             }),
         );
     }
+    // gotmpl has no method calls, so confd's `datetime.Format "layout"` is rewritten to
+    // `datetimeFormat "layout"` before parsing (see `template_for`).
     add(
         "datetime",
-        Arc::new(|_| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            Ok(Value::Int(now))
+        Arc::new(|_| Ok(Value::from(crate::gotime::Utc::now().go_string()))),
+    );
+    add(
+        "datetimeFormat",
+        Arc::new(|a| {
+            Ok(Value::from(crate::gotime::Utc::now().format(&text(
+                a,
+                0,
+                "datetime.Format",
+            )?)))
         }),
     );
     m
@@ -507,9 +513,10 @@ pub fn confd_functions(snapshot: Arc<KvSnapshot>) -> FuncMap {
 
 /// A template named `name` with confd's functions over `snapshot`, parsed from `text`.
 pub fn template_for(name: &str, text: &str, snapshot: Arc<KvSnapshot>) -> Result<Template, Error> {
+    let text = text.replace("datetime.Format", "datetimeFormat");
     Template::new(name)
         .funcs(confd_functions(snapshot))
-        .parse(text)
+        .parse(&text)
 }
 
 #[cfg(test)]
@@ -603,6 +610,9 @@ mod tests {
         assert_eq!(ok("{{$m := map \"k\" \"v\"}}{{$m.k}}"), "v");
         assert_eq!(ok("{{parseBool \"true\"}}"), "true");
         assert_eq!(ok("{{lookupIPV4 \"localhost\"}}"), "[127.0.0.1]");
+        let year = ok("{{datetime.Format \"2006\"}}");
+        assert!(year.len() == 4 && year.starts_with("20"), "{year}");
+        assert!(ok("{{datetime}}").ends_with(" +0000 UTC"));
         assert!(render("{{div 1 0}}").is_err());
     }
 

@@ -5,6 +5,7 @@
 //! ARCHITECTURE.md for why); [`functions`] adds confd's function set over a [`KvSnapshot`].
 
 pub mod functions;
+mod gotime;
 pub mod pipeline;
 pub mod resource;
 pub mod snapshot;
