@@ -84,7 +84,7 @@ impl Utc {
     pub fn format(&self, layout: &str) -> String {
         let mut out = String::new();
         let mut rest = layout;
-        let hour12 = if self.hour % 12 == 0 {
+        let hour12 = if self.hour.is_multiple_of(12) {
             12
         } else {
             self.hour % 12
