@@ -146,7 +146,10 @@ fn json_to_value(v: serde_json::Value) -> Value {
 }
 
 /// confd's function map, bound to `snapshot`.
-pub fn confd_functions(snapshot: Arc<KvSnapshot>) -> FuncMap {
+pub fn confd_functions(
+    snapshot: Arc<KvSnapshot>,
+    nameserver: Option<std::net::SocketAddr>,
+) -> FuncMap {
     let mut m = FuncMap::new();
     let mut add = |name: &str, f: ValueFunc| {
         m.insert(name.into(), f);
@@ -492,6 +495,31 @@ pub fn confd_functions(snapshot: Arc<KvSnapshot>) -> FuncMap {
             }),
         );
     }
+    add(
+        "lookupSRV",
+        Arc::new(move |a| {
+            let (service, proto, name) = (
+                text(a, 0, "lookupSRV")?,
+                text(a, 1, "lookupSRV")?,
+                text(a, 2, "lookupSRV")?,
+            );
+            let Some(server) = nameserver.or_else(crate::dns::system_nameserver) else {
+                return Ok(Value::from(Vec::<Value>::new()));
+            };
+            let records = crate::dns::lookup_srv(server, &service, &proto, &name)
+                .into_iter()
+                .map(|r| {
+                    let mut m = BTreeMap::new();
+                    m.insert("Target".to_string(), Value::from(r.target));
+                    m.insert("Port".to_string(), Value::Int(r.port.into()));
+                    m.insert("Priority".to_string(), Value::Int(r.priority.into()));
+                    m.insert("Weight".to_string(), Value::Int(r.weight.into()));
+                    Value::from(m)
+                })
+                .collect::<Vec<_>>();
+            Ok(Value::from(records))
+        }),
+    );
     // gotmpl has no method calls, so confd's `datetime.Format "layout"` is rewritten to
     // `datetimeFormat "layout"` before parsing (see `template_for`).
     add(
@@ -511,11 +539,17 @@ pub fn confd_functions(snapshot: Arc<KvSnapshot>) -> FuncMap {
     m
 }
 
-/// A template named `name` with confd's functions over `snapshot`, parsed from `text`.
-pub fn template_for(name: &str, text: &str, snapshot: Arc<KvSnapshot>) -> Result<Template, Error> {
+/// A template named `name` with confd's functions over `snapshot`, parsed from `text`;
+/// `nameserver` answers `lookupSRV` (default: the first of /etc/resolv.conf).
+pub fn template_for(
+    name: &str,
+    text: &str,
+    snapshot: Arc<KvSnapshot>,
+    nameserver: Option<std::net::SocketAddr>,
+) -> Result<Template, Error> {
     let text = text.replace("datetime.Format", "datetimeFormat");
     Template::new(name)
-        .funcs(confd_functions(snapshot))
+        .funcs(confd_functions(snapshot, nameserver))
         .parse(&text)
 }
 
@@ -540,7 +574,8 @@ mod tests {
     }
 
     fn render(text: &str) -> Result<String, Error> {
-        template_for("t", text, snap())?.execute_to_string(&Value::Nil)
+        template_for("t", text, snap(), Some(crate::dns::tests::fake_dns()))?
+            .execute_to_string(&Value::Nil)
     }
 
     fn ok(text: &str) -> String {
@@ -613,6 +648,10 @@ mod tests {
         let year = ok("{{datetime.Format \"2006\"}}");
         assert!(year.len() == 4 && year.starts_with("20"), "{year}");
         assert!(ok("{{datetime}}").ends_with(" +0000 UTC"));
+        assert_eq!(
+            ok("{{range lookupSRV \"http\" \"tcp\" \"example\"}}{{.Target}}:{{.Port}} {{end}}"),
+            "a.example.:80 b.example.:8080 "
+        );
         assert!(render("{{div 1 0}}").is_err());
     }
 

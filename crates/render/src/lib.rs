@@ -4,6 +4,7 @@
 //! The template language is Go's `text/template`, provided by the `gotmpl` crate (see
 //! ARCHITECTURE.md for why); [`functions`] adds confd's function set over a [`KvSnapshot`].
 
+pub mod dns;
 pub mod functions;
 mod gotime;
 pub mod pipeline;

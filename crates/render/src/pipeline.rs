@@ -104,6 +104,8 @@ pub struct RenderOptions {
     pub sync_only: bool,
     /// Keep the staged file after a failed check (for debugging).
     pub keep_stage_file: bool,
+    /// DNS server for `lookupSRV` (default: /etc/resolv.conf's first).
+    pub nameserver: Option<std::net::SocketAddr>,
 }
 
 /// Looks a name up in an `/etc/passwd`-style file (`name:x:id:…`).
@@ -150,7 +152,7 @@ pub async fn render_resource(
     let src = templates_dir.join(&resource.src);
     let text = std::fs::read_to_string(&src).map_err(io(&src))?;
     let name = src.display().to_string();
-    let rendered = template_for(&name, &text, snapshot)
+    let rendered = template_for(&name, &text, snapshot, options.nameserver)
         .and_then(|t| t.execute_to_string(&Value::Nil))
         .map_err(|e| RenderError::Template(e.to_string()))?;
     let mode = resource.file_mode().unwrap_or(0o644);

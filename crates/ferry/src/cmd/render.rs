@@ -67,6 +67,9 @@ pub struct RenderArgs {
     /// confd's name for --user (with -password).
     #[arg(long)]
     username: Option<String>,
+    /// DNS server (ip:port) for lookupSRV [default: the first nameserver of /etc/resolv.conf].
+    #[arg(long)]
+    nameserver: Option<SocketAddr>,
     /// Write each resource's last render as JSON to this file.
     #[arg(long = "status-file")]
     status_file: Option<PathBuf>,
@@ -226,6 +229,7 @@ impl RenderArgs {
                 noop: self.noop,
                 sync_only: self.sync_only,
                 keep_stage_file: self.keep_stage_file,
+                nameserver: self.nameserver,
             },
             report,
         };
