@@ -16,6 +16,7 @@ against_both!(&[];
     sync_only_keep_stage_file_and_owner,
     watch_mode_survives_a_store_restart_and_reports_reload_failures,
     classic_confd_templates_render_as_confd_does,
+    a_burst_of_changes_renders_and_reloads_once,
 );
 
 const TEMPLATE: &str = "upstream apache {\n{{- range getvs \"/services/apache/*\"}}\n    server {{.}};\n{{- end}}\n}\n";
@@ -372,4 +373,81 @@ async fn classic_confd_templates_render_as_confd_does(server: &Server) -> anyhow
         "backend myapp\n    server app1 10.0.1.10:80 check\n    server app2 10.0.1.11:80 check\n"
     );
     Ok(())
+}
+
+async fn a_burst_of_changes_renders_and_reloads_once(server: &Server) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    setup(dir)?;
+    let count = dir.join("reloads");
+    let toml = dir.join("conf.d/upstream.toml");
+    let text = std::fs::read_to_string(&toml)?;
+    let reload = text
+        .lines()
+        .find(|l| l.starts_with("reload_cmd"))
+        .unwrap_or_default()
+        .to_string();
+    std::fs::write(
+        &toml,
+        text.replace(
+            &reload,
+            &format!("reload_cmd = \"echo x >> {}\"", count.display()),
+        ),
+    )?;
+    let mut c = server.client().await?;
+    c.put("/services/apache/0", "10.0.0.100:80", None).await?;
+    let mut child = Command::new(ferry_bin())
+        .args(["render", "-watch", "-wait", "400ms:3s", "-confdir"])
+        .arg(dir)
+        .args(["-node", &server.endpoint()])
+        .env("FERRY_LOG", "error")
+        .spawn()?;
+    let reloads = || {
+        std::fs::read_to_string(&count)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let result = async {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while reloads() < 1 {
+            anyhow::ensure!(
+                std::time::Instant::now() < until,
+                "first render never happened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Twenty changes in quick succession: one render, one reload.
+        for i in 1..=20 {
+            c.put(
+                format!("/services/apache/{i}"),
+                format!("10.0.0.{i}:80"),
+                None,
+            )
+            .await?;
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while reloads() < 2 {
+            anyhow::ensure!(
+                std::time::Instant::now() < until,
+                "the burst was never rendered"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(
+            reloads(),
+            2,
+            "a burst of 20 changes reloaded more than once"
+        );
+        let conf = std::fs::read_to_string(dir.join("out/upstream.conf"))?;
+        assert!(
+            conf.contains("10.0.0.20:80") && conf.contains("10.0.0.1:80"),
+            "{conf}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
