@@ -1,0 +1,13 @@
+//! ferry's ingress controller (SYSTEM.md part 5): typed ingress configurations per
+//! environment, SQL as their durable record with full history, and the etcd key layout they
+//! are distributed through.
+//!
+//! This is the controller's data half; the REST API, the publishing loop and the agents
+//! build on it.
+
+pub mod document;
+pub mod keys;
+pub mod record;
+
+pub use document::{IngressDocument, ValidationError};
+pub use record::{ConfigRecord, Record, RecordError};
