@@ -38,6 +38,11 @@ impl Keys {
         format!("{}/agent/{env}/{name}", self.root)
     }
 
+    /// `<root>/ingress_config/`: every configuration of every environment.
+    pub fn all_configs(&self) -> String {
+        format!("{}/ingress_config/", self.root)
+    }
+
     /// `<root>/ingress_config/<env>/`: every configuration of an environment.
     pub fn configs(&self, env: &str) -> String {
         format!("{}/ingress_config/{env}/", self.root)

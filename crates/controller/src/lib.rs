@@ -7,7 +7,9 @@
 
 pub mod document;
 pub mod keys;
+pub mod publish;
 pub mod record;
 
 pub use document::{IngressDocument, ValidationError};
+pub use publish::{PublishedConfig, Publisher, ReconcileReport};
 pub use record::{ConfigRecord, Record, RecordError};

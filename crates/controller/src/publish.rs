@@ -1,0 +1,177 @@
+//! etcd as the distribution channel: publishing a configuration version, and making etcd
+//! match SQL (adds, fixes, removes strays) so that a crash between the two writes, a lost
+//! etcd or a restored snapshot all converge.
+
+use std::collections::BTreeMap;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+use crate::document::IngressDocument;
+use crate::keys::Keys;
+use crate::record::{ConfigRecord, Record, RecordError};
+
+/// What agents read from `<root>/ingress_config/<env>/<id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedConfig {
+    /// Configuration id.
+    pub id: String,
+    /// Environment.
+    pub env: String,
+    /// Version agents must report having applied.
+    pub version: i64,
+    /// The document.
+    pub document: IngressDocument,
+    /// Who made this version.
+    pub changed_by: String,
+    /// When.
+    pub changed_at: String,
+}
+
+impl From<&ConfigRecord> for PublishedConfig {
+    fn from(r: &ConfigRecord) -> Self {
+        Self {
+            id: r.id.clone(),
+            env: r.env.clone(),
+            version: r.version,
+            document: r.document.clone(),
+            changed_by: r.changed_by.clone(),
+            changed_at: r.changed_at.clone(),
+        }
+    }
+}
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The store refused or could not answer.
+    #[error("etcd: {0}")]
+    Store(#[from] etcd_client::Error),
+    /// Reading SQL failed.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+/// What a reconciliation changed in etcd.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Configurations written because they were missing.
+    pub added: usize,
+    /// Configurations rewritten because etcd held another version.
+    pub fixed: usize,
+    /// Keys deleted because SQL has no such live configuration.
+    pub removed: usize,
+}
+
+/// Writes configurations to etcd.
+#[derive(Clone)]
+pub struct Publisher {
+    client: Client,
+    keys: Keys,
+}
+
+fn stored_version(value: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<PublishedConfig>(value)
+        .ok()
+        .map(|p| p.version)
+}
+
+impl Publisher {
+    /// Publishes under `keys`' root.
+    pub fn new(client: Client, keys: Keys) -> Self {
+        Self { client, keys }
+    }
+
+    /// Writes `record` unless etcd already holds the same or a newer version (two
+    /// controllers publishing at once can never move a configuration backwards).
+    pub async fn publish(&self, record: &ConfigRecord) -> Result<bool, PublishError> {
+        let key = self.keys.config(&record.env, &record.id);
+        let body = serde_json::to_vec(&PublishedConfig::from(record)).unwrap_or_default();
+        let mut client = self.client.clone();
+        loop {
+            let current = client.get(key.as_str(), None).await?;
+            let guard = match current.kvs().first() {
+                Some(kv) => {
+                    if stored_version(kv.value()).is_some_and(|v| v >= record.version) {
+                        return Ok(false);
+                    }
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())
+                }
+                None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            };
+            let txn =
+                Txn::new()
+                    .when([guard])
+                    .and_then([TxnOp::put(key.as_str(), body.clone(), None)]);
+            if client.txn(txn).await?.succeeded() {
+                return Ok(true);
+            }
+            // Someone else wrote meanwhile: look again.
+        }
+    }
+
+    /// Removes a deleted configuration and its agents' status keys.
+    pub async fn unpublish(&self, env: &str, id: &str) -> Result<(), PublishError> {
+        let mut client = self.client.clone();
+        let txn = Txn::new().and_then([
+            TxnOp::delete(self.keys.config(env, id), None),
+            TxnOp::delete(
+                self.keys.statuses(env, id),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ),
+        ]);
+        client.txn(txn).await?;
+        Ok(())
+    }
+
+    /// Makes etcd hold exactly SQL's live configurations at their current versions.
+    pub async fn reconcile(&self, record: &Record) -> Result<ReconcileReport, PublishError> {
+        let desired: BTreeMap<String, ConfigRecord> = record
+            .list_all()
+            .await?
+            .into_iter()
+            .map(|r| (self.keys.config(&r.env, &r.id), r))
+            .collect();
+        let mut client = self.client.clone();
+        let prefix = self.keys.all_configs();
+        let actual = client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut report = ReconcileReport::default();
+        let mut seen = BTreeMap::new();
+        for kv in actual.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            seen.insert(key.clone(), stored_version(kv.value()));
+            if !desired.contains_key(&key) {
+                let (env, id) = key
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.split_once('/'))
+                    .unwrap_or(("", ""));
+                self.unpublish(env, id).await?;
+                report.removed += 1;
+            }
+        }
+        for (key, rec) in &desired {
+            match seen.get(key) {
+                None => {
+                    self.publish(rec).await?;
+                    report.added += 1;
+                }
+                Some(v) if *v != Some(rec.version) => {
+                    // Also rewrites a newer version left by a restored snapshot: SQL is the record.
+                    self.force(rec).await?;
+                    report.fixed += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(report)
+    }
+
+    async fn force(&self, record: &ConfigRecord) -> Result<(), PublishError> {
+        let key = self.keys.config(&record.env, &record.id);
+        let body = serde_json::to_vec(&PublishedConfig::from(record)).unwrap_or_default();
+        self.client.clone().put(key, body, None).await?;
+        Ok(())
+    }
+}
