@@ -5,10 +5,14 @@
 //! This is the controller's data half; the REST API, the publishing loop and the agents
 //! build on it.
 
+pub mod api;
+pub mod auth;
 pub mod document;
 pub mod keys;
+pub mod openapi;
 pub mod publish;
 pub mod record;
+pub mod server;
 
 pub use document::{IngressDocument, ValidationError};
 pub use publish::{PublishedConfig, Publisher, ReconcileReport};

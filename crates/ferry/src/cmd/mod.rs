@@ -1,6 +1,7 @@
 //! The command line: one subcommand per component.
 
 mod connection;
+mod controller;
 mod registry;
 mod render;
 mod store;
@@ -28,6 +29,8 @@ enum Command {
     Registry(registry::RegistryArgs),
     /// Render confd template resources from the store (confd-compatible).
     Render(render::RenderArgs),
+    /// Run the ingress controller: REST API, SQL record, publishing to etcd.
+    Controller(controller::ControllerArgs),
 }
 
 impl Cli {
@@ -37,6 +40,7 @@ impl Cli {
             Command::Store(args) => args.run().await,
             Command::Registry(args) => args.run().await,
             Command::Render(args) => args.run().await,
+            Command::Controller(args) => args.run().await,
         }
     }
 }

@@ -1,0 +1,165 @@
+//! `ferry controller`: the API server, its registration, and the reconciliation that makes
+//! etcd match SQL — on start and periodically, by one replica at a time (leader election).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::Client;
+use ferry_registry::{announce, AnnounceConfig, Announcement, Instance};
+use ferry_runtime::Election;
+use prometheus_client::registry::Registry;
+
+use crate::api::{router, ApiState};
+use crate::auth::Tokens;
+use crate::keys::Keys;
+use crate::publish::Publisher;
+use crate::record::Record;
+
+/// How a controller runs.
+pub struct ControllerConfig {
+    /// This replica's name.
+    pub name: String,
+    /// SQL URL.
+    pub database: String,
+    /// Address of the REST API.
+    pub listen: SocketAddr,
+    /// Root prefix of the key layout.
+    pub root: String,
+    /// Accepted tokens.
+    pub tokens: Tokens,
+    /// How often the leader makes etcd match SQL.
+    pub reconcile_interval: Duration,
+}
+
+/// A running controller.
+pub struct RunningController {
+    /// Where the API listens.
+    pub local_addr: SocketAddr,
+    announcement: Announcement,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningController {
+    /// Deregisters and stops.
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.announcement.stop().await;
+    }
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// SQL failed.
+    #[error("database: {0}")]
+    Record(#[from] crate::record::RecordError),
+    /// The listen address could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Registration failed.
+    #[error("registering the controller: {0}")]
+    Registry(#[from] ferry_registry::RegistryError),
+}
+
+/// Starts the API, registers, and runs the reconciliation leader election.
+pub async fn start(
+    client: Client,
+    config: ControllerConfig,
+) -> Result<RunningController, StartError> {
+    let record = Record::connect(&config.database).await?;
+    let keys = Keys::new(&config.root);
+    let publisher = Publisher::new(client.clone(), keys.clone());
+    let mut registry = Registry::default();
+    let requests = prometheus_client::metrics::family::Family::default();
+    registry.register(
+        "http_requests",
+        "API requests by method and status code",
+        requests.clone(),
+    );
+    let state = Arc::new(ApiState {
+        record: record.clone(),
+        publisher: publisher.clone(),
+        client: client.clone(),
+        keys: keys.clone(),
+        tokens: config.tokens,
+        requests,
+        registry: parking_lot::Mutex::new(registry),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let app = router(state);
+    let api = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    let me = Instance::new("controller", &config.name, local_addr.to_string());
+    let announcement = announce(
+        client.clone(),
+        AnnounceConfig {
+            prefix: config.root.clone(),
+            ..AnnounceConfig::default()
+        },
+        me,
+    )
+    .await?;
+    let election = Election::new(
+        client,
+        &format!("{}/election/reconciler", config.root.trim_end_matches('/')),
+        5,
+    );
+    let name = config.name.clone();
+    let interval = config.reconcile_interval;
+    let reconciler = tokio::spawn(async move {
+        loop {
+            let mut leadership = match election.campaign(name.clone()).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciler election failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            tracing::info!(controller = %name, "leading reconciliation");
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        match publisher.reconcile(&record).await {
+                            Ok(report) if report != Default::default() => tracing::info!(?report, "etcd reconciled with SQL"),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
+                        }
+                    }
+                    _ = leadership.lost() => {
+                        tracing::warn!(controller = %name, "lost reconciliation leadership");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    tracing::info!(address = %local_addr, "controller API listening");
+    Ok(RunningController {
+        local_addr,
+        announcement,
+        tasks: vec![api, reconciler],
+    })
+}

@@ -1,0 +1,388 @@
+//! `ferry controller` end to end against `ferry store` and a real etcd 3.4: tokens, the
+//! configuration API with validation and optimistic concurrency, history and rollback,
+//! publishing to etcd, rollout status from agents' reports, health and metrics.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ferry_bin, Server};
+use ferry_controller::api::{AgentStatus, Rollout};
+use ferry_controller::keys::Keys;
+use ferry_controller::PublishedConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+against_both!(&[];
+    configuration_api_end_to_end,
+);
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const READER: &str = "reader-token-0123456789abcdef";
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<Reply> {
+    let mut sock = tokio::net::TcpStream::connect(addr).await?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    sock.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    sock.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    // Bodies may be chunked; the JSON is the part between the chunk size lines.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n.min(tail.len())]);
+            rest = tail.get(n + 2..).unwrap_or("");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    Ok(Reply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body,
+    })
+}
+
+struct Killer(Child);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const DOC: &str = r#"{"kind":"ingress","virtual_hosts":[{"hostname":"shop.example.com","paths":[{"path":"/","service":"shop"}]}]}"#;
+
+async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("# who may do what\nadmin:{ADMIN}\nread:{READER}\n"),
+    )?;
+    let port = ferry_testkit::free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let _controller = Killer(
+        Command::new(ferry_bin())
+            .args([
+                "controller",
+                "--endpoints",
+                &server.endpoint(),
+                "--listen",
+                &addr,
+                "--tokens",
+            ])
+            .arg(&tokens)
+            .arg("--database")
+            .arg(format!("sqlite://{}", tmp.path().join("ctl.db").display()))
+            .args(["--reconcile-interval", "1s", "--name", "c1"])
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    while http(&addr, "GET", "/healthz", None, &[], "")
+        .await
+        .map(|r| r.status)
+        .unwrap_or(0)
+        != 200
+    {
+        anyhow::ensure!(Instant::now() < until, "controller did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        http(&addr, "GET", "/readyz", None, &[], "").await?.status,
+        200
+    );
+    let openapi = http(&addr, "GET", "/openapi.json", None, &[], "").await?;
+    assert_eq!(openapi.json()["openapi"], "3.0.3");
+    let configs = "/api/v1/environments/prod/configs";
+
+    // No token, a wrong token, a read-only token writing: refused.
+    assert_eq!(
+        http(&addr, "GET", configs, None, &[], "").await?.status,
+        401
+    );
+    assert_eq!(
+        http(
+            &addr,
+            "GET",
+            configs,
+            Some("wrong-token-xxxxxxxxxxxxxx"),
+            &[],
+            ""
+        )
+        .await?
+        .status,
+        401
+    );
+    assert_eq!(
+        http(&addr, "POST", configs, Some(READER), &[], DOC)
+            .await?
+            .status,
+        403
+    );
+    // A bad document: 400 naming the field, nothing written.
+    let bad = http(
+        &addr,
+        "POST",
+        configs,
+        Some(ADMIN),
+        &[],
+        &DOC.replace("\"path\":\"/\"", "\"path\":\"nope\""),
+    )
+    .await?;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["field"], "virtual_hosts[0].paths[0].path");
+    assert_eq!(
+        http(&addr, "GET", configs, Some(READER), &[], "")
+            .await?
+            .json(),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        http(
+            &addr,
+            "POST",
+            "/api/v1/environments/bad%20env/configs",
+            Some(ADMIN),
+            &[],
+            DOC
+        )
+        .await?
+        .status,
+        400
+    );
+
+    // Create: 201 with the version as ETag, published to etcd.
+    let created = http(
+        &addr,
+        "POST",
+        configs,
+        Some(ADMIN),
+        &[("X-Ferry-User", "alice")],
+        DOC,
+    )
+    .await?;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert!(
+        created.headers.contains("etag: \"1\""),
+        "{}",
+        created.headers
+    );
+    let id = created.json()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let keys = Keys::default();
+    let mut c = server.client().await?;
+    let stored: PublishedConfig =
+        serde_json::from_slice(c.get(keys.config("prod", &id), None).await?.kvs()[0].value())?;
+    assert_eq!((stored.version, stored.changed_by.as_str()), (1, "alice"));
+
+    // Update needs the current version; a stale one gets 412.
+    let one = format!("{configs}/{id}");
+    let v2_doc = DOC.replace("shop.example.com", "shop2.example.com");
+    assert_eq!(
+        http(&addr, "PUT", &one, Some(ADMIN), &[], &v2_doc)
+            .await?
+            .status,
+        428
+    );
+    let v2 = http(
+        &addr,
+        "PUT",
+        &one,
+        Some(ADMIN),
+        &[("If-Match", "\"1\"")],
+        &v2_doc,
+    )
+    .await?;
+    assert_eq!(v2.status, 200, "{}", v2.body);
+    let stale = http(&addr, "PUT", &one, Some(ADMIN), &[("If-Match", "1")], DOC).await?;
+    assert_eq!(stale.status, 412);
+    assert_eq!(stale.json()["current_version"], 2);
+    let history = http(
+        &addr,
+        "GET",
+        &format!("{one}/history"),
+        Some(READER),
+        &[],
+        "",
+    )
+    .await?
+    .json();
+    assert_eq!(history.as_array().map(|h| h.len()), Some(2));
+    let rolled = http(
+        &addr,
+        "POST",
+        &format!("{one}/rollback?version=1"),
+        Some(ADMIN),
+        &[("If-Match", "2")],
+        "",
+    )
+    .await?;
+    assert_eq!(
+        (rolled.status, rolled.json()["version"].as_i64()),
+        (200, Some(3))
+    );
+
+    // Rollout status: two live agents, one applied version 3, one failed it.
+    for (agent, ok) in [("a1", true), ("a2", false)] {
+        let instance = ferry_registry::Instance::new(
+            "prod",
+            agent,
+            format!("10.0.0.{}", if ok { 1 } else { 2 }),
+        );
+        c.put(
+            keys.agent("prod", agent),
+            serde_json::to_vec(&instance)?,
+            None,
+        )
+        .await?;
+        let status = AgentStatus {
+            agent: agent.into(),
+            version: 3,
+            ok,
+            message: if ok {
+                String::new()
+            } else {
+                "nginx -t failed".into()
+            },
+            time: String::new(),
+        };
+        c.put(
+            keys.status("prod", &id, agent),
+            serde_json::to_vec(&status)?,
+            None,
+        )
+        .await?;
+    }
+    let rollout: Rollout = serde_json::from_value(
+        http(
+            &addr,
+            "GET",
+            &format!("{one}/status"),
+            Some(READER),
+            &[],
+            "",
+        )
+        .await?
+        .json(),
+    )?;
+    assert_eq!(rollout.version, 3);
+    assert_eq!(
+        (
+            rollout.summary.live,
+            rollout.summary.applied,
+            rollout.summary.failed,
+            rollout.summary.complete
+        ),
+        (2, 1, 1, false)
+    );
+    assert_eq!(
+        rollout
+            .agents
+            .iter()
+            .find(|a| a.agent == "a2")
+            .map(|a| a.message.as_str()),
+        Some("nginx -t failed")
+    );
+    let envs = http(&addr, "GET", "/api/v1/environments", Some(READER), &[], "")
+        .await?
+        .json();
+    assert_eq!(envs[0]["env"], "prod");
+    assert_eq!(envs[0]["agents"].as_array().map(|a| a.len()), Some(2));
+
+    // etcd losing the configuration is repaired by the periodic reconciliation.
+    c.delete(keys.config("prod", &id), None).await?;
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(kv) = c.get(keys.config("prod", &id), None).await?.kvs().first() {
+            let p: PublishedConfig = serde_json::from_slice(kv.value())?;
+            assert_eq!(p.version, 3);
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "reconciliation did not restore the configuration"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Delete: gone from the API and from etcd.
+    assert_eq!(
+        http(&addr, "DELETE", &one, Some(ADMIN), &[("If-Match", "3")], "")
+            .await?
+            .status,
+        200
+    );
+    assert_eq!(
+        http(&addr, "GET", &one, Some(READER), &[], "")
+            .await?
+            .status,
+        404
+    );
+    assert!(c
+        .get(keys.config("prod", &id), None)
+        .await?
+        .kvs()
+        .is_empty());
+    let metrics = http(&addr, "GET", "/metrics", None, &[], "").await?.body;
+    assert!(
+        metrics.contains("http_requests_total{method=\"POST\",code=\"201\"} 1"),
+        "{metrics}"
+    );
+    // The controller registered itself.
+    assert!(!c.get(keys.controller("c1"), None).await?.kvs().is_empty());
+    Ok(())
+}
