@@ -1,5 +1,6 @@
 //! The command line: one subcommand per component.
 
+mod agent;
 mod connection;
 mod controller;
 mod registry;
@@ -31,6 +32,8 @@ enum Command {
     Render(render::RenderArgs),
     /// Run the ingress controller: REST API, SQL record, publishing to etcd.
     Controller(controller::ControllerArgs),
+    /// Run an agent: apply an environment's configurations to nginx and report back.
+    Agent(agent::AgentArgs),
 }
 
 impl Cli {
@@ -41,6 +44,7 @@ impl Cli {
             Command::Registry(args) => args.run().await,
             Command::Render(args) => args.run().await,
             Command::Controller(args) => args.run().await,
+            Command::Agent(args) => args.run().await,
         }
     }
 }

@@ -1,0 +1,187 @@
+//! `ferry agent` against `ferry store` and a real etcd 3.4: it registers, renders its
+//! environment's configurations (checked by the real `nginx -t`), follows registry services,
+//! reports per-configuration status, and never installs a configuration failing its check.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{ferry_bin, Server};
+use ferry_controller::api::AgentStatus;
+use ferry_controller::keys::Keys;
+use ferry_controller::{IngressDocument, Publisher, Record};
+
+against_both!(&[];
+    agent_applies_reports_and_refuses_bad_configurations,
+);
+
+struct Killer(Child);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn doc(host: &str, route: &str) -> IngressDocument {
+    let json = format!(
+        r#"{{"kind":"ingress","virtual_hosts":[{{"hostname":"{host}","paths":[{{"path":"/",{route}}}]}}]}}"#
+    );
+    IngressDocument::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn status(server: &Server, keys: &Keys, id: &str) -> anyhow::Result<Option<AgentStatus>> {
+    let mut c = server.client().await?;
+    let resp = c.get(keys.status("prod", id, "a1"), None).await?;
+    Ok(match resp.kvs().first() {
+        Some(kv) => Some(serde_json::from_slice(kv.value())?),
+        None => None,
+    })
+}
+
+async fn wait_status(
+    server: &Server,
+    keys: &Keys,
+    id: &str,
+    version: i64,
+) -> anyhow::Result<AgentStatus> {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = status(server, keys, id).await? {
+            if s.version == version {
+                return Ok(s);
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "agent never reported version {version} of {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn agent_applies_reports_and_refuses_bad_configurations(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "nginx is needed: apt-get install nginx-light (or scripts/install-deps.sh)"
+            )
+        })?;
+    let tmp = tempfile::tempdir()?;
+    let prefix = tmp.path().join("nginx");
+    let record =
+        Record::connect(&format!("sqlite://{}", tmp.path().join("ctl.db").display())).await?;
+    let keys = Keys::default();
+    let publisher = Publisher::new(server.client().await?, keys.clone());
+    let shop = record
+        .create(
+            "prod",
+            &doc("shop.example.com", r#""backends":["127.0.0.1:9001"]"#),
+            "alice",
+        )
+        .await?;
+    publisher.publish(&shop).await?;
+    let check = format!(
+        "{nginx} -t -q -p {p} -c {{{{.src}}}} && ! grep -q reject.example.com {{{{.src}}}}",
+        p = prefix.display()
+    );
+    let port = ferry_testkit::free_port()?;
+    let _agent = Killer(
+        Command::new(ferry_bin())
+            .args([
+                "agent",
+                "--endpoints",
+                &server.endpoint(),
+                "--env",
+                "prod",
+                "--name",
+                "a1",
+                "--nginx-prefix",
+            ])
+            .arg(&prefix)
+            .args(["--listen-port", &port.to_string(), "--check-cmd", &check])
+            .env("FERRY_LOG", "warn")
+            .spawn()?,
+    );
+    let conf = prefix.join("conf/nginx.conf");
+    let s1 = wait_status(server, &keys, &shop.id, 1).await?;
+    assert!(s1.ok, "{s1:?}");
+    let text = std::fs::read_to_string(&conf)?;
+    assert!(
+        text.contains("server_name shop.example.com;") && text.contains("server 127.0.0.1:9001;"),
+        "{text}"
+    );
+    let mut c = server.client().await?;
+    assert!(
+        !c.get(keys.agent("prod", "a1"), None)
+            .await?
+            .kvs()
+            .is_empty(),
+        "agent registered"
+    );
+
+    // Route to a registry service: its instances become the upstream as they come and go.
+    let shop2 = record
+        .update(
+            "prod",
+            &shop.id,
+            1,
+            &doc("shop.example.com", r#""service":"shop""#),
+            "bob",
+        )
+        .await?;
+    publisher.publish(&shop2).await?;
+    assert!(wait_status(server, &keys, &shop.id, 2).await?.ok);
+    assert!(std::fs::read_to_string(&conf)?.contains("down; # no live instance of shop"));
+    let instance = ferry_registry::Instance::new("shop", "i1", "127.0.0.1:9002");
+    c.put("/services/shop/i1", serde_json::to_vec(&instance)?, None)
+        .await?;
+    let until = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&conf)?.contains("server 127.0.0.1:9002;") {
+        anyhow::ensure!(
+            Instant::now() < until,
+            "service instance never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A configuration failing the check: reported with the reason, never installed.
+    let good = std::fs::read_to_string(&conf)?;
+    let bad = record
+        .create(
+            "prod",
+            &doc("reject.example.com", r#""backends":["127.0.0.1:9003"]"#),
+            "mallory",
+        )
+        .await?;
+    publisher.publish(&bad).await?;
+    let refused = wait_status(server, &keys, &bad.id, 1).await?;
+    assert!(!refused.ok);
+    assert!(refused.message.contains("check_cmd"), "{refused:?}");
+    assert_eq!(
+        std::fs::read_to_string(&conf)?,
+        good,
+        "the last good configuration keeps serving"
+    );
+    // Removing it lets the agent apply again.
+    let deleted = record.delete("prod", &bad.id, 1, "alice").await?;
+    publisher.unpublish("prod", &deleted.id).await?;
+    let shop3 = record
+        .update(
+            "prod",
+            &shop.id,
+            2,
+            &doc("shop3.example.com", r#""service":"shop""#),
+            "bob",
+        )
+        .await?;
+    publisher.publish(&shop3).await?;
+    assert!(wait_status(server, &keys, &shop.id, 3).await?.ok);
+    assert!(std::fs::read_to_string(&conf)?.contains("server_name shop3.example.com;"));
+    Ok(())
+}
