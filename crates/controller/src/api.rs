@@ -167,6 +167,12 @@ async fn publish_after_commit(state: &ApiState, rec: &ConfigRecord) {
     }
 }
 
+/// The answer to a committed change, once it is published.
+async fn changed(state: &ApiState, status: StatusCode, rec: ConfigRecord) -> Response {
+    publish_after_commit(state, &rec).await;
+    with_etag(status, &rec)
+}
+
 async fn create(
     State(s): State<Shared>,
     Path(env): Path<String>,
@@ -177,8 +183,7 @@ async fn create(
     valid_env(&env)?;
     let doc = parse_document(&body)?;
     let rec = s.record.create(&env, &doc, &user(&headers)).await?;
-    publish_after_commit(&s, &rec).await;
-    Ok(with_etag(StatusCode::CREATED, &rec))
+    Ok(changed(&s, StatusCode::CREATED, rec).await)
 }
 
 async fn list(
@@ -213,8 +218,7 @@ async fn update(
         .record
         .update(&env, &id, expected, &doc, &user(&headers))
         .await?;
-    publish_after_commit(&s, &rec).await;
-    Ok(with_etag(StatusCode::OK, &rec))
+    Ok(changed(&s, StatusCode::OK, rec).await)
 }
 
 async fn remove(
@@ -228,8 +232,7 @@ async fn remove(
         .record
         .delete(&env, &id, expected, &user(&headers))
         .await?;
-    publish_after_commit(&s, &rec).await;
-    Ok(with_etag(StatusCode::OK, &rec))
+    Ok(changed(&s, StatusCode::OK, rec).await)
 }
 
 async fn history(
@@ -258,8 +261,7 @@ async fn rollback(
         .record
         .rollback(&env, &id, q.version, expected, &user(&headers))
         .await?;
-    publish_after_commit(&s, &rec).await;
-    Ok(with_etag(StatusCode::OK, &rec))
+    Ok(changed(&s, StatusCode::OK, rec).await)
 }
 
 async fn live_agents(s: &ApiState, env: &str) -> Result<Vec<Instance>, ApiError> {
