@@ -6,6 +6,7 @@ mod controller;
 mod registry;
 mod render;
 mod store;
+mod up;
 
 pub use render::confd_style;
 
@@ -34,6 +35,8 @@ enum Command {
     Controller(controller::ControllerArgs),
     /// Run an agent: apply an environment's configurations to nginx and report back.
     Agent(agent::AgentArgs),
+    /// Run everything on this machine: store, controller, agents, nginx, demo backends.
+    Up(up::UpArgs),
 }
 
 impl Cli {
@@ -45,6 +48,7 @@ impl Cli {
             Command::Render(args) => args.run().await,
             Command::Controller(args) => args.run().await,
             Command::Agent(args) => args.run().await,
+            Command::Up(args) => args.run().await,
         }
     }
 }

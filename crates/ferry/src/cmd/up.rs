@@ -1,0 +1,331 @@
+//! `ferry up`: the whole system on one machine — the embedded store, a controller on SQLite,
+//! two environments with three agents each (each driving its own nginx when nginx is
+//! installed), demo backends in the registry, an example configuration, and a live rollout
+//! table. Ctrl-C stops everything.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use ferry_agent::{AgentConfig, RunningAgent};
+use ferry_controller::api::Rollout;
+use ferry_controller::auth::Tokens;
+use ferry_controller::server::ControllerConfig;
+use ferry_registry::{AnnounceConfig, Instance};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Arguments of `ferry up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Working directory for the store, the database and each agent's nginx
+    /// [default: a new temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Port of the controller's API (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    api_port: u16,
+    /// Exit once every environment's rollout is complete (for scripts and CI).
+    #[arg(long)]
+    exit_when_complete: bool,
+}
+
+fn nginx_binary() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A tiny HTTP backend answering with its name, standing in for a real service.
+async fn demo_backend(name: String) -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = sock.read(&mut buf).await;
+                let body = format!("hello from {name}\n");
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    Ok((port, task))
+}
+
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut sock = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    sock.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(tail.get(..n).unwrap_or(tail));
+            rest = tail.get(n + 2..).unwrap_or("");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
+fn example(env: &str) -> String {
+    format!(
+        r#"{{"kind":"ingress","virtual_hosts":[{{"hostname":"shop.{env}.example","paths":[{{"path":"/","service":"shop","read_timeout_seconds":30}},{{"path":"/static","backends":["127.0.0.1:9"]}}]}}]}}"#
+    )
+}
+
+impl UpArgs {
+    /// Runs the demo until Ctrl-C (or until complete with --exit-when-complete).
+    pub async fn run(self) -> anyhow::Result<()> {
+        let tmp;
+        let dir = match &self.dir {
+            Some(d) => d.clone(),
+            None => {
+                tmp = tempfile_dir()?;
+                tmp.clone()
+            }
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let nginx = nginx_binary();
+
+        let mut store_config = ferry_store::StoreConfig::new(dir.join("store"));
+        store_config.listen_client_urls = vec!["http://127.0.0.1:0".into()];
+        let store = ferry_store::start(store_config)
+            .await
+            .context("starting the store")?;
+        let endpoint = store.local_addrs[0].to_string();
+        let client =
+            ferry_client::connect(&ferry_client::ConnectConfig::new([endpoint.clone()])).await?;
+
+        let (tokens, token) = Tokens::generate();
+        let controller = ferry_controller::server::start(
+            client.clone(),
+            ControllerConfig {
+                name: "controller-1".into(),
+                database: format!("sqlite://{}", dir.join("controller.db").display()),
+                listen: format!("127.0.0.1:{}", self.api_port).parse()?,
+                root: "/ingress".into(),
+                tokens,
+                reconcile_interval: Duration::from_secs(30),
+            },
+        )
+        .await
+        .context("starting the controller")?;
+        let api = controller.local_addr.to_string();
+
+        let mut backends = Vec::new();
+        let mut announcements = Vec::new();
+        for i in 1..=3 {
+            let name = format!("shop-{i}");
+            let (port, task) = demo_backend(name.clone()).await?;
+            let fast = AnnounceConfig::default();
+            announcements.push(
+                ferry_registry::announce(
+                    client.clone(),
+                    fast,
+                    Instance::new("shop", &name, format!("127.0.0.1:{port}")),
+                )
+                .await?,
+            );
+            backends.push(task);
+        }
+
+        let mut agents: Vec<(RunningAgent, PathBuf, u16)> = Vec::new();
+        for env in ["staging", "production"] {
+            for n in 1..=3 {
+                let name = format!("{env}-agent-{n}");
+                let prefix = dir.join("agents").join(&name);
+                let port = free_port()?;
+                let (check_cmd, reload_cmd) = match &nginx {
+                    Some(bin) => (
+                        Some(format!("{} -t -q -p {p} -c {{{{.src}}}}", bin.display(), p = prefix.display())),
+                        Some(format!(
+                            "{b} -s reload -p {p} -c {p}/conf/nginx.conf 2>/dev/null || {b} -p {p} -c {p}/conf/nginx.conf",
+                            b = bin.display(),
+                            p = prefix.display()
+                        )),
+                    ),
+                    None => (None, None),
+                };
+                let agent = ferry_agent::start(
+                    client.clone(),
+                    AgentConfig {
+                        env: env.into(),
+                        name,
+                        ip: "127.0.0.1".into(),
+                        root: "/ingress".into(),
+                        services_prefix: "/services".into(),
+                        nginx_prefix: prefix.clone(),
+                        listen_port: port,
+                        template: None,
+                        check_cmd,
+                        reload_cmd,
+                        resync: Duration::from_secs(180),
+                    },
+                )
+                .await?;
+                agents.push((agent, prefix, port));
+            }
+        }
+
+        let mut ids = Vec::new();
+        for env in ["staging", "production"] {
+            let (status, body) = http(
+                &api,
+                "POST",
+                &format!("/api/v1/environments/{env}/configs"),
+                &token,
+                &example(env),
+            )
+            .await?;
+            if status != 201 {
+                return Err(anyhow!(
+                    "creating the example configuration failed ({status}): {body}"
+                ));
+            }
+            let created: serde_json::Value = serde_json::from_str(&body)?;
+            ids.push((env, created["id"].as_str().unwrap_or_default().to_string()));
+        }
+
+        println!("ferry is up (data in {}).", dir.display());
+        println!("  store (etcd v3 API):  {endpoint}        ETCDCTL_API=3 etcdctl --endpoints={endpoint} get /ingress --prefix --keys-only");
+        println!("  controller API:       http://{api}   (OpenAPI: http://{api}/openapi.json)");
+        println!("  admin token:          {token}");
+        match &nginx {
+            Some(_) => {
+                for (agent_prefix, port) in agents.iter().map(|(_, p, port)| (p, port)).take(1) {
+                    println!("  nginx (staging-agent-1): curl -H 'Host: shop.staging.example' http://127.0.0.1:{port}/   (conf: {})", agent_prefix.join("conf/nginx.conf").display());
+                }
+            }
+            None => println!("  nginx is not installed: agents render their configuration files only (apt-get install nginx-light)"),
+        }
+        println!();
+
+        let started = Instant::now();
+        let signal = super::shutdown_signal();
+        tokio::pin!(signal);
+        let mut shown = String::new();
+        let outcome = loop {
+            let mut table = String::from("ENVIRONMENT  CONFIGURATION                         VERSION  LIVE  APPLIED  FAILED  PENDING  COMPLETE\n");
+            let mut all_complete = true;
+            for (env, id) in &ids {
+                let (status, body) = http(
+                    &api,
+                    "GET",
+                    &format!("/api/v1/environments/{env}/configs/{id}/status"),
+                    &token,
+                    "",
+                )
+                .await?;
+                match serde_json::from_str::<Rollout>(&body) {
+                    Ok(r) if status == 200 => {
+                        all_complete &= r.summary.complete;
+                        table.push_str(&format!(
+                            "{env:<12} {id:<37} {:>7} {:>5} {:>8} {:>7} {:>8}  {}\n",
+                            r.version,
+                            r.summary.live,
+                            r.summary.applied,
+                            r.summary.failed,
+                            r.summary.pending,
+                            r.summary.complete
+                        ));
+                    }
+                    _ => {
+                        all_complete = false;
+                        table.push_str(&format!(
+                            "{env:<12} {id:<37} status unavailable ({status})\n"
+                        ));
+                    }
+                }
+            }
+            if table != shown {
+                println!("{table}");
+                shown = table;
+            }
+            if all_complete && self.exit_when_complete {
+                println!(
+                    "rollout complete in every environment after {:?}",
+                    started.elapsed()
+                );
+                break Ok(());
+            }
+            if self.exit_when_complete && started.elapsed() > Duration::from_secs(90) {
+                break Err(anyhow!("rollout did not complete within 90 s"));
+            }
+            tokio::select! {
+                _ = &mut signal => break Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        };
+
+        for (agent, prefix, _) in agents {
+            agent.stop().await;
+            if let Some(bin) = &nginx {
+                let _ = tokio::process::Command::new(bin)
+                    .arg("-s")
+                    .arg("quit")
+                    .arg("-p")
+                    .arg(&prefix)
+                    .arg("-c")
+                    .arg(prefix.join("conf/nginx.conf"))
+                    .output()
+                    .await;
+            }
+        }
+        for a in announcements {
+            let _ = a.stop().await;
+        }
+        for b in backends {
+            b.abort();
+        }
+        controller.stop().await;
+        store.shutdown().await?;
+        outcome
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::temp_dir().join(format!("ferry-up-{}", std::process::id()));
+    std::fs::create_dir_all(&base)?;
+    Ok(base)
+}
