@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 against_both!(&[];
     configuration_api_end_to_end,
+    config_cli_round_trip,
 );
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -384,5 +385,112 @@ async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
     );
     // The controller registered itself.
     assert!(!c.get(keys.controller("c1"), None).await?.kvs().is_empty());
+    Ok(())
+}
+
+fn ferry_config(addr: &str, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new(ferry_bin())
+        .arg("config")
+        .args(args)
+        .args(["--api", &format!("http://{addr}")])
+        .env("FERRY_TOKEN", ADMIN)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+async fn config_cli_round_trip(server: &Server) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(&tokens, format!("admin:{ADMIN}\n"))?;
+    let port = ferry_testkit::free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let _controller = Killer(
+        Command::new(ferry_bin())
+            .args([
+                "controller",
+                "--endpoints",
+                &server.endpoint(),
+                "--listen",
+                &addr,
+                "--tokens",
+            ])
+            .arg(&tokens)
+            .arg("--database")
+            .arg(format!("sqlite://{}", tmp.path().join("ctl.db").display()))
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    while http(&addr, "GET", "/healthz", None, &[], "")
+        .await
+        .map(|r| r.status)
+        .unwrap_or(0)
+        != 200
+    {
+        anyhow::ensure!(Instant::now() < until, "controller did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let file = tmp.path().join("shop.json");
+    std::fs::write(&file, DOC)?;
+    let (ok, out, err) = ferry_config(
+        &addr,
+        &[
+            "apply",
+            "-f",
+            file.to_str().unwrap_or_default(),
+            "--env",
+            "prod",
+            "-o",
+            "json",
+        ],
+    )?;
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out)?;
+    let id = created["id"].as_str().unwrap_or_default().to_string();
+    std::fs::write(&file, DOC.replace("shop.example.com", "shop2.example.com"))?;
+    let (ok, out, err) = ferry_config(
+        &addr,
+        &[
+            "apply",
+            "-f",
+            file.to_str().unwrap_or_default(),
+            "--env",
+            "prod",
+            "--id",
+            &id,
+        ],
+    )?;
+    assert!(ok && out.contains("version 2"), "{out}{err}");
+    let (_, out, _) = ferry_config(&addr, &["history", &id, "--env", "prod"])?;
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (ok, out, _) = ferry_config(&addr, &["rollback", &id, "--env", "prod", "--version", "1"])?;
+    assert!(ok && out.contains("version 3"), "{out}");
+    let (ok, out, _) = ferry_config(&addr, &["status", &id, "--env", "prod"])?;
+    assert!(ok && out.contains("0 live"), "{out}");
+    // Bad input: the API's field error reaches the user.
+    std::fs::write(&file, DOC.replace("\"path\":\"/\"", "\"path\":\"x\""))?;
+    let (ok, _, err) = ferry_config(
+        &addr,
+        &[
+            "apply",
+            "-f",
+            file.to_str().unwrap_or_default(),
+            "--env",
+            "prod",
+        ],
+    )?;
+    assert!(
+        !ok && err.contains("virtual_hosts[0].paths[0].path"),
+        "{err}"
+    );
+    let (ok, out, _) = ferry_config(&addr, &["delete", &id, "--env", "prod"])?;
+    assert!(ok && out.contains("(deleted)"), "{out}");
+    let (ok, out, _) = ferry_config(&addr, &["list", "--env", "prod"])?;
+    assert!(ok && out.trim().is_empty(), "{out}");
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The command line: one subcommand per component.
 
 mod agent;
+mod config;
 mod connection;
 mod controller;
+mod http;
 mod registry;
 mod render;
 mod store;
@@ -37,6 +39,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run everything on this machine: store, controller, agents, nginx, demo backends.
     Up(up::UpArgs),
+    /// Manage configurations through the controller's API.
+    Config(config::ConfigArgs),
 }
 
 impl Cli {
@@ -49,6 +53,7 @@ impl Cli {
             Command::Controller(args) => args.run().await,
             Command::Agent(args) => args.run().await,
             Command::Up(args) => args.run().await,
+            Command::Config(args) => args.run().await,
         }
     }
 }

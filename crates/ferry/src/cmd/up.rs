@@ -65,49 +65,6 @@ async fn demo_backend(name: String) -> anyhow::Result<(u16, tokio::task::JoinHan
     Ok((port, task))
 }
 
-async fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    let mut sock = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    sock.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = rest;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(tail.get(..n).unwrap_or(tail));
-            rest = tail.get(n + 2..).unwrap_or("");
-        }
-        out
-    } else {
-        rest.to_string()
-    };
-    Ok((status, body))
-}
-
 fn example(env: &str) -> String {
     format!(
         r#"{{"kind":"ingress","virtual_hosts":[{{"hostname":"shop.{env}.example","paths":[{{"path":"/","service":"shop","read_timeout_seconds":30}},{{"path":"/static","backends":["127.0.0.1:9"]}}]}}]}}"#
@@ -210,7 +167,7 @@ impl UpArgs {
 
         let mut ids = Vec::new();
         for env in ["staging", "production"] {
-            let (status, body) = http(
+            let (status, body) = super::http::request(
                 &api,
                 "POST",
                 &format!("/api/v1/environments/{env}/configs"),
@@ -249,7 +206,7 @@ impl UpArgs {
             let mut table = String::from("ENVIRONMENT  CONFIGURATION                         VERSION  LIVE  APPLIED  FAILED  PENDING  COMPLETE\n");
             let mut all_complete = true;
             for (env, id) in &ids {
-                let (status, body) = http(
+                let (status, body) = super::http::request(
                     &api,
                     "GET",
                     &format!("/api/v1/environments/{env}/configs/{id}/status"),

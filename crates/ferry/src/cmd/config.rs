@@ -1,0 +1,283 @@
+//! `ferry config`: the controller's API from the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use ferry_controller::api::Rollout;
+
+use super::http::{request, request_with};
+
+/// Arguments of `ferry config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    action: ConfigAction,
+    /// The controller API.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8080",
+        env = "FERRY_API",
+        global = true
+    )]
+    api: String,
+    /// Bearer token.
+    #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Create a configuration from a JSON file, or replace one (--id).
+    Apply {
+        /// The document (JSON).
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Environment.
+        #[arg(long)]
+        env: String,
+        /// Replace this configuration instead of creating one.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Show one configuration.
+    Get {
+        /// Configuration id.
+        id: String,
+        /// Environment.
+        #[arg(long)]
+        env: String,
+    },
+    /// List an environment's configurations.
+    List {
+        /// Environment.
+        #[arg(long)]
+        env: String,
+    },
+    /// Delete a configuration.
+    Delete {
+        /// Configuration id.
+        id: String,
+        /// Environment.
+        #[arg(long)]
+        env: String,
+    },
+    /// Every version of a configuration.
+    History {
+        /// Configuration id.
+        id: String,
+        /// Environment.
+        #[arg(long)]
+        env: String,
+    },
+    /// Make an earlier version current again.
+    Rollback {
+        /// Configuration id.
+        id: String,
+        /// Environment.
+        #[arg(long)]
+        env: String,
+        /// The version to restore.
+        #[arg(long)]
+        version: i64,
+    },
+    /// Rollout status: every live agent and what it applied.
+    Status {
+        /// Configuration id.
+        id: String,
+        /// Environment.
+        #[arg(long)]
+        env: String,
+        /// Keep watching until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+fn check(status: u16, body: &str) -> anyhow::Result<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    if (200..300).contains(&status) {
+        return Ok(value);
+    }
+    let message = value["error"].as_str().unwrap_or(body).to_string();
+    match value["field"].as_str() {
+        Some(field) => Err(anyhow!("{status}: {field}: {message}")),
+        None => Err(anyhow!("{status}: {message}")),
+    }
+}
+
+fn print_record(value: &serde_json::Value, output: Output) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Output::Table => println!(
+            "{}/{} version {} by {} at {}{}",
+            value["env"].as_str().unwrap_or_default(),
+            value["id"].as_str().unwrap_or_default(),
+            value["version"],
+            value["changed_by"].as_str().unwrap_or_default(),
+            value["changed_at"].as_str().unwrap_or_default(),
+            if value["deleted"].as_bool() == Some(true) {
+                " (deleted)"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+fn print_rollout(r: &Rollout, output: Output) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(r).unwrap_or_default()),
+        Output::Table => {
+            println!(
+                "version {}: {} live, {} applied, {} failed, {} pending, complete: {}",
+                r.version,
+                r.summary.live,
+                r.summary.applied,
+                r.summary.failed,
+                r.summary.pending,
+                r.summary.complete
+            );
+            println!(
+                "{:<24} {:<16} {:>8}  {:<8} MESSAGE",
+                "AGENT", "IP", "APPLIED", "STATE"
+            );
+            for a in &r.agents {
+                println!(
+                    "{:<24} {:<16} {:>8}  {:<8} {}",
+                    a.agent, a.ip, a.applied_version, a.state, a.message
+                );
+            }
+        }
+    }
+}
+
+impl ConfigArgs {
+    /// Runs the chosen action.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let token = self
+            .token
+            .clone()
+            .ok_or_else(|| anyhow!("--token (or FERRY_TOKEN) is required"))?;
+        let api = self.api.as_str();
+        let base = |env: &str| format!("/api/v1/environments/{env}/configs");
+        let version_of = async |env: &str, id: &str| -> anyhow::Result<i64> {
+            let path = format!("{}/{id}", base(env));
+            let (status, body): (u16, String) = request(api, "GET", &path, &token, "").await?;
+            check(status, &body)?["version"]
+                .as_i64()
+                .ok_or_else(|| anyhow!("no version in the answer"))
+        };
+        match self.action {
+            ConfigAction::Apply { file, env, id } => {
+                let body = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let (status, reply) = match id {
+                    None => request(api, "POST", &base(&env), &token, &body).await?,
+                    Some(id) => {
+                        let version = version_of(&env, &id).await?;
+                        request_with(
+                            api,
+                            "PUT",
+                            &format!("{}/{id}", base(&env)),
+                            &token,
+                            &[("If-Match", version.to_string())],
+                            &body,
+                        )
+                        .await?
+                    }
+                };
+                print_record(&check(status, &reply)?, self.output);
+            }
+            ConfigAction::Get { id, env } => {
+                let (status, body) =
+                    request(api, "GET", &format!("{}/{id}", base(&env)), &token, "").await?;
+                print_record(&check(status, &body)?, self.output);
+            }
+            ConfigAction::List { env } => {
+                let (status, body) = request(api, "GET", &base(&env), &token, "").await?;
+                for rec in check(status, &body)?
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    print_record(&rec, self.output);
+                }
+            }
+            ConfigAction::Delete { id, env } => {
+                let version = version_of(&env, &id).await?;
+                let (status, body) = request_with(
+                    api,
+                    "DELETE",
+                    &format!("{}/{id}", base(&env)),
+                    &token,
+                    &[("If-Match", version.to_string())],
+                    "",
+                )
+                .await?;
+                print_record(&check(status, &body)?, self.output);
+            }
+            ConfigAction::History { id, env } => {
+                let (status, body) = request(
+                    api,
+                    "GET",
+                    &format!("{}/{id}/history", base(&env)),
+                    &token,
+                    "",
+                )
+                .await?;
+                for rec in check(status, &body)?
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    print_record(&rec, self.output);
+                }
+            }
+            ConfigAction::Rollback { id, env, version } => {
+                let current = version_of(&env, &id).await?;
+                let path = format!("{}/{id}/rollback?version={version}", base(&env));
+                let (status, body) = request_with(
+                    api,
+                    "POST",
+                    &path,
+                    &token,
+                    &[("If-Match", current.to_string())],
+                    "",
+                )
+                .await?;
+                print_record(&check(status, &body)?, self.output);
+            }
+            ConfigAction::Status { id, env, watch } => loop {
+                let (status, body) = request(
+                    api,
+                    "GET",
+                    &format!("{}/{id}/status", base(&env)),
+                    &token,
+                    "",
+                )
+                .await?;
+                let rollout: Rollout = serde_json::from_value(check(status, &body)?)?;
+                print_rollout(&rollout, self.output);
+                if !watch {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            },
+        }
+        Ok(())
+    }
+}
