@@ -39,13 +39,21 @@ pub const DB_FILE: &str = "ferry.redb";
 
 /// What a store needs from its history when it opens.
 pub struct Recovered {
+    /// The key index rebuilt from the `kv` table.
     pub index: TreeIndex,
+    /// The last revision written.
     pub current_rev: i64,
+    /// The revision last compacted at.
     pub compact_rev: i64,
+    /// This store's cluster id.
     pub cluster_id: u64,
+    /// This store's member id.
     pub member_id: u64,
+    /// Write requests applied so far (the raft index reported).
     pub applied_index: i64,
+    /// Whether the NOSPACE alarm is raised.
     pub nospace: bool,
+    /// Leases: id and granted TTL.
     pub leases: Vec<(i64, i64)>,
 }
 

@@ -37,7 +37,9 @@ pub enum KeyRange {
     Single(Vec<u8>),
     /// Every key `>= start` and `< end`; `end = None` means no upper bound (`range_end = "\0"`).
     Span {
+        /// First key.
         start: Vec<u8>,
+        /// First key after the range, if any.
         end: Option<Vec<u8>>,
     },
 }

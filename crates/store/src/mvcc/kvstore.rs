@@ -43,22 +43,45 @@ pub struct Limits {
 
 /// A write the writer thread applies.
 pub enum WriteRequest {
+    /// A Put.
     Put(PbPutRequest),
+    /// A DeleteRange.
     Delete(PbDeleteRequest),
+    /// A Txn (read-only ones make no revision and no commit).
     Txn(PbTxnRequest),
+    /// Compact at this revision.
     Compact(i64),
+    /// Reclaim free space in the backend file.
     Defragment,
+    /// Raise (true) or clear the NOSPACE alarm.
     SetNoSpace(bool),
-    LeaseGrant { id: i64, ttl: i64 },
+    /// Grant a lease (`id` 0 picks one).
+    LeaseGrant {
+        /// Requested id.
+        id: i64,
+        /// Requested TTL in seconds.
+        ttl: i64,
+    },
+    /// Revoke a lease, deleting its keys.
     LeaseRevoke(i64),
 }
 
 /// What a write returns.
 pub enum WriteResponse {
+    /// The Put's response.
     Put(PbPutResponse),
+    /// The DeleteRange's response.
     Delete(PbDeleteResponse),
+    /// The Txn's response.
     Txn(PbTxnResponse),
-    LeaseGranted { id: i64, ttl: i64 },
+    /// The lease granted.
+    LeaseGranted {
+        /// Its id.
+        id: i64,
+        /// Its TTL (raised to the minimum if needed).
+        ttl: i64,
+    },
+    /// Done, nothing to return.
     Done,
 }
 
