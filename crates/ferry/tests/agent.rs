@@ -185,3 +185,88 @@ async fn agent_applies_reports_and_refuses_bad_configurations(
     assert!(std::fs::read_to_string(&conf)?.contains("server_name shop3.example.com;"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_while_the_store_is_down_keeps_serving_and_catches_up(
+) -> anyhow::Result<()> {
+    let mut server = common::start(common::Kind::Ferry, &[]).await?;
+    let tmp = tempfile::tempdir()?;
+    let prefix = tmp.path().join("nginx");
+    let record =
+        Record::connect(&format!("sqlite://{}", tmp.path().join("ctl.db").display())).await?;
+    let keys = Keys::default();
+    let publisher = Publisher::new(server.client().await?, keys.clone());
+    let shop = record
+        .create(
+            "prod",
+            &doc("shop.example.com", r#""backends":["127.0.0.1:9001"]"#),
+            "alice",
+        )
+        .await?;
+    publisher.publish(&shop).await?;
+    let marker = tmp.path().join("served");
+    let spawn = |endpoint: String| -> anyhow::Result<Killer> {
+        Ok(Killer(
+            Command::new(ferry_bin())
+                .args([
+                    "agent",
+                    "--endpoints",
+                    &endpoint,
+                    "--env",
+                    "prod",
+                    "--name",
+                    "a1",
+                    "--nginx-prefix",
+                ])
+                .arg(&prefix)
+                .args([
+                    "--dial-timeout",
+                    "300ms",
+                    "--reload-cmd",
+                    &format!("echo served >> {}", marker.display()),
+                ])
+                .env("FERRY_LOG", "warn")
+                .spawn()?,
+        ))
+    };
+    let agent = spawn(server.endpoint())?;
+    wait_status(&server, &keys, &shop.id, 1).await?;
+    let conf = prefix.join("conf/nginx.conf");
+    let good = std::fs::read_to_string(&conf)?;
+    drop(agent);
+    server.kill();
+    std::fs::remove_file(&marker)?;
+    // Restart without a store: the last good configuration is served again at once.
+    let mut agent = spawn(server.endpoint())?;
+    let until = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        anyhow::ensure!(
+            Instant::now() < until,
+            "the last good configuration was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        agent.0.try_wait()?.is_none(),
+        "the agent must wait for the store, not exit"
+    );
+    assert_eq!(std::fs::read_to_string(&conf)?, good);
+    // The store comes back with a new version: the agent catches up and reports it.
+    server.restart().await?;
+    let shop2 = record
+        .update(
+            "prod",
+            &shop.id,
+            1,
+            &doc("shop2.example.com", r#""backends":["127.0.0.1:9001"]"#),
+            "bob",
+        )
+        .await?;
+    Publisher::new(server.client().await?, keys.clone())
+        .publish(&shop2)
+        .await?;
+    assert!(wait_status(&server, &keys, &shop.id, 2).await?.ok);
+    assert!(std::fs::read_to_string(&conf)?.contains("shop2.example.com"));
+    Ok(())
+}

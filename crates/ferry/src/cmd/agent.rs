@@ -56,7 +56,41 @@ impl AgentArgs {
         if resync.is_zero() {
             return Err(anyhow!("--resync must be longer than zero"));
         }
-        let client = self.connection.connect().await?;
+        // Serve the last good configuration first: it is on disk, and nginx may need starting
+        // (after a reboot) even while the store is unreachable.
+        let conf = self.nginx_prefix.join("conf/nginx.conf");
+        if let (true, Some(reload)) = (conf.exists(), &self.reload_cmd) {
+            match tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(reload)
+                .status()
+                .await
+            {
+                Ok(s) if s.success() => {
+                    tracing::info!(conf = %conf.display(), "serving the last good configuration")
+                }
+                Ok(s) => {
+                    tracing::warn!(status = %s, "reload_cmd failed for the last good configuration")
+                }
+                Err(e) => tracing::warn!(error = %e, "reload_cmd could not start"),
+            }
+        }
+        // Wait for the store rather than give up: nginx keeps serving meanwhile.
+        let mut delay = std::time::Duration::from_millis(200);
+        let client = loop {
+            match self.connection.connect().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "store unreachable; keeping the last good configuration");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = super::shutdown_signal() => return Ok(()),
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        };
+        tracing::info!("connected to the store");
         let agent = start(
             client,
             AgentConfig {
