@@ -17,6 +17,10 @@ for cmd in "${!wanted[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${wanted[$cmd]}")
 done
 
+# Servers whose binaries are not on PATH.
+[ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
@@ -29,3 +33,4 @@ fi
 echo "install-deps: installing ${missing[*]}" >&2
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The packages may start their system services; ferry's tests start their own servers.

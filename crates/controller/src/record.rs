@@ -150,7 +150,11 @@ impl Record {
         let env: String = row.try_get("env")?;
         let id: String = row.try_get("id")?;
         let version: i64 = row.try_get("version")?;
-        let text: String = row.try_get("document")?;
+        // MySQL/MariaDB report TEXT to the Any driver as BLOB: accept both.
+        let text: String = match row.try_get::<String, _>("document") {
+            Ok(t) => t,
+            Err(_) => String::from_utf8_lossy(&row.try_get::<Vec<u8>, _>("document")?).into_owned(),
+        };
         let document =
             IngressDocument::from_json(text.as_bytes()).map_err(|e| RecordError::Corrupt {
                 env: env.clone(),

@@ -14,6 +14,8 @@ use etcd_client::Client;
 
 pub use ferry_client::TlsFiles;
 
+pub mod sql;
+
 /// Which implementation of the etcd v3 API a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
