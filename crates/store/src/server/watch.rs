@@ -127,7 +127,15 @@ impl Session {
         loop {
             let step = tokio::select! {
                 req = requests.next() => match req {
-                    Some(Ok(req)) => self.handle(req).await,
+                    Some(Ok(req)) => {
+                        // Catch up with every commit already acknowledged before acting on the
+                        // request, so "now" (a new watch's start, a progress revision) is at
+                        // least every revision the client has seen acknowledged.
+                        match self.drain(&mut feed).await {
+                            Ok(()) => self.handle(req).await,
+                            Err(gone) => Err(gone),
+                        }
+                    }
                     Some(Err(_)) | None => Err(Gone),
                 },
                 batch = feed.recv() => match batch {
@@ -143,6 +151,25 @@ impl Session {
             };
             if step.is_err() {
                 return;
+            }
+        }
+    }
+
+    /// Dispatches every batch already in the feed.
+    async fn drain(
+        &mut self,
+        feed: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Vec<Event>>>,
+    ) -> Result<(), Gone> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        loop {
+            match feed.try_recv() {
+                Ok(events) => self.dispatch(&events).await?,
+                Err(TryRecvError::Lagged(_)) => {
+                    *feed = self.ctx.store.subscribe();
+                    self.catch_up().await?;
+                }
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Closed) => return Err(Gone),
             }
         }
     }
