@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod document;
+pub mod http_client;
 pub mod keys;
 pub mod openapi;
 pub mod publish;

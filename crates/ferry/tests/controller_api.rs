@@ -11,7 +11,6 @@ use common::{ferry_bin, Server};
 use ferry_controller::api::{AgentStatus, Rollout};
 use ferry_controller::keys::Keys;
 use ferry_controller::PublishedConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 against_both!(&[];
     configuration_api_end_to_end,
@@ -41,55 +40,13 @@ async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> anyhow::Result<Reply> {
-    let mut sock = tokio::net::TcpStream::connect(addr).await?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    sock.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    sock.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    // Bodies may be chunked; the JSON is the part between the chunk size lines.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = rest;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n.min(tail.len())]);
-            rest = tail.get(n + 2..).unwrap_or("");
-        }
-        out
-    } else {
-        rest.to_string()
-    };
+    let headers: Vec<(&str, String)> = headers.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    let reply =
+        ferry_controller::http_client::request(addr, method, path, token, &headers, body).await?;
     Ok(Reply {
-        status,
-        headers: head.to_ascii_lowercase(),
-        body,
+        status: reply.status,
+        headers: reply.headers,
+        body: reply.body,
     })
 }
 

@@ -7,7 +7,32 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use ferry_controller::api::Rollout;
 
-use super::http::{request, request_with};
+use ferry_controller::http_client;
+
+/// One API call; the status and the body.
+async fn request_with(
+    api: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let reply = http_client::request(api, method, path, Some(token), headers, body)
+        .await
+        .map_err(|e| anyhow!("cannot reach the controller API at {api}: {e}"))?;
+    Ok((reply.status, reply.body))
+}
+
+async fn request(
+    api: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    request_with(api, method, path, token, &[], body).await
+}
 
 /// Arguments of `ferry config`.
 #[derive(Debug, Args)]

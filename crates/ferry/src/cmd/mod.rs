@@ -4,7 +4,6 @@ mod agent;
 mod config;
 mod connection;
 mod controller;
-mod http;
 mod registry;
 mod render;
 mod store;

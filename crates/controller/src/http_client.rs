@@ -1,36 +1,40 @@
-//! A minimal HTTP/1.1 client for the controller's API (one request per connection), so the
-//! CLI needs no HTTP client library.
+//! A minimal HTTP/1.1 client for the controller's API (one request per connection), used by
+//! `ferry config`, `ferry up` and the tests, so none of them needs an HTTP client library.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Sends one request; returns the status code and the (de-chunked) body.
+/// An answer.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// Status code (0 if the answer had no status line).
+    pub status: u16,
+    /// The header block, lower-cased.
+    pub headers: String,
+    /// The body, de-chunked.
+    pub body: String,
+}
+
+/// Sends one request to `addr` (`host:port`, `http://` accepted) and reads the whole answer.
 pub async fn request(
     addr: &str,
     method: &str,
     path: &str,
-    token: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    request_with(addr, method, path, token, &[], body).await
-}
-
-/// [`request`] with extra headers.
-pub async fn request_with(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: &str,
+    token: Option<&str>,
     headers: &[(&str, String)],
     body: &str,
-) -> anyhow::Result<(u16, String)> {
+) -> std::io::Result<HttpReply> {
     let addr = addr.trim_start_matches("http://").trim_end_matches('/');
-    let mut sock = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the controller API at {addr}: {e}"))?;
+    let mut sock = tokio::net::TcpStream::connect(addr).await?;
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -46,10 +50,8 @@ pub async fn request_with(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    let headers = head.to_ascii_lowercase();
+    let body = if headers.contains("transfer-encoding: chunked") {
         let mut out = String::new();
         let mut rest = rest;
         while let Some((size, tail)) = rest.split_once("\r\n") {
@@ -64,5 +66,9 @@ pub async fn request_with(
     } else {
         rest.to_string()
     };
-    Ok((status, body))
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
 }
