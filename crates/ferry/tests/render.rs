@@ -175,23 +175,9 @@ async fn interval_mode_config_file_status_and_metrics(server: &Server) -> anyhow
         .spawn()?;
     let result = async {
         let dest = dir.join("out/upstream.conf");
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        let wait_for = |needle: &'static str| {
-            let dest = dest.clone();
-            async move {
-                while !std::fs::read_to_string(&dest)
-                    .unwrap_or_default()
-                    .contains(needle)
-                {
-                    anyhow::ensure!(std::time::Instant::now() < until, "{needle} never rendered");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                anyhow::Ok(())
-            }
-        };
-        wait_for("10.0.0.1:80").await?;
+        common::wait_for_content(&dest, "10.0.0.1:80", std::time::Duration::from_secs(20)).await?;
         c.put("/services/apache/2", "10.0.0.2:80", None).await?;
-        wait_for("10.0.0.2:80").await?;
+        common::wait_for_content(&dest, "10.0.0.2:80", std::time::Duration::from_secs(20)).await?;
         let text = http_get(&metrics, "/metrics").await?;
         assert!(text.contains("ferry_render_last_render_success{"), "{text}");
         assert!(text.contains("ferry_render_renders_total{"), "{text}");
@@ -292,21 +278,7 @@ async fn watch_mode_survives_a_store_restart_and_reports_reload_failures(
         .spawn()?;
     let dest = dir.join("out/upstream.conf");
     let result = async {
-        let wait_for = |needle: &'static str| {
-            let dest = dest.clone();
-            async move {
-                let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-                while !std::fs::read_to_string(&dest)
-                    .unwrap_or_default()
-                    .contains(needle)
-                {
-                    anyhow::ensure!(std::time::Instant::now() < until, "{needle} never rendered");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                anyhow::Ok(())
-            }
-        };
-        wait_for("10.0.0.1:80").await?;
+        common::wait_for_content(&dest, "10.0.0.1:80", std::time::Duration::from_secs(20)).await?;
         // The failed reload is reported (the file itself was installed).
         let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&status)?)?;
         assert_eq!(json[0]["ok"], serde_json::Value::Bool(false), "{json}");
@@ -321,7 +293,7 @@ async fn watch_mode_survives_a_store_restart_and_reports_reload_failures(
         own.restart().await?;
         let mut c = own.client().await?;
         c.put("/services/apache/2", "10.0.0.2:80", None).await?;
-        wait_for("10.0.0.2:80").await?;
+        common::wait_for_content(&dest, "10.0.0.2:80", std::time::Duration::from_secs(20)).await?;
         anyhow::Ok(())
     }
     .await;

@@ -17,6 +17,27 @@ pub async fn start(kind: Kind, extra: &[&str]) -> anyhow::Result<Server> {
     Server::start(kind, ferry_bin(), extra).await
 }
 
+/// Waits (up to `limit`) until the file at `path` contains `needle`.
+pub async fn wait_for_content(
+    path: &Path,
+    needle: &str,
+    limit: std::time::Duration,
+) -> anyhow::Result<()> {
+    let until = std::time::Instant::now() + limit;
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < until,
+            "{needle} never appeared in {}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// The gRPC status behind a client error, or a test failure naming what came instead.
 pub fn status(err: etcd_client::Error) -> tonic::Status {
     match err {
