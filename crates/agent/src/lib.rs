@@ -38,8 +38,10 @@ pub struct AgentConfig {
     pub services_prefix: String,
     /// nginx prefix directory: the configuration is `<prefix>/conf/nginx.conf`.
     pub nginx_prefix: PathBuf,
-    /// Port the rendered servers listen on (127.0.0.1).
-    pub listen_port: u16,
+    /// Address the rendered servers listen on for HTTP (`0.0.0.0:80`, `127.0.0.1:8080`).
+    pub listen: String,
+    /// Address the virtual hosts with TLS listen on for HTTPS (`0.0.0.0:443`).
+    pub tls_listen: String,
     /// A confd-style template to use instead of the built-in one.
     pub template: Option<PathBuf>,
     /// Command checking the staged configuration (`{{.src}}`), e.g. `nginx -t -p … -c {{.src}}`.
@@ -177,7 +179,8 @@ async fn apply(
         "/agent/prefix".to_string(),
         config.nginx_prefix.display().to_string(),
     );
-    pairs.insert("/agent/listen".to_string(), config.listen_port.to_string());
+    pairs.insert("/agent/listen".to_string(), config.listen.clone());
+    pairs.insert("/agent/tls_listen".to_string(), config.tls_listen.clone());
     for c in &current {
         pairs.insert(
             format!("/configs/{}", c.id),

@@ -14,6 +14,7 @@ use ferry_controller::{IngressDocument, Publisher, Record};
 
 against_both!(&[];
     agent_applies_reports_and_refuses_bad_configurations,
+    agent_serves_tls_virtual_hosts_through_nginx,
 );
 
 struct Killer(Child);
@@ -61,17 +62,21 @@ async fn wait_status(
     }
 }
 
-async fn agent_applies_reports_and_refuses_bad_configurations(
-    server: &Server,
-) -> anyhow::Result<()> {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+fn nginx_binary() -> anyhow::Result<&'static str> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "nginx is needed: apt-get install nginx-light (or scripts/install-deps.sh)"
             )
-        })?;
+        })
+}
+
+async fn agent_applies_reports_and_refuses_bad_configurations(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let nginx = nginx_binary()?;
     let tmp = tempfile::tempdir()?;
     let prefix = tmp.path().join("nginx");
     let record =
@@ -104,7 +109,12 @@ async fn agent_applies_reports_and_refuses_bad_configurations(
                 "--nginx-prefix",
             ])
             .arg(&prefix)
-            .args(["--listen-port", &port.to_string(), "--check-cmd", &check])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--check-cmd",
+                &check,
+            ])
             .env("FERRY_LOG", "warn")
             .spawn()?,
     );
@@ -268,5 +278,113 @@ async fn an_agent_restarted_while_the_store_is_down_keeps_serving_and_catches_up
         .await?;
     assert!(wait_status(&server, &keys, &shop.id, 2).await?.ok);
     assert!(std::fs::read_to_string(&conf)?.contains("shop2.example.com"));
+    Ok(())
+}
+
+/// Stops the nginx an agent started under `prefix`.
+struct StopNginx(&'static str, std::path::PathBuf);
+impl Drop for StopNginx {
+    fn drop(&mut self) {
+        let _ = Command::new(self.0)
+            .arg("-s")
+            .arg("stop")
+            .arg("-p")
+            .arg(&self.1)
+            .arg("-c")
+            .arg(self.1.join("conf/nginx.conf"))
+            .output();
+    }
+}
+
+async fn agent_serves_tls_virtual_hosts_through_nginx(server: &Server) -> anyhow::Result<()> {
+    let nginx = nginx_binary()?;
+    let certs = common::certs::Certs::generate()?;
+    let tmp = tempfile::tempdir()?;
+    let prefix = tmp.path().join("nginx");
+    let record =
+        Record::connect(&format!("sqlite://{}", tmp.path().join("ctl.db").display())).await?;
+    let keys = Keys::default();
+    let publisher = Publisher::new(server.client().await?, keys.clone());
+    let (backend_port, _backend) = common::http::backend("secure-backend".into()).await?;
+    let tls_doc = |cert: &std::path::Path| {
+        IngressDocument::from_json(
+            serde_json::json!({
+                "kind": "ingress",
+                "virtual_hosts": [{
+                    "hostname": "localhost",
+                    "tls": {"certificate": cert, "key": &certs.server_key},
+                    "paths": [{"path": "/", "backends": [format!("127.0.0.1:{backend_port}")]}],
+                }],
+            })
+            .to_string()
+            .as_bytes(),
+        )
+    };
+    let secure = record
+        .create("prod", &tls_doc(&certs.server_cert)?, "alice")
+        .await?;
+    publisher.publish(&secure).await?;
+    let (http_port, https_port) = (ferry_testkit::free_port()?, ferry_testkit::free_port()?);
+    let p = prefix.display();
+    let _agent = Killer(
+        Command::new(ferry_bin())
+            .args([
+                "agent",
+                "--endpoints",
+                &server.endpoint(),
+                "--env",
+                "prod",
+                "--name",
+                "a1",
+                "--nginx-prefix",
+            ])
+            .arg(&prefix)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{http_port}"),
+                "--tls-listen",
+                &format!("127.0.0.1:{https_port}"),
+                "--check-cmd",
+                &format!("{nginx} -t -q -p {p} -c {{{{.src}}}}"),
+                "--reload-cmd",
+                &format!("{nginx} -s reload -p {p} -c {p}/conf/nginx.conf 2>/dev/null || {nginx} -p {p} -c {p}/conf/nginx.conf"),
+            ])
+            .env("FERRY_LOG", "warn")
+            .spawn()?,
+    );
+    let _stop = StopNginx(nginx, prefix.clone());
+    let applied = wait_status(server, &keys, &secure.id, 1).await?;
+    assert!(applied.ok, "{applied:?}");
+    // nginx terminates TLS with the configured certificate (verified against the test CA).
+    let until = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        match common::http::get_tls(https_port, "localhost", &certs.ca).await {
+            Ok(body) => break body,
+            Err(e) => {
+                anyhow::ensure!(Instant::now() < until, "HTTPS through nginx failed: {e:#}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(body, "secure-backend");
+    assert_eq!(
+        common::http::get(http_port, "localhost").await?,
+        "secure-backend",
+        "plain HTTP is still served"
+    );
+    // A certificate that does not exist on the agent's host: refused by nginx -t with the
+    // reason, while TLS keeps being served with the last good configuration.
+    let missing = tmp.path().join("missing.pem");
+    let broken = record
+        .update("prod", &secure.id, 1, &tls_doc(&missing)?, "bob")
+        .await?;
+    publisher.publish(&broken).await?;
+    let refused = wait_status(server, &keys, &secure.id, 2).await?;
+    assert!(!refused.ok, "{refused:?}");
+    assert!(refused.message.contains("missing.pem"), "{refused:?}");
+    assert_eq!(
+        common::http::get_tls(https_port, "localhost", &certs.ca).await?,
+        "secure-backend"
+    );
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::http::{backend, get};
 use common::{ferry_bin, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 against_both!(&[];
     nginx_follows_the_registry_and_never_installs_a_broken_config,
@@ -24,51 +24,10 @@ fn nginx_binary() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("nginx is needed for this test: install it with `apt-get install nginx-light` (or run scripts/install-deps.sh)"))
 }
 
-/// An HTTP backend answering every request with its name.
-async fn backend(name: String) -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let task = tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let name = name.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
-                    name.len()
-                );
-                let _ = sock.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    Ok((port, task))
-}
-
-async fn get(port: u16) -> anyhow::Result<String> {
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    sock.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut out = String::new();
-    sock.read_to_string(&mut out).await?;
-    anyhow::ensure!(out.starts_with("HTTP/1.1 200"), "nginx answered: {out}");
-    Ok(out
-        .rsplit("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .to_string())
-}
-
 async fn who_answers(port: u16) -> anyhow::Result<BTreeSet<String>> {
     let mut seen = BTreeSet::new();
     for _ in 0..12 {
-        seen.insert(get(port).await?);
+        seen.insert(get(port, "test").await?);
     }
     Ok(seen)
 }

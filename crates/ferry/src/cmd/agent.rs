@@ -29,9 +29,12 @@ pub struct AgentArgs {
     /// nginx prefix directory (the configuration is PREFIX/conf/nginx.conf).
     #[arg(long)]
     nginx_prefix: PathBuf,
-    /// Port the rendered servers listen on (127.0.0.1).
-    #[arg(long, default_value_t = 8080)]
-    listen_port: u16,
+    /// Address the rendered virtual hosts listen on for HTTP.
+    #[arg(long, default_value = "0.0.0.0:80")]
+    listen: String,
+    /// Address virtual hosts with TLS listen on for HTTPS.
+    #[arg(long, default_value = "0.0.0.0:443")]
+    tls_listen: String,
     /// A confd-style template instead of the built-in one.
     #[arg(long)]
     template: Option<PathBuf>,
@@ -56,6 +59,8 @@ impl AgentArgs {
         if resync.is_zero() {
             return Err(anyhow!("--resync must be longer than zero"));
         }
+        check_listen("--listen", &self.listen)?;
+        check_listen("--tls-listen", &self.tls_listen)?;
         // Serve the last good configuration first: it is on disk, and nginx may need starting
         // (after a reboot) even while the store is unreachable.
         let conf = self.nginx_prefix.join("conf/nginx.conf");
@@ -100,7 +105,8 @@ impl AgentArgs {
                 root: self.root,
                 services_prefix: self.services_prefix,
                 nginx_prefix: self.nginx_prefix,
-                listen_port: self.listen_port,
+                listen: self.listen,
+                tls_listen: self.tls_listen,
                 template: self.template,
                 check_cmd: self.check_cmd,
                 reload_cmd: self.reload_cmd,
@@ -112,5 +118,53 @@ impl AgentArgs {
         super::shutdown_signal().await;
         agent.stop().await;
         Ok(())
+    }
+}
+
+/// nginx `listen` takes `port`, `host:port` or `[v6]:port`; anything else would only fail later,
+/// at `nginx -t`, for every configuration.
+fn check_listen(flag: &str, value: &str) -> anyhow::Result<()> {
+    let port = value.rsplit_once(':').map_or(value, |(host, port)| {
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            ""
+        } else {
+            port
+        }
+    });
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(anyhow!(
+            "{flag} {value:?}: expected PORT, HOST:PORT or [IPV6]:PORT with a port from 1 to 65535"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_listen;
+
+    #[test]
+    fn listen_addresses() {
+        for ok in [
+            "80",
+            "0.0.0.0:80",
+            "127.0.0.1:8443",
+            "[::]:443",
+            "edge.local:8080",
+        ] {
+            assert!(check_listen("--listen", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "0",
+            "http",
+            "0.0.0.0:",
+            ":80",
+            "1.2.3.4:70000",
+            "a b:80",
+        ] {
+            let err = check_listen("--listen", bad).map(|_| ()).unwrap_err();
+            assert!(err.to_string().starts_with("--listen"), "{bad}: {err}");
+        }
     }
 }

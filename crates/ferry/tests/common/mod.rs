@@ -4,6 +4,7 @@
 use std::path::Path;
 
 pub mod certs;
+pub mod http;
 
 pub use ferry_testkit::{Kind, Server};
 
