@@ -5,6 +5,7 @@ use std::path::Path;
 
 pub mod certs;
 pub mod http;
+pub mod ingress;
 
 pub use ferry_testkit::{Kind, Server};
 

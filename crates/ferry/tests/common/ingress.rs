@@ -1,0 +1,293 @@
+//! The ingress system as separate processes for end-to-end tests: `ferry controller`
+//! replicas on one SQL database, `ferry agent`s checking with the real `nginx -t`, and the
+//! REST API as a user drives it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_controller::api::Rollout;
+
+use super::ferry_bin;
+
+/// The admin token every controller started here accepts.
+pub const ADMIN: &str = "admin-token-0123456789abcdef";
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// `kill -9`, and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The nginx binary, or how to install it.
+pub fn nginx_binary() -> anyhow::Result<&'static str> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "nginx is needed: apt-get install nginx-light (or scripts/install-deps.sh)"
+            )
+        })
+}
+
+/// One `ferry controller` replica.
+pub struct Controller {
+    /// Its API address.
+    pub addr: String,
+    args: Vec<String>,
+    proc: Proc,
+}
+
+impl Controller {
+    /// Starts a replica named `name` on `database` and waits until its API answers.
+    pub async fn start(
+        endpoint: &str,
+        database: &str,
+        name: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let tokens = dir.join("tokens");
+        std::fs::write(&tokens, format!("admin:{ADMIN}\n"))?;
+        let addr = format!("127.0.0.1:{}", ferry_testkit::free_port()?);
+        let args: Vec<String> = [
+            "controller",
+            "--endpoints",
+            endpoint,
+            "--listen",
+            &addr,
+            "--tokens",
+            &tokens.display().to_string(),
+            "--database",
+            database,
+            "--reconcile-interval",
+            "1s",
+            "--name",
+            name,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let proc = Proc(spawn(&args)?);
+        let c = Controller { addr, args, proc };
+        c.wait_ready().await?;
+        Ok(c)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let until = Instant::now() + Duration::from_secs(30);
+        while call(&self.addr, "GET", "/healthz", None, "")
+            .await
+            .map(|r| r.0)
+            .unwrap_or(0)
+            != 200
+        {
+            anyhow::ensure!(
+                Instant::now() < until,
+                "controller {} did not come up",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts it again with the same flags (same name, address and database).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc = Proc(spawn(&self.args)?);
+        self.wait_ready().await
+    }
+}
+
+fn spawn(args: &[String]) -> anyhow::Result<Child> {
+    Ok(Command::new(ferry_bin())
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?)
+}
+
+/// One `ferry agent` in environment `prod`, checking with `nginx -t` (and refusing any
+/// configuration mentioning `refuse`, when set — a host-specific check that fails).
+pub struct Agent {
+    /// Its name.
+    pub name: String,
+    /// Its nginx prefix.
+    pub prefix: PathBuf,
+    args: Vec<String>,
+    proc: Proc,
+}
+
+impl Agent {
+    /// Starts an agent.
+    pub fn start(
+        endpoint: &str,
+        name: &str,
+        dir: &Path,
+        refuse: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let nginx = nginx_binary()?;
+        let prefix = dir.join(name);
+        let mut check = format!("{nginx} -t -q -p {} -c {{{{.src}}}}", prefix.display());
+        if let Some(word) = refuse {
+            check.push_str(&format!(" && ! grep -q {word} {{{{.src}}}}"));
+        }
+        let args: Vec<String> = [
+            "agent",
+            "--endpoints",
+            endpoint,
+            "--env",
+            "prod",
+            "--name",
+            name,
+            "--nginx-prefix",
+            &prefix.display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{}", ferry_testkit::free_port()?),
+            "--check-cmd",
+            &check,
+            "--dial-timeout",
+            "500ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let proc = Proc(spawn(&args)?);
+        Ok(Agent {
+            name: name.to_string(),
+            prefix,
+            args,
+            proc,
+        })
+    }
+
+    /// The nginx configuration it last installed.
+    pub fn nginx_conf(&self) -> String {
+        std::fs::read_to_string(self.prefix.join("conf/nginx.conf")).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    /// Starts it again with the same flags.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc = Proc(spawn(&self.args)?);
+        Ok(())
+    }
+}
+
+/// One API call with the admin token: status code and JSON body (`null` if none).
+pub async fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    if_match: Option<i64>,
+    body: &str,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let headers: Vec<(&str, String)> = if_match
+        .map(|v| vec![("If-Match", format!("\"{v}\""))])
+        .unwrap_or_default();
+    let reply =
+        ferry_controller::http_client::request(addr, method, path, Some(ADMIN), &headers, body)
+            .await?;
+    Ok((
+        reply.status,
+        serde_json::from_str(&reply.body).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// The path of configuration `id` in `prod`.
+pub fn config_path(id: &str) -> String {
+    format!("/api/v1/environments/prod/configs/{id}")
+}
+
+/// Creates a configuration routing `host` to a static backend; its id.
+pub async fn create(addr: &str, host: &str) -> anyhow::Result<String> {
+    let (status, body) = call(
+        addr,
+        "POST",
+        "/api/v1/environments/prod/configs",
+        None,
+        &document(host),
+    )
+    .await?;
+    anyhow::ensure!(status == 201, "create {host}: {status} {body}");
+    Ok(body["id"].as_str().unwrap_or_default().to_string())
+}
+
+/// A typed ingress document for `host`.
+pub fn document(host: &str) -> String {
+    serde_json::json!({
+        "kind": "ingress",
+        "virtual_hosts": [{"hostname": host, "paths": [{"path": "/", "backends": ["127.0.0.1:9"]}]}],
+    })
+    .to_string()
+}
+
+/// The rollout of `id` as the API reports it.
+pub async fn rollout(addr: &str, id: &str) -> anyhow::Result<Rollout> {
+    let (status, body) = call(
+        addr,
+        "GET",
+        &format!("{}/status", config_path(id)),
+        None,
+        "",
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "status of {id}: {status} {body}");
+    Ok(serde_json::from_value(body)?)
+}
+
+/// Waits until the rollout of `id` satisfies `done`; the last rollout seen is in the error.
+pub async fn wait_rollout(
+    addr: &str,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&Rollout) -> bool,
+) -> anyhow::Result<Rollout> {
+    let until = Instant::now() + limit;
+    loop {
+        let last = rollout(addr, id).await;
+        if let Ok(r) = &last {
+            if done(r) {
+                return last;
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "rollout of {id} never got there; last seen: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `id` is complete at `version` with `agents` live agents.
+pub async fn wait_complete(
+    addr: &str,
+    id: &str,
+    version: i64,
+    agents: usize,
+) -> anyhow::Result<Rollout> {
+    wait_rollout(addr, id, Duration::from_secs(30), |r| {
+        r.version == version && r.summary.complete && r.summary.live == agents
+    })
+    .await
+}
