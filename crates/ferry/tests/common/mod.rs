@@ -63,9 +63,30 @@ pub fn assert_etcd_error<T: std::fmt::Debug>(
     }
 }
 
-/// Generates one test per case and backend: `on_ferry::case` and `on_etcd::case`.
+/// Generates one test per case and backend: `on_ferry::case` and `on_etcd::case`. With
+/// `mut` first, cases take `&mut Server` (to kill and restart it).
 #[macro_export]
 macro_rules! against_both {
+    (mut $flags:expr; $($case:ident),* $(,)?) => {
+        mod on_ferry {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() -> anyhow::Result<()> {
+                    let mut server = super::common::start(super::common::Kind::Ferry, $flags).await?;
+                    super::$case(&mut server).await
+                }
+            )*
+        }
+        mod on_etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() -> anyhow::Result<()> {
+                    let mut server = super::common::start(super::common::Kind::Etcd, $flags).await?;
+                    super::$case(&mut server).await
+                }
+            )*
+        }
+    };
     ($flags:expr; $($case:ident),* $(,)?) => {
         mod on_ferry {
             $(
