@@ -20,6 +20,11 @@ use ferry_render::{render_resource, KvSnapshot, Outcome, RenderOptions, Template
 use ferry_runtime::{Informer, InformerConfig};
 use tokio::task::JoinHandle;
 
+/// How long the agent lets a burst of changes (one transaction's events, a service's
+/// instances coming up together) settle before rendering: long enough to render once per
+/// burst, short enough not to dominate the time to a complete rollout.
+const SETTLE: Duration = Duration::from_millis(10);
+
 /// The built-in nginx template.
 pub const NGINX_TEMPLATE: &str = include_str!("nginx.tmpl");
 
@@ -142,7 +147,7 @@ async fn apply_loop(
             Some(_) = service_events.recv() => {}
             else => return,
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(SETTLE).await;
         while config_events.try_recv().is_ok() || service_events.try_recv().is_ok() {}
         apply(
             &mut client,

@@ -1,6 +1,7 @@
 //! The command line: one subcommand per component.
 
 mod agent;
+mod bench;
 mod config;
 mod connection;
 mod controller;
@@ -40,6 +41,8 @@ enum Command {
     Up(up::UpArgs),
     /// Manage configurations through the controller's API.
     Config(config::ConfigArgs),
+    /// Benchmark any etcd v3 endpoint (the embedded store or etcd) with etcd's workloads.
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -53,6 +56,7 @@ impl Cli {
             Command::Agent(args) => args.run().await,
             Command::Up(args) => args.run().await,
             Command::Config(args) => args.run().await,
+            Command::Bench(args) => args.run().await,
         }
     }
 }

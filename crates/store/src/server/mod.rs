@@ -19,6 +19,7 @@ use etcd_client::proto::{
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 pub use auto_compaction::AutoCompaction;
 
@@ -336,9 +337,18 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
             .add_service(PbLeaseServer::new(lease::LeaseService::new(ctx.clone())));
         let mut stopped = stopped.clone();
         tracing::info!(address = %addr, tls = https, name = %config.name, "serving etcd v3 clients");
+        // Small responses (a put's header, a watch event) must leave at once: with Nagle's
+        // algorithm they wait for the client's delayed ACK, adding ~40 ms (etcd's Go server
+        // sets TCP_NODELAY too).
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            conn.and_then(|stream| {
+                stream.set_nodelay(true)?;
+                Ok(stream)
+            })
+        });
         tasks.spawn(async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })
                 .await

@@ -1,0 +1,236 @@
+//! `watch` and `watch-latency`: watchers spread over watch streams, all watching the prefix
+//! the clients put to. Each value carries the moment it was sent, so every delivered event
+//! gives one put-to-event latency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions, WatchStream};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::driver::{connect, drive};
+use crate::keys::KeyGen;
+use crate::stats::{Latencies, Section};
+use crate::{BenchConfig, BenchError};
+
+const PREFIX: &str = "watch/";
+/// When no rate is given, `watch-latency` puts at etcd's benchmark default of 100/s.
+const DEFAULT_PACED_RATE: f64 = 100.0;
+/// How long receivers wait for missing events once the puts are done.
+const DRAIN: Duration = Duration::from_secs(10);
+
+fn stamp(epoch: Instant, size: usize) -> Vec<u8> {
+    let nanos = epoch.elapsed().as_nanos() as u64;
+    let mut v = nanos.to_be_bytes().to_vec();
+    v.resize(size.max(8), b'x');
+    v
+}
+
+fn sent_at(epoch: Instant, value: &[u8]) -> Option<Instant> {
+    let nanos = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    Some(epoch + Duration::from_nanos(nanos))
+}
+
+pub(crate) async fn run(
+    config: &BenchConfig,
+    watchers: usize,
+    streams: usize,
+    paced: bool,
+    hold: Duration,
+) -> Result<Vec<Section>, BenchError> {
+    if watchers == 0 || streams == 0 {
+        return Err(BenchError::Invalid(
+            "--watchers and --streams must be at least 1".into(),
+        ));
+    }
+    let streams = streams.min(watchers);
+    let conns = connect(config).await?;
+    let epoch = Instant::now();
+    // How many events each stream should expect, known once the puts are done.
+    let (expect_tx, expect_rx) = watch::channel::<Option<u64>>(None);
+    let (release_tx, release_rx) = watch::channel(false);
+    let mut created = Vec::new();
+    let mut receivers = Vec::new();
+    let mut tasks = Vec::new();
+    let creation_started = Instant::now();
+    for s in 0..streams {
+        let on_stream = watchers / streams + usize::from(s < watchers % streams);
+        let client = conns[s % conns.len()].clone();
+        let (created_tx, created_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        created.push(created_rx);
+        receivers.push(done_rx);
+        tasks.push(tokio::spawn(stream_task(
+            client,
+            on_stream,
+            epoch,
+            created_tx,
+            expect_rx.clone(),
+            done_tx,
+            release_rx.clone(),
+        )));
+    }
+    let mut creation = Latencies::new();
+    for c in created {
+        match c.await {
+            Ok(Ok(lat)) => creation.merge(&lat),
+            Ok(Err(source)) => {
+                return Err(BenchError::Setup {
+                    what: "creating watches".into(),
+                    source,
+                })
+            }
+            Err(_) => return Err(BenchError::Invalid("a watch stream task ended".into())),
+        }
+    }
+    let creation = creation.summary("watch creation", creation_started.elapsed());
+
+    let mut put_config = config.clone();
+    if paced && put_config.rate.is_none() {
+        put_config.rate = Some(DEFAULT_PACED_RATE);
+    }
+    let keys = Arc::new(KeyGen::new(
+        PREFIX,
+        config.key_size,
+        config.key_space_size,
+        config.sequential_keys,
+    ));
+    let val_size = config.val_size;
+    let puts_started = Instant::now();
+    let (put_lat, put_elapsed) = drive(&put_config, &conns, "put", move |mut c: Client, i| {
+        let keys = keys.clone();
+        async move {
+            c.put(keys.key(i), stamp(epoch, val_size), None)
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    let puts = put_lat.summary("put", put_elapsed);
+    let _ = expect_tx.send(Some(puts.requests));
+    let mut delivery = Latencies::new();
+    let mut last_event = puts_started;
+    // Receivers finish once they have every event (or waited DRAIN for the rest).
+    for r in receivers {
+        match r.await {
+            Ok((lat, last)) => {
+                delivery.merge(&lat);
+                last_event = last_event.max(last);
+            }
+            Err(_) => delivery.fail("a watch stream task ended early"),
+        }
+    }
+    let expected = puts.requests * watchers as u64;
+    let mut delivery = delivery.summary("event delivery", last_event - puts_started);
+    if delivery.requests < expected {
+        delivery.errors += expected - delivery.requests;
+        delivery.first_error.get_or_insert_with(|| {
+            format!(
+                "{} of {expected} events never arrived",
+                expected - delivery.requests
+            )
+        });
+    }
+    if !hold.is_zero() {
+        tracing::info!(watchers, ?hold, "holding the watches open");
+        tokio::time::sleep(hold).await;
+    }
+    let _ = release_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(vec![creation, puts, delivery])
+}
+
+/// Creates `watchers` watches on one stream (reporting their creation latencies), then
+/// records one latency per delivered event until it has all it should get.
+async fn stream_task(
+    mut client: Client,
+    watchers: usize,
+    epoch: Instant,
+    created: oneshot::Sender<Result<Latencies, etcd_client::Error>>,
+    mut expect: watch::Receiver<Option<u64>>,
+    done: oneshot::Sender<(Latencies, Instant)>,
+    mut release: watch::Receiver<bool>,
+) {
+    let mut creation = Latencies::new();
+    let opts = || Some(WatchOptions::new().with_prefix());
+    let t = Instant::now();
+    let mut stream: WatchStream = match client.watch(PREFIX, opts()).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = created.send(Err(e));
+            return;
+        }
+    };
+    // One creation in flight at a time per stream, as a client creating watches would.
+    let mut pending_since = vec![t];
+    let mut confirmed = 0;
+    while confirmed < watchers {
+        match stream.message().await {
+            Ok(Some(m)) if m.created() => {
+                creation.record(pending_since[confirmed].elapsed());
+                confirmed += 1;
+                if confirmed < watchers {
+                    pending_since.push(Instant::now());
+                    if let Err(e) = stream.watch(PREFIX, opts()).await {
+                        let _ = created.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let _ = created.send(Err(etcd_client::Error::WatchError(
+                    "watch stream ended during creation".into(),
+                )));
+                return;
+            }
+            Err(e) => {
+                let _ = created.send(Err(e));
+                return;
+            }
+        }
+    }
+    let _ = created.send(Ok(creation));
+
+    let mut delivery = Latencies::new();
+    let mut received: u64 = 0;
+    let mut last = Instant::now();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if let Some(puts) = *expect.borrow() {
+            if received >= puts * watchers as u64 {
+                break;
+            }
+            deadline.get_or_insert_with(|| Instant::now() + DRAIN);
+        }
+        let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            msg = stream.message() => match msg {
+                Ok(Some(m)) => {
+                    let now = Instant::now();
+                    for ev in m.events() {
+                        if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
+                            match sent_at(epoch, kv.value()) {
+                                Some(sent) => delivery.record(now.saturating_duration_since(sent)),
+                                None => delivery.fail("an event without a timestamp"),
+                            }
+                            received += 1;
+                            last = now;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => { delivery.fail(e); break; }
+            },
+            _ = expect.changed() => {}
+            _ = tokio::time::sleep_until(until) => break,
+        }
+    }
+    let _ = done.send((delivery, last));
+    // Keep the stream (and its watches) open until the run releases it.
+    let _ = release.wait_for(|r| *r).await;
+    drop(stream);
+}

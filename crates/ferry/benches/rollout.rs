@@ -1,0 +1,260 @@
+//! Time from an API call to a "complete" rollout, for 10, 100 and 1,000 in-process agents
+//! rendering without nginx, on the embedded store and on a real etcd 3.4 in the same run.
+//!
+//! Run on demand: `cargo bench -p ferry --bench rollout [-- AGENTS...]` (default 10 100 1000).
+//! "Complete" is the moment the last live agent's status key reports the new version, as
+//! seen through a watch opened before the call (what the API's status summary is built from).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use ferry_agent::{AgentConfig, RunningAgent};
+use ferry_controller::api::AgentStatus;
+use ferry_controller::auth::Tokens;
+use ferry_controller::keys::Keys;
+use ferry_controller::server::ControllerConfig;
+use ferry_testkit::{Kind, Server};
+
+/// Agents share one gRPC connection per this many, as a fleet behind a few proxies would.
+const AGENTS_PER_CONNECTION: usize = 10;
+
+fn document(version: usize) -> String {
+    serde_json::json!({
+        "kind": "ingress",
+        "virtual_hosts": [{"hostname": format!("v{version}.example.com"),
+                           "paths": [{"path": "/", "backends": ["127.0.0.1:9"]}]}],
+    })
+    .to_string()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+struct Run {
+    samples: Vec<Duration>,
+}
+
+async fn run(endpoint: &str, agents: usize, rounds: usize) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let config = ferry_client::ConnectConfig::new([endpoint]);
+    let client = ferry_client::connect(&config).await?;
+    let (tokens, token) = Tokens::generate();
+    let controller = ferry_controller::server::start(
+        client.clone(),
+        ControllerConfig {
+            name: "bench".into(),
+            database: format!("sqlite://{}", dir.path().join("ctl.db").display()),
+            listen: "127.0.0.1:0".parse()?,
+            root: "/ingress".into(),
+            tokens,
+            reconcile_interval: Duration::from_secs(300),
+        },
+    )
+    .await?;
+    let api = controller.local_addr.to_string();
+    let mut running: Vec<RunningAgent> = Vec::new();
+    let mut shared: Option<Client> = None;
+    for n in 0..agents {
+        if n % AGENTS_PER_CONNECTION == 0 {
+            shared = Some(ferry_client::connect(&config).await?);
+        }
+        let agent_client = shared.clone().context("a connection")?;
+        running.push(
+            ferry_agent::start(
+                agent_client,
+                AgentConfig {
+                    env: "bench".into(),
+                    name: format!("agent-{n}"),
+                    ip: "127.0.0.1".into(),
+                    root: "/ingress".into(),
+                    services_prefix: "/services".into(),
+                    nginx_prefix: dir.path().join(format!("agent-{n}")),
+                    listen: "127.0.0.1:8080".into(),
+                    tls_listen: "127.0.0.1:8443".into(),
+                    template: None,
+                    check_cmd: None,
+                    reload_cmd: None,
+                    resync: Duration::from_secs(3600),
+                },
+            )
+            .await?,
+        );
+    }
+    let keys = Keys::default();
+    let mut watcher = client.clone();
+    let call = |method: &'static str, path: String, body: String, if_match: Option<usize>| {
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            let headers: Vec<(&str, String)> = if_match
+                .map(|v| vec![("If-Match", v.to_string())])
+                .unwrap_or_default();
+            ferry_controller::http_client::request(
+                &api,
+                method,
+                &path,
+                Some(&token),
+                &headers,
+                &body,
+            )
+            .await
+        }
+    };
+    let created = call(
+        "POST",
+        "/api/v1/environments/bench/configs".into(),
+        document(1),
+        None,
+    )
+    .await?;
+    anyhow::ensure!(created.status == 201, "create: {}", created.body);
+    let id = serde_json::from_str::<serde_json::Value>(&created.body)?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let path = format!("/api/v1/environments/bench/configs/{id}");
+    // Every agent live and done with version 1 before measuring.
+    wait_all(
+        &mut watcher,
+        &keys,
+        &id,
+        agents,
+        1,
+        Duration::from_secs(120),
+    )
+    .await?;
+
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        let version = round + 2;
+        let mut stream = watcher
+            .watch(
+                keys.statuses("bench", &id),
+                Some(WatchOptions::new().with_prefix()),
+            )
+            .await?;
+        // Measure only once the watch is in place (its first message confirms it).
+        let first = stream.message().await?.context("watch ended")?;
+        anyhow::ensure!(first.created(), "unexpected first watch message");
+        let started = Instant::now();
+        let reply = call("PUT", path.clone(), document(version), Some(version - 1)).await?;
+        anyhow::ensure!(reply.status == 200, "update: {}", reply.body);
+        let mut done: HashMap<String, ()> = HashMap::new();
+        let deadline = started + Duration::from_secs(60);
+        while done.len() < agents {
+            let msg = tokio::time::timeout_at(deadline.into(), stream.message())
+                .await
+                .context("rollout did not complete in 60 s")??
+                .context("watch ended")?;
+            for ev in msg.events() {
+                if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
+                    let status: AgentStatus = serde_json::from_slice(kv.value())?;
+                    if status.ok && status.version == version as i64 {
+                        done.insert(status.agent, ());
+                    }
+                }
+            }
+        }
+        samples.push(started.elapsed());
+    }
+    // The API agrees: complete at the last version.
+    let status = call("GET", format!("{path}/status"), String::new(), None).await?;
+    let status: serde_json::Value = serde_json::from_str(&status.body)?;
+    anyhow::ensure!(
+        status["summary"]["complete"] == true && status["summary"]["live"] == agents,
+        "API status after the runs: {status}"
+    );
+    for a in running {
+        a.stop().await;
+    }
+    controller.stop().await;
+    Ok(Run { samples })
+}
+
+async fn wait_all(
+    client: &mut Client,
+    keys: &Keys,
+    id: &str,
+    agents: usize,
+    version: i64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + limit;
+    loop {
+        let resp = client
+            .get(
+                keys.statuses("bench", id),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let applied = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<AgentStatus>(kv.value()).ok())
+            .filter(|s| s.version == version)
+            .count();
+        if applied == agents {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "{applied}/{agents} agents applied version {version}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn fmt(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .map(|a| a.parse().with_context(|| format!("agent count {a:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    let sizes = if sizes.is_empty() {
+        vec![10, 100, 1000]
+    } else {
+        sizes
+    };
+    let bench_dir = tempfile::tempdir()?;
+    let mut store_config = ferry_store::StoreConfig::new(bench_dir.path().join("store"));
+    store_config.listen_client_urls = vec!["http://127.0.0.1:0".into()];
+    let embedded = ferry_store::start(store_config).await?;
+    let embedded_endpoint = embedded.local_addrs[0].to_string();
+    let etcd = Server::start(Kind::Etcd, std::path::Path::new("ferry"), &[]).await?;
+    println!("| agents | store | rounds | p50 ms | p99 ms | max ms |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for &agents in &sizes {
+        let rounds = if agents >= 1000 { 20 } else { 50 };
+        for (name, endpoint) in [
+            ("ferry (embedded)", embedded_endpoint.clone()),
+            ("etcd 3.4", etcd.endpoint()),
+        ] {
+            // Each run under its own prefix state: clear what the previous run left.
+            let mut c =
+                ferry_client::connect(&ferry_client::ConnectConfig::new([endpoint.as_str()]))
+                    .await?;
+            c.delete(
+                "/ingress",
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await?;
+            let mut result = run(&endpoint, agents, rounds).await?;
+            result.samples.sort();
+            println!(
+                "| {agents} | {name} | {rounds} | {} | {} | {} |",
+                fmt(percentile(&result.samples, 50.0)),
+                fmt(percentile(&result.samples, 99.0)),
+                fmt(*result.samples.last().unwrap_or(&Duration::ZERO)),
+            );
+        }
+    }
+    Ok(())
+}
