@@ -112,6 +112,12 @@ pub enum Workload {
     },
     /// Lease keep-alive round trips, one lease per client.
     LeaseKeepalive,
+    /// Lease grants; the leases are left to expire after `ttl` seconds (to measure a server
+    /// holding many leases).
+    LeaseGrant {
+        /// TTL of each lease, seconds.
+        ttl: i64,
+    },
 }
 
 impl Workload {
@@ -130,6 +136,7 @@ impl Workload {
                 format!("watch-latency ({watchers} watchers)")
             }
             Workload::LeaseKeepalive => "lease-keepalive".into(),
+            Workload::LeaseGrant { ttl } => format!("lease-grant (ttl {ttl} s)"),
         }
     }
 }
@@ -192,7 +199,8 @@ pub async fn run(config: &BenchConfig, workload: &Workload) -> Result<Report, Be
         Workload::WatchLatency { watchers, streams } => {
             workload::watch::run(config, *watchers, *streams, true, Duration::ZERO).await?
         }
-        Workload::LeaseKeepalive => workload::lease::run(config).await?,
+        Workload::LeaseKeepalive => workload::lease::keepalive(config).await?,
+        Workload::LeaseGrant { ttl } => workload::lease::grant(config, *ttl).await?,
     };
     Ok(Report {
         workload: workload.name(),

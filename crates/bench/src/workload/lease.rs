@@ -1,15 +1,29 @@
 //! `lease-keepalive`: each client grants one lease and measures keep-alive round trips on
-//! its keep-alive stream.
+//! its keep-alive stream. `lease-grant`: grants leases and leaves them to expire.
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tokio::time::Instant;
 
-use crate::driver::{connect, progress};
+use crate::driver::{connect, drive, progress};
 use crate::pacer::Pacer;
 use crate::stats::{Latencies, Section};
 use crate::{BenchConfig, BenchError};
 
-pub(crate) async fn run(config: &BenchConfig) -> Result<Vec<Section>, BenchError> {
+pub(crate) async fn grant(config: &BenchConfig, ttl: i64) -> Result<Vec<Section>, BenchError> {
+    if ttl < 1 {
+        return Err(BenchError::Invalid(format!(
+            "--ttl {ttl}: must be at least 1 second"
+        )));
+    }
+    let conns = connect(config).await?;
+    let (lat, elapsed) = drive(config, &conns, "lease-grant", move |mut c, _| async move {
+        c.lease_grant(ttl, None).await.map(|_| ())
+    })
+    .await;
+    Ok(vec![lat.summary("grant", elapsed)])
+}
+
+pub(crate) async fn keepalive(config: &BenchConfig) -> Result<Vec<Section>, BenchError> {
     let conns = connect(config).await?;
     let mut leases: Vec<(i64, LeaseKeeper, LeaseKeepAliveStream)> = Vec::new();
     for c in 0..config.clients {

@@ -109,6 +109,12 @@ enum WorkloadArg {
     },
     /// Lease keep-alive round trips, one lease per client.
     LeaseKeepalive,
+    /// Lease grants, left to expire (to measure a server holding many leases).
+    LeaseGrant {
+        /// TTL of each lease, seconds.
+        #[arg(long, default_value_t = 600)]
+        ttl: i64,
+    },
 }
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<std::time::Duration> {
@@ -168,6 +174,7 @@ impl BenchArgs {
                 Workload::WatchLatency { watchers, streams }
             }
             WorkloadArg::LeaseKeepalive => Workload::LeaseKeepalive,
+            WorkloadArg::LeaseGrant { ttl } => Workload::LeaseGrant { ttl },
         };
         let report = run(&config, &workload).await?;
         match self.output {
