@@ -52,6 +52,9 @@ pub struct BenchConfig {
     pub rate: Option<f64>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Write the key space once before `range` and `txn-mixed` (off when it is known to be
+    /// there, e.g. from an earlier run).
+    pub prefill: bool,
 }
 
 impl BenchConfig {
@@ -69,6 +72,7 @@ impl BenchConfig {
             sequential_keys: false,
             rate: None,
             progress: false,
+            prefill: true,
         }
     }
 }

@@ -192,6 +192,28 @@ struct Numbers {
     p50: f64,
     p99: f64,
     errors: u64,
+    /// Server CPU time (user + system) per operation, µs: on a small shared machine the
+    /// load generator competes for the same cores, so this is the server's own cost.
+    cpu_us: f64,
+}
+
+/// User + system CPU seconds the server process has used so far.
+fn cpu_seconds(server: &Server) -> f64 {
+    let Some(pid) = server.pid() else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start at state, field 3.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
 }
 
 fn numbers(report: &Report, section: &str) -> anyhow::Result<Numbers> {
@@ -205,6 +227,7 @@ fn numbers(report: &Report, section: &str) -> anyhow::Result<Numbers> {
         p50: s.latency_ms.p50,
         p99: s.latency_ms.p99,
         errors: s.errors,
+        cpu_us: 0.0,
     })
 }
 
@@ -264,18 +287,43 @@ async fn side_by_side(
                 let server = if which == 0 { &ferry } else { &etcd };
                 let mut config = case.config.clone();
                 config.connect = server.connect_config();
+                if config.prefill
+                    && matches!(
+                        case.workload,
+                        Workload::Range { .. } | Workload::TxnMixed { .. }
+                    )
+                {
+                    // Written once, outside the measurement (CPU included).
+                    let mut fill = config.clone();
+                    fill.sequential_keys = true;
+                    fill.limit = Limit::Total(fill.key_space_size);
+                    fill.rate = None;
+                    run(&fill, &Workload::Put).await?;
+                    config.prefill = false;
+                }
+                let cpu_before = cpu_seconds(server);
                 let report = run(&config, &case.workload)
                     .await
                     .with_context(|| format!("{} on {:?}", case.command, server.kind()))?;
-                let n = numbers(&report, case.section)?;
+                let mut n = numbers(&report, case.section)?;
+                let ops = report
+                    .sections
+                    .iter()
+                    .find(|s| s.name != "watch creation")
+                    .map(|s| s.requests)
+                    .unwrap_or(0);
+                if ops > 0 {
+                    n.cpu_us = (cpu_seconds(server) - cpu_before) * 1e6 / ops as f64;
+                }
                 eprintln!(
-                    "round {} {:<70} {:>5}: {:>10.1}/s p50 {:>8.3} ms p99 {:>8.3} ms{}",
+                    "round {} {:<70} {:>5}: {:>10.1}/s p50 {:>8.3} ms p99 {:>8.3} ms cpu {:>6.1} µs/op{}",
                     round + 1,
                     case.command,
                     if which == 0 { "ferry" } else { "etcd" },
                     n.throughput,
                     n.p50,
                     n.p99,
+                    n.cpu_us,
                     if n.errors > 0 {
                         format!(" ({} errors)", n.errors)
                     } else {
@@ -288,11 +336,12 @@ async fn side_by_side(
     }
     md.push_str(&format!(
         "Medians of {} rounds, ferry and etcd alternating (A/B then B/A). Throughput in operations/s \
-         (events/s for the watch rows), latencies in ms.\n\n",
+         (events/s for the watch rows), latencies in ms; server CPU is the server process's user+system time per \
+         operation (per put for the watch rows), in µs.\n\n",
         opts.rounds
     ));
-    md.push_str("| command | ferry ops/s | etcd ops/s | ferry/etcd | ferry p50 | etcd p50 | ferry p99 | etcd p99 | p99 ferry/etcd | errors |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| command | ferry ops/s | etcd ops/s | ferry/etcd | ferry p50 | etcd p50 | ferry p99 | etcd p99 | p99 ferry/etcd | server CPU ferry/etcd µs | errors |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut summary = Vec::new();
     for (case, [f, e]) in cases.iter().zip(results) {
         let med = |v: &[Numbers], g: fn(&Numbers) -> f64| median(v.iter().map(g).collect());
@@ -301,15 +350,17 @@ async fn side_by_side(
             p50: med(&f, |n| n.p50),
             p99: med(&f, |n| n.p99),
             errors: f.iter().map(|n| n.errors).sum(),
+            cpu_us: med(&f, |n| n.cpu_us),
         };
         let em = Numbers {
             throughput: med(&e, |n| n.throughput),
             p50: med(&e, |n| n.p50),
             p99: med(&e, |n| n.p99),
             errors: e.iter().map(|n| n.errors).sum(),
+            cpu_us: med(&e, |n| n.cpu_us),
         };
         md.push_str(&format!(
-            "| `{}` | {:.0} | {:.0} | **{}** | {:.2} | {:.2} | {:.2} | {:.2} | **{}** | {}/{} |\n",
+            "| `{}` | {:.0} | {:.0} | **{}** | {:.2} | {:.2} | {:.2} | {:.2} | **{}** | {:.0} / {:.0} | {}/{} |\n",
             case.command,
             fm.throughput,
             em.throughput,
@@ -319,6 +370,8 @@ async fn side_by_side(
             fm.p99,
             em.p99,
             ratio(fm.p99, em.p99),
+            fm.cpu_us,
+            em.cpu_us,
             fm.errors,
             em.errors,
         ));

@@ -24,7 +24,7 @@ pub(crate) async fn run(
         config.sequential_keys,
     ));
     let val = Arc::new(value(config.val_size));
-    if matches!(workload, Workload::Range { .. } | Workload::TxnMixed { .. }) {
+    if config.prefill && matches!(workload, Workload::Range { .. } | Workload::TxnMixed { .. }) {
         prefill(config, &conns, &keys, &val).await?;
     }
     let (name, (lat, elapsed)) = match workload.clone() {

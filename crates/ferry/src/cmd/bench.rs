@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text", global = true)]
     output: Output,
+    /// range and txn-mixed: do not write the key space first (it is already there).
+    #[arg(long, global = true)]
+    no_prefill: bool,
     /// No progress bar (it is only drawn when stderr is a terminal anyway).
     #[arg(long, global = true)]
     no_progress: bool,
@@ -152,6 +155,7 @@ impl BenchArgs {
         }
         config.rate = (self.rate > 0.0).then_some(self.rate);
         config.progress = !self.no_progress && std::io::stderr().is_terminal();
+        config.prefill = !self.no_prefill;
         let workload = match self.workload {
             WorkloadArg::Put => Workload::Put,
             WorkloadArg::Range { consistency } => Workload::Range {
