@@ -13,14 +13,24 @@ pub struct KeyGen {
 }
 
 impl KeyGen {
-    /// Keys of `size` bytes (at least enough for the number), `space` distinct ones.
-    pub fn new(prefix: &str, size: usize, space: u64, sequential: bool) -> Self {
-        Self {
+    /// Keys of exactly `size` bytes: `prefix` then the key's number, zero-padded; `space`
+    /// distinct ones. Fails when `size` cannot hold the prefix and the largest number.
+    pub fn new(prefix: &str, size: usize, space: u64, sequential: bool) -> Result<Self, String> {
+        let space = space.max(1);
+        let digits = (space - 1).to_string().len();
+        let needed = prefix.len() + digits;
+        if size < needed {
+            return Err(format!(
+                "--key-size {size} is too small for --key-space-size {space}: keys need at least \
+                 {needed} bytes ({prefix:?} and {digits} digits)"
+            ));
+        }
+        Ok(Self {
             size,
-            space: space.max(1),
+            space,
             sequential,
             prefix: prefix.to_string(),
-        }
+        })
     }
 
     /// Number of distinct keys.
@@ -30,24 +40,34 @@ impl KeyGen {
 
     /// The key for request number `i`: `i` modulo the space when sequential, random otherwise.
     pub fn key(&self, i: u64) -> Vec<u8> {
-        let n = if self.sequential {
+        self.nth(self.pick(i))
+    }
+
+    /// `n` distinct keys for request number `i` (one transaction's keys): consecutive ones from
+    /// where `key(i)` would be.
+    pub fn keys(&self, i: u64, n: usize) -> Vec<Vec<u8>> {
+        let first = if self.sequential {
+            i.wrapping_mul(n as u64)
+        } else {
+            self.pick(i)
+        };
+        (0..n as u64)
+            .map(|j| self.nth((first + j) % self.space))
+            .collect()
+    }
+
+    fn pick(&self, i: u64) -> u64 {
+        if self.sequential {
             i % self.space
         } else {
             rand::rng().random_range(0..self.space)
-        };
-        self.nth(n)
+        }
     }
 
     /// The `n`th key of the space.
     pub fn nth(&self, n: u64) -> Vec<u8> {
-        let digits = format!("{n:020}");
-        let mut key = Vec::with_capacity(self.size.max(self.prefix.len() + digits.len()));
-        key.extend_from_slice(self.prefix.as_bytes());
-        // Pad between prefix and number so keys sort in numeric order and have `size` bytes.
-        let pad = self.size.saturating_sub(self.prefix.len() + digits.len());
-        key.extend(std::iter::repeat_n(b'0', pad));
-        key.extend_from_slice(digits.as_bytes());
-        key
+        let width = self.size - self.prefix.len();
+        format!("{}{n:0width$}", self.prefix).into_bytes()
     }
 }
 
@@ -62,8 +82,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_key_size_too_small_for_the_space_is_refused() {
+        assert!(KeyGen::new("b/", 8, 1_000_000, false).is_ok());
+        let e = KeyGen::new("b/", 8, 1_000_001, false)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("--key-size 8") && e.contains("9 bytes"), "{e}");
+    }
+
+    #[test]
+    fn transaction_keys_are_distinct() {
+        for sequential in [true, false] {
+            let g = KeyGen::new("b/", 8, 4, sequential).unwrap_or_else(|e| panic!("{e}"));
+            for i in 0..50 {
+                let keys: std::collections::BTreeSet<Vec<u8>> = g.keys(i, 4).into_iter().collect();
+                assert_eq!(keys.len(), 4);
+            }
+        }
+    }
+
+    #[test]
     fn sequential_keys_cycle_through_the_space_and_have_the_size() {
-        let g = KeyGen::new("b/", 32, 3, true);
+        let g = KeyGen::new("b/", 32, 3, true).unwrap_or_else(|e| panic!("{e}"));
         let keys: Vec<Vec<u8>> = (0..4).map(|i| g.key(i)).collect();
         assert_eq!(keys[0], keys[3]);
         assert!(keys[0] < keys[1] && keys[1] < keys[2]);
@@ -72,7 +112,7 @@ mod tests {
 
     #[test]
     fn random_keys_stay_in_the_space() {
-        let g = KeyGen::new("b/", 8, 5, false);
+        let g = KeyGen::new("b/", 8, 5, false).unwrap_or_else(|e| panic!("{e}"));
         let all: std::collections::BTreeSet<Vec<u8>> = (0..5).map(|n| g.nth(n)).collect();
         for i in 0..200 {
             assert!(all.contains(&g.key(i)));

@@ -145,6 +145,49 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// Refuses parameters that make no sense, before anything connects.
+    fn validate(&self, config: &BenchConfig) -> Result<(), BenchError> {
+        let invalid = |m: String| Err(BenchError::Invalid(m));
+        match self {
+            Workload::TxnPut { ops } if *ops == 0 => invalid("--txn-ops must be at least 1".into()),
+            Workload::TxnPut { ops } if *ops as u64 > config.key_space_size => invalid(format!(
+                "--txn-ops {ops} needs at least as many distinct keys (--key-space-size {})",
+                config.key_space_size
+            )),
+            Workload::TxnMixed { read_ratio }
+                if !(*read_ratio >= 0.0 && read_ratio.is_finite()) =>
+            {
+                invalid(format!(
+                    "--rw-ratio {read_ratio}: must be a number of reads per write, 0 or more"
+                ))
+            }
+            Workload::Watch {
+                watchers, streams, ..
+            }
+            | Workload::WatchLatency { watchers, streams }
+                if *watchers == 0 || *streams == 0 =>
+            {
+                invalid("--watchers and --streams must be at least 1".into())
+            }
+            Workload::LeaseGrant { ttl } if *ttl < 1 => {
+                invalid(format!("--ttl {ttl}: must be at least 1 second"))
+            }
+            _ => {
+                let prefix = match self {
+                    Workload::Watch { .. } | Workload::WatchLatency { .. } => {
+                        workload::watch::PREFIX
+                    }
+                    _ => workload::kv::PREFIX,
+                };
+                keys::KeyGen::new(prefix, config.key_size, config.key_space_size, false)
+                    .map(|_| ())
+                    .map_err(BenchError::Invalid)
+            }
+        }
+    }
+}
+
 /// Why a run could not happen (failures of single requests are counted in the report).
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -190,6 +233,7 @@ pub async fn run(config: &BenchConfig, workload: &Workload) -> Result<Report, Be
     if matches!(config.limit, Limit::Total(0)) {
         return Err(BenchError::Invalid("--total must be at least 1".into()));
     }
+    workload.validate(config)?;
     let sections = match workload {
         Workload::Put
         | Workload::Range { .. }

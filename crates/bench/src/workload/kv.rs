@@ -10,19 +10,22 @@ use crate::keys::{value, KeyGen};
 use crate::stats::Section;
 use crate::{BenchConfig, BenchError, Workload};
 
-const PREFIX: &str = "bench/";
+pub(crate) const PREFIX: &str = "b/";
 
 pub(crate) async fn run(
     config: &BenchConfig,
     workload: &Workload,
 ) -> Result<Vec<Section>, BenchError> {
     let conns = connect(config).await?;
-    let keys = Arc::new(KeyGen::new(
-        PREFIX,
-        config.key_size,
-        config.key_space_size,
-        config.sequential_keys,
-    ));
+    let keys = Arc::new(
+        KeyGen::new(
+            PREFIX,
+            config.key_size,
+            config.key_space_size,
+            config.sequential_keys,
+        )
+        .map_err(BenchError::Invalid)?,
+    );
     let val = Arc::new(value(config.val_size));
     if config.prefill && matches!(workload, Workload::Range { .. } | Workload::TxnMixed { .. }) {
         prefill(config, &conns, &keys, &val).await?;
@@ -48,16 +51,16 @@ pub(crate) async fn run(
             .await,
         ),
         Workload::TxnPut { ops } => {
-            if ops == 0 {
-                return Err(BenchError::Invalid("--txn-ops must be at least 1".into()));
-            }
             (
                 "txn",
                 drive(config, &conns, "txn-put", move |mut c: Client, i| {
                     let (keys, val) = (keys.clone(), val.clone());
                     async move {
-                        let puts: Vec<TxnOp> = (0..ops as u64)
-                            .map(|j| TxnOp::put(keys.key(i * ops as u64 + j), val.as_slice(), None))
+                        // etcd refuses a transaction writing one key twice.
+                        let puts: Vec<TxnOp> = keys
+                            .keys(i, ops)
+                            .into_iter()
+                            .map(|k| TxnOp::put(k, val.as_slice(), None))
                             .collect();
                         c.txn(Txn::new().and_then(puts)).await.map(|_| ())
                     }
@@ -66,11 +69,6 @@ pub(crate) async fn run(
             )
         }
         Workload::TxnMixed { read_ratio } => {
-            if !(read_ratio >= 0.0 && read_ratio.is_finite()) {
-                return Err(BenchError::Invalid(format!(
-                    "--rw-ratio {read_ratio}: must be a number of reads per write, 0 or more"
-                )));
-            }
             let read_share = read_ratio / (read_ratio + 1.0);
             (
                 "txn",

@@ -10,11 +10,6 @@ use crate::stats::{Latencies, Section};
 use crate::{BenchConfig, BenchError};
 
 pub(crate) async fn grant(config: &BenchConfig, ttl: i64) -> Result<Vec<Section>, BenchError> {
-    if ttl < 1 {
-        return Err(BenchError::Invalid(format!(
-            "--ttl {ttl}: must be at least 1 second"
-        )));
-    }
     let conns = connect(config).await?;
     let (lat, elapsed) = drive(config, &conns, "lease-grant", move |mut c, _| async move {
         c.lease_grant(ttl, None).await.map(|_| ())

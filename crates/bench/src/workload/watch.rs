@@ -14,7 +14,7 @@ use crate::keys::KeyGen;
 use crate::stats::{Latencies, Section};
 use crate::{BenchConfig, BenchError};
 
-const PREFIX: &str = "watch/";
+pub(crate) const PREFIX: &str = "w/";
 /// When no rate is given, `watch-latency` puts at etcd's benchmark default of 100/s.
 const DEFAULT_PACED_RATE: f64 = 100.0;
 /// How long receivers wait for missing events once the puts are done.
@@ -39,11 +39,6 @@ pub(crate) async fn run(
     paced: bool,
     hold: Duration,
 ) -> Result<Vec<Section>, BenchError> {
-    if watchers == 0 || streams == 0 {
-        return Err(BenchError::Invalid(
-            "--watchers and --streams must be at least 1".into(),
-        ));
-    }
     let streams = streams.min(watchers);
     let conns = connect(config).await?;
     let epoch = Instant::now();
@@ -90,12 +85,15 @@ pub(crate) async fn run(
     if paced && put_config.rate.is_none() {
         put_config.rate = Some(DEFAULT_PACED_RATE);
     }
-    let keys = Arc::new(KeyGen::new(
-        PREFIX,
-        config.key_size,
-        config.key_space_size,
-        config.sequential_keys,
-    ));
+    let keys = Arc::new(
+        KeyGen::new(
+            PREFIX,
+            config.key_size,
+            config.key_space_size,
+            config.sequential_keys,
+        )
+        .map_err(BenchError::Invalid)?,
+    );
     let val_size = config.val_size;
     let puts_started = Instant::now();
     let (put_lat, put_elapsed) = drive(&put_config, &conns, "put", move |mut c: Client, i| {
