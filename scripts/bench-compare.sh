@@ -9,4 +9,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo bench --locked -p ferry --bench compare -- --write docs/BENCHMARKS.md "$@"
+cargo bench --locked -p ferry --bench compare -- --write "$PWD/docs/BENCHMARKS.md" "$@"

@@ -57,6 +57,11 @@ pub struct Recovered {
     pub leases: Vec<(i64, i64)>,
 }
 
+/// redb's page cache. Its default (1 GiB) keeps every page written in memory, which made the
+/// store's resident memory grow with the data set (500 MiB at 1M keys of 256 B); pages beyond
+/// this are read back from the operating system's page cache, which is shared and reclaimable.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Opens (or creates) the database in `data_dir`, refusing one another process holds.
 pub fn open(data_dir: &Path) -> Result<Database, StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
@@ -64,7 +69,10 @@ pub fn open(data_dir: &Path) -> Result<Database, StoreError> {
         source,
     })?;
     let path = data_dir.join(DB_FILE);
-    match Database::create(&path) {
+    match redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(&path)
+    {
         Ok(db) => Ok(db),
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             Err(StoreError::DataDirLocked(data_dir.to_path_buf()))

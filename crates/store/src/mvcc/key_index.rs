@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use smallvec::SmallVec;
+
 use super::revision::Revision;
 
 /// One change of a key.
@@ -88,10 +90,15 @@ fn is_empty(start: &[u8], end: &Option<Vec<u8>>) -> bool {
     end.as_deref().is_some_and(|e| e <= start)
 }
 
+/// A key's changes, oldest first. Most keys hold one change between compactions, so it
+/// lives inline: no second allocation per key (about 60 bytes less per key, the bulk of the
+/// index at a million keys).
+type History = SmallVec<[KeyChange; 1]>;
+
 /// Every key's history of changes, ordered by key.
 #[derive(Debug, Default)]
 pub struct TreeIndex {
-    keys: BTreeMap<Vec<u8>, Vec<KeyChange>>,
+    keys: BTreeMap<Box<[u8]>, History>,
 }
 
 impl TreeIndex {
@@ -100,7 +107,7 @@ impl TreeIndex {
         match self.keys.get_mut(key) {
             Some(history) => history.push(change),
             None => {
-                self.keys.insert(key.to_vec(), vec![change]);
+                self.keys.insert(key.into(), smallvec::smallvec![change]);
             }
         }
     }
@@ -165,10 +172,10 @@ impl TreeIndex {
     /// Drops every change above `rev` (used to undo changes a failed commit did not persist).
     pub fn truncate_above(&mut self, keys: &[Vec<u8>], rev: i64) {
         for key in keys {
-            if let Some(history) = self.keys.get_mut(key) {
+            if let Some(history) = self.keys.get_mut(key.as_slice()) {
                 history.retain(|c| c.rev.main <= rev);
                 if history.is_empty() {
-                    self.keys.remove(key);
+                    self.keys.remove(key.as_slice());
                 }
             }
         }
