@@ -33,6 +33,20 @@ impl KeyGen {
         })
     }
 
+    /// The keys `config` asks for, under `prefix`.
+    pub(crate) fn from_config(
+        prefix: &str,
+        config: &crate::BenchConfig,
+    ) -> Result<Self, crate::BenchError> {
+        Self::new(
+            prefix,
+            config.key_size,
+            config.key_space_size,
+            config.sequential_keys,
+        )
+        .map_err(crate::BenchError::Invalid)
+    }
+
     /// Number of distinct keys.
     pub fn space(&self) -> u64 {
         self.space

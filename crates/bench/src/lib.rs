@@ -180,9 +180,7 @@ impl Workload {
                     }
                     _ => workload::kv::PREFIX,
                 };
-                keys::KeyGen::new(prefix, config.key_size, config.key_space_size, false)
-                    .map(|_| ())
-                    .map_err(BenchError::Invalid)
+                keys::KeyGen::from_config(prefix, config).map(|_| ())
             }
         }
     }

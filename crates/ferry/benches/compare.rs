@@ -70,120 +70,144 @@ fn options() -> anyhow::Result<Options> {
     Ok(o)
 }
 
+/// One row of the comparison: the workload, its flags, and which report section counts.
+struct Spec {
+    args: &'static str,
+    workload: Workload,
+    section: &'static str,
+    clients: usize,
+    conns: usize,
+    key_space_size: u64,
+    val_size: usize,
+    total: u64,
+    rate: Option<f64>,
+}
+
 fn cases(scale: f64) -> Vec<Case> {
-    let n = |total: u64| ((total as f64 * scale) as u64).max(100);
-    let base = BenchConfig::new(ferry_client::ConnectConfig::new(["-"]));
-    let mut out = Vec::new();
-    let mut add =
-        |args: &str, workload: Workload, section: &'static str, f: &dyn Fn(&mut BenchConfig)| {
-            let mut config = base.clone();
-            f(&mut config);
-            let total = match config.limit {
-                Limit::Total(t) => t,
-                Limit::Duration(_) => 0,
-            };
-            out.push(Case {
-                command: format!("ferry bench {args} --total {total}"),
-                workload,
-                config,
-                section,
-            });
-        };
-    add(
-        "put --clients 64 --conns 8 --key-space-size 100000 --val-size 256",
-        Workload::Put,
-        "put",
-        &|c| {
-            c.clients = 64;
-            c.conns = 8;
-            c.key_space_size = 100_000;
-            c.val_size = 256;
-            c.limit = Limit::Total(n(100_000));
+    let wide = |args, workload, section, key_space_size, total| Spec {
+        args,
+        workload,
+        section,
+        clients: 64,
+        conns: 8,
+        key_space_size,
+        val_size: 256,
+        total,
+        rate: None,
+    };
+    let specs = [
+        wide("put", Workload::Put, "put", 100_000, 100_000),
+        Spec {
+            clients: 1,
+            conns: 1,
+            ..wide("put", Workload::Put, "put", 1, 5_000)
         },
-    );
-    add(
-        "put --clients 1 --val-size 256",
-        Workload::Put,
-        "put",
-        &|c| {
-            c.val_size = 256;
-            c.limit = Limit::Total(n(5_000));
-        },
-    );
-    for (consistency, serializable) in [("l", false), ("s", true)] {
-        add(
-            &format!("range --consistency {consistency} --clients 64 --conns 8 --key-space-size 10000 --val-size 256"),
-            Workload::Range { serializable },
-            "range",
-            &|c| {
-                c.clients = 64;
-                c.conns = 8;
-                c.key_space_size = 10_000;
-                c.val_size = 256;
-                c.limit = Limit::Total(n(100_000));
+        wide(
+            "range --consistency l",
+            Workload::Range {
+                serializable: false,
             },
-        );
-    }
-    add(
-        "txn-put --txn-ops 1 --clients 64 --conns 8 --key-space-size 100000 --val-size 256",
-        Workload::TxnPut { ops: 1 },
-        "txn",
-        &|c| {
-            c.clients = 64;
-            c.conns = 8;
-            c.key_space_size = 100_000;
-            c.val_size = 256;
-            c.limit = Limit::Total(n(50_000));
+            "range",
+            10_000,
+            100_000,
+        ),
+        wide(
+            "range --consistency s",
+            Workload::Range { serializable: true },
+            "range",
+            10_000,
+            100_000,
+        ),
+        wide(
+            "txn-put --txn-ops 1",
+            Workload::TxnPut { ops: 1 },
+            "txn",
+            100_000,
+            50_000,
+        ),
+        wide(
+            "txn-mixed --rw-ratio 4",
+            Workload::TxnMixed { read_ratio: 4.0 },
+            "txn",
+            10_000,
+            100_000,
+        ),
+        Spec {
+            clients: 8,
+            conns: 1,
+            val_size: 8,
+            ..wide(
+                "watch --watchers 1000 --streams 10",
+                Workload::Watch {
+                    watchers: 1000,
+                    streams: 10,
+                    hold: Duration::ZERO,
+                },
+                "event delivery",
+                1,
+                2_000,
+            )
         },
-    );
-    add(
-        "txn-mixed --rw-ratio 4 --clients 64 --conns 8 --key-space-size 10000 --val-size 256",
-        Workload::TxnMixed { read_ratio: 4.0 },
-        "txn",
-        &|c| {
-            c.clients = 64;
-            c.conns = 8;
-            c.key_space_size = 10_000;
-            c.val_size = 256;
-            c.limit = Limit::Total(n(100_000));
+        Spec {
+            clients: 1,
+            conns: 1,
+            val_size: 8,
+            rate: Some(100.0),
+            ..wide(
+                "watch-latency --watchers 100 --streams 10",
+                Workload::WatchLatency {
+                    watchers: 100,
+                    streams: 10,
+                },
+                "event delivery",
+                1,
+                1_000,
+            )
         },
-    );
-    add(
-        "watch --watchers 1000 --streams 10 --clients 8",
-        Workload::Watch {
-            watchers: 1000,
-            streams: 10,
-            hold: Duration::ZERO,
+        Spec {
+            val_size: 8,
+            ..wide(
+                "lease-keepalive",
+                Workload::LeaseKeepalive,
+                "keep-alive",
+                1,
+                100_000,
+            )
         },
-        "event delivery",
-        &|c| {
-            c.clients = 8;
-            c.limit = Limit::Total(n(2_000));
-        },
-    );
-    add(
-        "watch-latency --watchers 100 --streams 10 --rate 100",
-        Workload::WatchLatency {
-            watchers: 100,
-            streams: 10,
-        },
-        "event delivery",
-        &|c| {
-            c.rate = Some(100.0);
-            c.limit = Limit::Total(n(1_000));
-        },
-    );
-    add(
-        "lease-keepalive --clients 64 --conns 8",
-        Workload::LeaseKeepalive,
-        "keep-alive",
-        &|c| {
-            c.clients = 64;
-            c.conns = 8;
-            c.limit = Limit::Total(n(100_000));
-        },
-    );
-    out
+    ];
+    specs
+        .into_iter()
+        .map(|spec| {
+            let mut config = BenchConfig::new(ferry_client::ConnectConfig::new(["-"]));
+            config.clients = spec.clients;
+            config.conns = spec.conns;
+            config.key_space_size = spec.key_space_size;
+            config.val_size = spec.val_size;
+            config.rate = spec.rate;
+            let total = ((spec.total as f64 * scale) as u64).max(100);
+            config.limit = Limit::Total(total);
+            let mut command = format!(
+                "ferry bench {} --clients {} --conns {}",
+                spec.args, spec.clients, spec.conns
+            );
+            if spec.key_space_size > 1 {
+                command += &format!(" --key-space-size {}", spec.key_space_size);
+            }
+            if spec.val_size != 8 {
+                command += &format!(" --val-size {}", spec.val_size);
+            }
+            if let Some(rate) = spec.rate {
+                command += &format!(" --rate {rate}");
+            }
+            command += &format!(" --total {total}");
+            Case {
+                command,
+                workload: spec.workload,
+                config,
+                section: spec.section,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, Default)]

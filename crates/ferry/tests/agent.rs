@@ -25,6 +25,27 @@ impl Drop for Killer {
     }
 }
 
+/// `ferry agent` named a1 in prod, on `prefix`, with `extra` flags.
+fn agent_a1(server: &Server, prefix: &std::path::Path, extra: &[&str]) -> anyhow::Result<Killer> {
+    Ok(Killer(
+        Command::new(ferry_bin())
+            .args([
+                "agent",
+                "--endpoints",
+                &server.endpoint(),
+                "--env",
+                "prod",
+                "--name",
+                "a1",
+            ])
+            .arg("--nginx-prefix")
+            .arg(prefix)
+            .args(extra)
+            .env("FERRY_LOG", "warn")
+            .spawn()?,
+    ))
+}
+
 fn doc(host: &str, route: &str) -> IngressDocument {
     let json = format!(
         r#"{{"kind":"ingress","virtual_hosts":[{{"hostname":"{host}","paths":[{{"path":"/",{route}}}]}}]}}"#
@@ -96,28 +117,16 @@ async fn agent_applies_reports_and_refuses_bad_configurations(
         p = prefix.display()
     );
     let port = ferry_testkit::free_port()?;
-    let _agent = Killer(
-        Command::new(ferry_bin())
-            .args([
-                "agent",
-                "--endpoints",
-                &server.endpoint(),
-                "--env",
-                "prod",
-                "--name",
-                "a1",
-                "--nginx-prefix",
-            ])
-            .arg(&prefix)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--check-cmd",
-                &check,
-            ])
-            .env("FERRY_LOG", "warn")
-            .spawn()?,
-    );
+    let _agent = agent_a1(
+        server,
+        &prefix,
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--check-cmd",
+            &check,
+        ],
+    )?;
     let conf = prefix.join("conf/nginx.conf");
     let s1 = wait_status(server, &keys, &shop.id, 1).await?;
     assert!(s1.ok, "{s1:?}");
@@ -326,32 +335,20 @@ async fn agent_serves_tls_virtual_hosts_through_nginx(server: &Server) -> anyhow
     publisher.publish(&secure).await?;
     let (http_port, https_port) = (ferry_testkit::free_port()?, ferry_testkit::free_port()?);
     let p = prefix.display();
-    let _agent = Killer(
-        Command::new(ferry_bin())
-            .args([
-                "agent",
-                "--endpoints",
-                &server.endpoint(),
-                "--env",
-                "prod",
-                "--name",
-                "a1",
-                "--nginx-prefix",
-            ])
-            .arg(&prefix)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{http_port}"),
-                "--tls-listen",
-                &format!("127.0.0.1:{https_port}"),
-                "--check-cmd",
-                &format!("{nginx} -t -q -p {p} -c {{{{.src}}}}"),
-                "--reload-cmd",
-                &format!("{nginx} -s reload -p {p} -c {p}/conf/nginx.conf 2>/dev/null || {nginx} -p {p} -c {p}/conf/nginx.conf"),
-            ])
-            .env("FERRY_LOG", "warn")
-            .spawn()?,
-    );
+    let _agent = agent_a1(
+        server,
+        &prefix,
+        &[
+            "--listen",
+            &format!("127.0.0.1:{http_port}"),
+            "--tls-listen",
+            &format!("127.0.0.1:{https_port}"),
+            "--check-cmd",
+            &format!("{nginx} -t -q -p {p} -c {{{{.src}}}}"),
+            "--reload-cmd",
+            &format!("{nginx} -s reload -p {p} -c {p}/conf/nginx.conf 2>/dev/null || {nginx} -p {p} -c {p}/conf/nginx.conf"),
+        ],
+    )?;
     let _stop = StopNginx(nginx, prefix.clone());
     let applied = wait_status(server, &keys, &secure.id, 1).await?;
     assert!(applied.ok, "{applied:?}");

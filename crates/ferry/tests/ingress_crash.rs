@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::ingress::{
-    call, config_path, create, document, wait_complete, wait_rollout, Agent, Controller,
+    agents, call, config_path, create, document, sqlite_url, wait_complete, wait_rollout,
+    Controller,
 };
 use common::Server;
 use ferry_controller::{IngressDocument, Record};
@@ -55,16 +56,12 @@ async fn controller_killed_mid_burst_loses_nothing_and_the_other_replica_takes_o
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let endpoint = server.endpoint();
-    let db = tmp.path().join("ctl.db");
-    let url = format!("sqlite://{}", db.display());
+    let url = sqlite_url(tmp.path());
     // c1 starts first, so it leads the reconciliation.
     let mut c1 = Controller::start(&endpoint, &url, "c1", tmp.path()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let c2 = Controller::start(&endpoint, &url, "c2", tmp.path()).await?;
-    let _agents = [
-        Agent::start(&endpoint, "a1", tmp.path(), None)?,
-        Agent::start(&endpoint, "a2", tmp.path(), None)?,
-    ];
+    let _agents = agents(&endpoint, tmp.path(), 2)?;
     let stop = Arc::new(AtomicBool::new(false));
     let burst = writer(c1.addr.clone(), "burst", stop.clone());
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -114,13 +111,9 @@ async fn agent_killed_mid_rollout_catches_up_after_restart(
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let endpoint = server.endpoint();
-    let url = format!("sqlite://{}", tmp.path().join("ctl.db").display());
+    let url = sqlite_url(tmp.path());
     let c1 = Controller::start(&endpoint, &url, "c1", tmp.path()).await?;
-    let mut agents = [
-        Agent::start(&endpoint, "a1", tmp.path(), None)?,
-        Agent::start(&endpoint, "a2", tmp.path(), None)?,
-        Agent::start(&endpoint, "a3", tmp.path(), None)?,
-    ];
+    let mut agents = agents(&endpoint, tmp.path(), 3)?;
     let id = create(&c1.addr, "v1.example.com").await?;
     wait_complete(&c1.addr, &id, 1, 3).await?;
     // Updates in quick succession; a2 dies in the middle of them.
@@ -161,12 +154,9 @@ async fn store_killed_mid_burst_loses_nothing_acknowledged(
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let endpoint = server.endpoint();
-    let url = format!("sqlite://{}", tmp.path().join("ctl.db").display());
+    let url = sqlite_url(tmp.path());
     let c1 = Controller::start(&endpoint, &url, "c1", tmp.path()).await?;
-    let agents = [
-        Agent::start(&endpoint, "a1", tmp.path(), None)?,
-        Agent::start(&endpoint, "a2", tmp.path(), None)?,
-    ];
+    let agents = agents(&endpoint, tmp.path(), 2)?;
     let stop = Arc::new(AtomicBool::new(false));
     let burst = writer(c1.addr.clone(), "burst", stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;

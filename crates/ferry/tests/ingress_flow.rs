@@ -22,7 +22,7 @@ against_both!(&[];
 
 async fn flow_on_sqlite(server: &Server) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", tmp.path().join("ctl.db").display());
+    let url = common::ingress::sqlite_url(tmp.path());
     flow(server, &url).await
 }
 

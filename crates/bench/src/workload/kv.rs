@@ -17,15 +17,7 @@ pub(crate) async fn run(
     workload: &Workload,
 ) -> Result<Vec<Section>, BenchError> {
     let conns = connect(config).await?;
-    let keys = Arc::new(
-        KeyGen::new(
-            PREFIX,
-            config.key_size,
-            config.key_space_size,
-            config.sequential_keys,
-        )
-        .map_err(BenchError::Invalid)?,
-    );
+    let keys = Arc::new(KeyGen::from_config(PREFIX, config)?);
     let val = Arc::new(value(config.val_size));
     if config.prefill && matches!(workload, Workload::Range { .. } | Workload::TxnMixed { .. }) {
         prefill(config, &conns, &keys, &val).await?;

@@ -85,15 +85,7 @@ pub(crate) async fn run(
     if paced && put_config.rate.is_none() {
         put_config.rate = Some(DEFAULT_PACED_RATE);
     }
-    let keys = Arc::new(
-        KeyGen::new(
-            PREFIX,
-            config.key_size,
-            config.key_space_size,
-            config.sequential_keys,
-        )
-        .map_err(BenchError::Invalid)?,
-    );
+    let keys = Arc::new(KeyGen::from_config(PREFIX, config)?);
     let val_size = config.val_size;
     let puts_started = Instant::now();
     let (put_lat, put_elapsed) = drive(&put_config, &conns, "put", move |mut c: Client, i| {

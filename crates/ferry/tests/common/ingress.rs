@@ -194,6 +194,18 @@ impl Agent {
     }
 }
 
+/// `n` agents named a1…an, none refusing anything.
+pub fn agents(endpoint: &str, dir: &Path, n: usize) -> anyhow::Result<Vec<Agent>> {
+    (1..=n)
+        .map(|i| Agent::start(endpoint, &format!("a{i}"), dir, None))
+        .collect()
+}
+
+/// A SQLite database in `dir`.
+pub fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("ctl.db").display())
+}
+
 /// One API call with the admin token: status code and JSON body (`null` if none).
 pub async fn call(
     addr: &str,
