@@ -382,8 +382,9 @@ impl Writer {
             let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
             let mut lease_table = txn.open_table(LEASE).map_err(StoreError::backend)?;
             let mut lessor = shared.lessor.lock();
+            let mut db_size = None;
             for (req, _) in batch {
-                if let Err(e) = self.check_quota(req, &mut meta) {
+                if let Err(e) = self.check_quota(req, &mut meta, &mut db_size) {
                     meta_changed = true;
                     results.push(Err(e));
                     continue;
@@ -450,10 +451,14 @@ impl Writer {
 
     /// etcd's quota: a write that would grow the backend past the quota raises NOSPACE, and
     /// while NOSPACE is raised every put fails.
+    ///
+    /// The file only grows at commit, so its size is read once per batch (`size`), not once
+    /// per request.
     fn check_quota(
         &self,
         req: &WriteRequest,
         meta: &mut redb::Table<&'static str, i64>,
+        size: &mut Option<u64>,
     ) -> Result<(), StoreError> {
         let cost = match req {
             WriteRequest::Put(p) => p.key.len() + p.value.len(),
@@ -466,9 +471,11 @@ impl Writer {
         if self.shared.nospace.load(Ordering::Acquire) {
             return Err(StoreError::NoSpace);
         }
-        let size = std::fs::metadata(&self.shared.db_path)
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let size = *size.get_or_insert_with(|| {
+            std::fs::metadata(&self.shared.db_path)
+                .map(|m| m.len())
+                .unwrap_or(0)
+        });
         if size + cost as u64 > self.shared.limits.quota_backend_bytes {
             set_nospace(&self.shared, meta, true)?;
             return Err(StoreError::NoSpace);
