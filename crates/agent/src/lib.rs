@@ -186,6 +186,15 @@ async fn apply(
     );
     pairs.insert("/agent/listen".to_string(), config.listen.clone());
     pairs.insert("/agent/tls_listen".to_string(), config.tls_listen.clone());
+    // Redirects name the HTTPS port unless it is the default one.
+    let tls_port = config.tls_listen.rsplit(':').next().unwrap_or("443");
+    pairs.insert(
+        "/agent/tls_port_suffix".to_string(),
+        match tls_port {
+            "443" => String::new(),
+            port => format!(":{port}"),
+        },
+    );
     for c in &current {
         pairs.insert(
             format!("/configs/{}", c.id),

@@ -48,6 +48,10 @@ pub struct Tls {
     pub certificate: String,
     /// Private key (PEM) path.
     pub key: String,
+    /// Answer plain-HTTP requests with a permanent redirect (308) to HTTPS instead of
+    /// serving them (ingress-nginx's `ssl-redirect`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_http: bool,
 }
 
 /// A path prefix and where it goes: a registry service or static backends.

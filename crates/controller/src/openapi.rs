@@ -44,7 +44,7 @@ pub fn document() -> Value {
                             "required": ["hostname", "paths"],
                             "properties": {
                                 "hostname": { "type": "string" },
-                                "tls": { "type": "object", "properties": { "certificate": { "type": "string" }, "key": { "type": "string" } } },
+                                "tls": { "type": "object", "required": ["certificate", "key"], "properties": { "certificate": { "type": "string" }, "key": { "type": "string" }, "redirect_http": { "type": "boolean", "default": false } } },
                                 "paths": { "type": "array", "items": { "type": "object", "required": ["path"],
                                     "properties": {
                                         "path": { "type": "string" },

@@ -315,13 +315,13 @@ async fn agent_serves_tls_virtual_hosts_through_nginx(server: &Server) -> anyhow
     let keys = Keys::default();
     let publisher = Publisher::new(server.client().await?, keys.clone());
     let (backend_port, _backend) = common::http::backend("secure-backend".into()).await?;
-    let tls_doc = |cert: &std::path::Path| {
+    let tls_doc = |cert: &std::path::Path, redirect_http: bool| {
         IngressDocument::from_json(
             serde_json::json!({
                 "kind": "ingress",
                 "virtual_hosts": [{
                     "hostname": "localhost",
-                    "tls": {"certificate": cert, "key": &certs.server_key},
+                    "tls": {"certificate": cert, "key": &certs.server_key, "redirect_http": redirect_http},
                     "paths": [{"path": "/", "backends": [format!("127.0.0.1:{backend_port}")]}],
                 }],
             })
@@ -330,7 +330,7 @@ async fn agent_serves_tls_virtual_hosts_through_nginx(server: &Server) -> anyhow
         )
     };
     let secure = record
-        .create("prod", &tls_doc(&certs.server_cert)?, "alice")
+        .create("prod", &tls_doc(&certs.server_cert, false)?, "alice")
         .await?;
     publisher.publish(&secure).await?;
     let (http_port, https_port) = (ferry_testkit::free_port()?, ferry_testkit::free_port()?);
@@ -369,14 +369,43 @@ async fn agent_serves_tls_virtual_hosts_through_nginx(server: &Server) -> anyhow
         "secure-backend",
         "plain HTTP is still served"
     );
+    // With redirect_http, plain HTTP answers 308 to the same URL on the HTTPS port.
+    let redirecting = record
+        .update(
+            "prod",
+            &secure.id,
+            1,
+            &tls_doc(&certs.server_cert, true)?,
+            "bob",
+        )
+        .await?;
+    publisher.publish(&redirecting).await?;
+    assert!(wait_status(server, &keys, &secure.id, 2).await?.ok);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = common::http::get_raw(http_port, "localhost").await?;
+        if answer.starts_with("HTTP/1.1 308") {
+            assert!(
+                answer.contains(&format!("Location: https://localhost:{https_port}/\r\n")),
+                "{answer}"
+            );
+            break;
+        }
+        anyhow::ensure!(Instant::now() < until, "no redirect: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        common::http::get_tls(https_port, "localhost", &certs.ca).await?,
+        "secure-backend"
+    );
     // A certificate that does not exist on the agent's host: refused by nginx -t with the
     // reason, while TLS keeps being served with the last good configuration.
     let missing = tmp.path().join("missing.pem");
     let broken = record
-        .update("prod", &secure.id, 1, &tls_doc(&missing)?, "bob")
+        .update("prod", &secure.id, 2, &tls_doc(&missing, true)?, "bob")
         .await?;
     publisher.publish(&broken).await?;
-    let refused = wait_status(server, &keys, &secure.id, 2).await?;
+    let refused = wait_status(server, &keys, &secure.id, 3).await?;
     assert!(!refused.ok, "{refused:?}");
     assert!(refused.message.contains("missing.pem"), "{refused:?}");
     assert_eq!(

@@ -33,7 +33,16 @@ pub async fn backend(name: String) -> anyhow::Result<(u16, tokio::task::JoinHand
     Ok((port, task))
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+/// `GET /` on 127.0.0.1:`port` with `Host: host`; the whole answer, headers included.
+pub async fn get_raw(port: u16, host: &str) -> anyhow::Result<String> {
+    raw_exchange(
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await?,
+        host,
+    )
+    .await
+}
+
+async fn raw_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut sock: S,
     host: &str,
 ) -> anyhow::Result<String> {
@@ -44,7 +53,14 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut out = Vec::new();
     // nginx may close a TLS connection without close_notify: keep what arrived.
     let _ = sock.read_to_end(&mut out).await;
-    let out = String::from_utf8_lossy(&out).into_owned();
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    sock: S,
+    host: &str,
+) -> anyhow::Result<String> {
+    let out = raw_exchange(sock, host).await?;
     anyhow::ensure!(out.starts_with("HTTP/1.1 200"), "nginx answered: {out:?}");
     Ok(out
         .rsplit("\r\n\r\n")
