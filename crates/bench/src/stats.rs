@@ -98,7 +98,13 @@ fn buckets(h: &Histogram<u64>, min: u64, max: u64) -> Vec<Bucket> {
     let width = ((max - min) / 10).max(1);
     let mut out: Vec<Bucket> = (1..=10)
         .map(|i| Bucket {
-            upper_ms: (min + width * i).min(max) as f64 / 1000.0,
+            // The last bucket ends at the slowest request (integer widths fall short of it).
+            upper_ms: if i == 10 {
+                max
+            } else {
+                (min + width * i).min(max)
+            } as f64
+                / 1000.0,
             count: 0,
         })
         .collect();
@@ -197,6 +203,7 @@ mod tests {
         );
         assert!((l.mean - 50.5).abs() < 0.1, "{l:?}");
         assert_eq!(s.histogram.len(), 10);
+        assert_eq!(s.histogram.last().map(|b| b.upper_ms), Some(l.max));
         assert_eq!(s.histogram.iter().map(|b| b.count).sum::<u64>(), 100);
     }
 
