@@ -224,31 +224,9 @@ async fn an_agent_restarted_while_the_store_is_down_keeps_serving_and_catches_up
         .await?;
     publisher.publish(&shop).await?;
     let marker = tmp.path().join("served");
-    let spawn = |endpoint: String| -> anyhow::Result<Killer> {
-        Ok(Killer(
-            Command::new(ferry_bin())
-                .args([
-                    "agent",
-                    "--endpoints",
-                    &endpoint,
-                    "--env",
-                    "prod",
-                    "--name",
-                    "a1",
-                    "--nginx-prefix",
-                ])
-                .arg(&prefix)
-                .args([
-                    "--dial-timeout",
-                    "300ms",
-                    "--reload-cmd",
-                    &format!("echo served >> {}", marker.display()),
-                ])
-                .env("FERRY_LOG", "warn")
-                .spawn()?,
-        ))
-    };
-    let agent = spawn(server.endpoint())?;
+    let reload = format!("echo served >> {}", marker.display());
+    let flags = ["--dial-timeout", "300ms", "--reload-cmd", reload.as_str()];
+    let agent = agent_a1(&server, &prefix, &flags)?;
     wait_status(&server, &keys, &shop.id, 1).await?;
     let conf = prefix.join("conf/nginx.conf");
     let good = std::fs::read_to_string(&conf)?;
@@ -256,7 +234,7 @@ async fn an_agent_restarted_while_the_store_is_down_keeps_serving_and_catches_up
     server.kill();
     std::fs::remove_file(&marker)?;
     // Restart without a store: the last good configuration is served again at once.
-    let mut agent = spawn(server.endpoint())?;
+    let mut agent = agent_a1(&server, &prefix, &flags)?;
     let until = Instant::now() + Duration::from_secs(10);
     while !marker.exists() {
         anyhow::ensure!(

@@ -4,9 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::ingress::{sqlite_url, Controller, ADMIN};
 use common::{ferry_bin, Server};
 use ferry_controller::api::{AgentStatus, Rollout};
 use ferry_controller::keys::Keys;
@@ -17,7 +18,6 @@ against_both!(&[];
     config_cli_round_trip,
 );
 
-const ADMIN: &str = "admin-token-0123456789abcdef";
 const READER: &str = "reader-token-0123456789abcdef";
 
 struct Reply {
@@ -50,53 +50,19 @@ async fn http(
     })
 }
 
-struct Killer(Child);
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const DOC: &str = r#"{"kind":"ingress","virtual_hosts":[{"hostname":"shop.example.com","paths":[{"path":"/","service":"shop"}]}]}"#;
 
 async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let tokens = tmp.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        format!("# who may do what\nadmin:{ADMIN}\nread:{READER}\n"),
-    )?;
-    let port = ferry_testkit::free_port()?;
-    let addr = format!("127.0.0.1:{port}");
-    let _controller = Killer(
-        Command::new(ferry_bin())
-            .args([
-                "controller",
-                "--endpoints",
-                &server.endpoint(),
-                "--listen",
-                &addr,
-                "--tokens",
-            ])
-            .arg(&tokens)
-            .arg("--database")
-            .arg(format!("sqlite://{}", tmp.path().join("ctl.db").display()))
-            .args(["--reconcile-interval", "1s", "--name", "c1"])
-            .env("FERRY_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let until = Instant::now() + Duration::from_secs(20);
-    while http(&addr, "GET", "/healthz", None, &[], "")
-        .await
-        .map(|r| r.status)
-        .unwrap_or(0)
-        != 200
-    {
-        anyhow::ensure!(Instant::now() < until, "controller did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let controller = Controller::start_with_tokens(
+        &server.endpoint(),
+        &sqlite_url(tmp.path()),
+        "c1",
+        tmp.path(),
+        &format!("# who may do what\nadmin:{ADMIN}\nread:{READER}\n"),
+    )
+    .await?;
+    let addr = controller.addr.clone();
     assert_eq!(
         http(&addr, "GET", "/readyz", None, &[], "").await?.status,
         200
@@ -361,37 +327,14 @@ fn ferry_config(addr: &str, args: &[&str]) -> anyhow::Result<(bool, String, Stri
 
 async fn config_cli_round_trip(server: &Server) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let tokens = tmp.path().join("tokens");
-    std::fs::write(&tokens, format!("admin:{ADMIN}\n"))?;
-    let port = ferry_testkit::free_port()?;
-    let addr = format!("127.0.0.1:{port}");
-    let _controller = Killer(
-        Command::new(ferry_bin())
-            .args([
-                "controller",
-                "--endpoints",
-                &server.endpoint(),
-                "--listen",
-                &addr,
-                "--tokens",
-            ])
-            .arg(&tokens)
-            .arg("--database")
-            .arg(format!("sqlite://{}", tmp.path().join("ctl.db").display()))
-            .env("FERRY_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    let until = Instant::now() + Duration::from_secs(20);
-    while http(&addr, "GET", "/healthz", None, &[], "")
-        .await
-        .map(|r| r.status)
-        .unwrap_or(0)
-        != 200
-    {
-        anyhow::ensure!(Instant::now() < until, "controller did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let controller = Controller::start(
+        &server.endpoint(),
+        &sqlite_url(tmp.path()),
+        "c1",
+        tmp.path(),
+    )
+    .await?;
+    let addr = controller.addr.clone();
     let file = tmp.path().join("shop.json");
     std::fs::write(&file, DOC)?;
     let (ok, out, err) = ferry_config(

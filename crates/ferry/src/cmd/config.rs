@@ -24,7 +24,8 @@ async fn request_with(
     Ok((reply.status, reply.body))
 }
 
-async fn request(
+/// One call to the controller API with a bearer token: status and body.
+pub(crate) async fn request(
     api: &str,
     method: &str,
     path: &str,

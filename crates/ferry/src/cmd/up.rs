@@ -65,18 +65,6 @@ async fn demo_backend(name: String) -> anyhow::Result<(u16, tokio::task::JoinHan
     Ok((port, task))
 }
 
-async fn api_call(
-    api: &str,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    let reply =
-        ferry_controller::http_client::request(api, method, path, Some(token), &[], body).await?;
-    Ok((reply.status, reply.body))
-}
-
 fn example(env: &str) -> String {
     format!(
         r#"{{"kind":"ingress","virtual_hosts":[{{"hostname":"shop.{env}.example","paths":[{{"path":"/","service":"shop","read_timeout_seconds":30}},{{"path":"/static","backends":["127.0.0.1:9"]}}]}}]}}"#
@@ -180,7 +168,7 @@ impl UpArgs {
 
         let mut ids = Vec::new();
         for env in ["staging", "production"] {
-            let (status, body) = api_call(
+            let (status, body) = super::config::request(
                 &api,
                 "POST",
                 &format!("/api/v1/environments/{env}/configs"),
@@ -219,7 +207,7 @@ impl UpArgs {
             let mut table = String::from("ENVIRONMENT  CONFIGURATION                         VERSION  LIVE  APPLIED  FAILED  PENDING  COMPLETE\n");
             let mut all_complete = true;
             for (env, id) in &ids {
-                let (status, body) = api_call(
+                let (status, body) = super::config::request(
                     &api,
                     "GET",
                     &format!("/api/v1/environments/{env}/configs/{id}/status"),

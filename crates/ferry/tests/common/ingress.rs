@@ -58,8 +58,19 @@ impl Controller {
         name: &str,
         dir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with_tokens(endpoint, database, name, dir, &format!("admin:{ADMIN}\n")).await
+    }
+
+    /// Starts a replica accepting the tokens in `tokens` (the token file's text).
+    pub async fn start_with_tokens(
+        endpoint: &str,
+        database: &str,
+        name: &str,
+        dir: &Path,
+        tokens_text: &str,
+    ) -> anyhow::Result<Self> {
         let tokens = dir.join("tokens");
-        std::fs::write(&tokens, format!("admin:{ADMIN}\n"))?;
+        std::fs::write(&tokens, tokens_text)?;
         let addr = format!("127.0.0.1:{}", ferry_testkit::free_port()?);
         let args: Vec<String> = [
             "controller",
