@@ -46,6 +46,25 @@ fn agent_a1(server: &Server, prefix: &std::path::Path, extra: &[&str]) -> anyhow
     ))
 }
 
+/// A SQL record in `dir` and shop.example.com (to a static backend) created and published.
+async fn shop_published(
+    server: &Server,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Record, Keys, Publisher, ferry_controller::ConfigRecord)> {
+    let record = Record::connect(&common::ingress::sqlite_url(dir)).await?;
+    let keys = Keys::default();
+    let publisher = Publisher::new(server.client().await?, keys.clone());
+    let shop = record
+        .create(
+            "prod",
+            &doc("shop.example.com", r#""backends":["127.0.0.1:9001"]"#),
+            "alice",
+        )
+        .await?;
+    publisher.publish(&shop).await?;
+    Ok((record, keys, publisher, shop))
+}
+
 fn doc(host: &str, route: &str) -> IngressDocument {
     let json = format!(
         r#"{{"kind":"ingress","virtual_hosts":[{{"hostname":"{host}","paths":[{{"path":"/",{route}}}]}}]}}"#
@@ -100,18 +119,7 @@ async fn agent_applies_reports_and_refuses_bad_configurations(
     let nginx = nginx_binary()?;
     let tmp = tempfile::tempdir()?;
     let prefix = tmp.path().join("nginx");
-    let record =
-        Record::connect(&format!("sqlite://{}", tmp.path().join("ctl.db").display())).await?;
-    let keys = Keys::default();
-    let publisher = Publisher::new(server.client().await?, keys.clone());
-    let shop = record
-        .create(
-            "prod",
-            &doc("shop.example.com", r#""backends":["127.0.0.1:9001"]"#),
-            "alice",
-        )
-        .await?;
-    publisher.publish(&shop).await?;
+    let (record, keys, publisher, shop) = shop_published(server, tmp.path()).await?;
     let check = format!(
         "{nginx} -t -q -p {p} -c {{{{.src}}}} && ! grep -q reject.example.com {{{{.src}}}}",
         p = prefix.display()
@@ -211,18 +219,7 @@ async fn an_agent_restarted_while_the_store_is_down_keeps_serving_and_catches_up
     let mut server = common::start(common::Kind::Ferry, &[]).await?;
     let tmp = tempfile::tempdir()?;
     let prefix = tmp.path().join("nginx");
-    let record =
-        Record::connect(&format!("sqlite://{}", tmp.path().join("ctl.db").display())).await?;
-    let keys = Keys::default();
-    let publisher = Publisher::new(server.client().await?, keys.clone());
-    let shop = record
-        .create(
-            "prod",
-            &doc("shop.example.com", r#""backends":["127.0.0.1:9001"]"#),
-            "alice",
-        )
-        .await?;
-    publisher.publish(&shop).await?;
+    let (record, keys, _, shop) = shop_published(&server, tmp.path()).await?;
     let marker = tmp.path().join("served");
     let reload = format!("echo served >> {}", marker.display());
     let flags = ["--dial-timeout", "300ms", "--reload-cmd", reload.as_str()];
