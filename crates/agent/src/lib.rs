@@ -6,6 +6,8 @@
 //! configuration that fails its check: the last good one keeps serving, also across
 //! restarts while the store is unreachable (it is the file on disk).
 
+#![warn(missing_docs)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;

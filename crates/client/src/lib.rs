@@ -9,6 +9,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod insecure;
 
 use std::path::{Path, PathBuf};

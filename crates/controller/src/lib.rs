@@ -5,6 +5,8 @@
 //! This is the controller's data half; the REST API, the publishing loop and the agents
 //! build on it.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod auth;
 pub mod document;

@@ -4,6 +4,8 @@
 //! The template language is Go's `text/template`, provided by the `gotmpl` crate (see
 //! ARCHITECTURE.md for why); [`functions`] adds confd's function set over a [`KvSnapshot`].
 
+#![warn(missing_docs)]
+
 pub mod dns;
 pub mod functions;
 mod gotime;

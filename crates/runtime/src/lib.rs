@@ -9,6 +9,8 @@
 //! - [`election`]: leader election on an etcd lease, with fenced writes.
 //! - [`metrics`]: Prometheus metrics with client-go's and controller-runtime's names.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod cache;
 pub mod controller;

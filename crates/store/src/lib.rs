@@ -3,6 +3,8 @@
 //! [`mvcc`] holds the data model (revisions, the key index, the redb backend); [`server`]
 //! serves it as etcd's KV, Maintenance and Cluster services.
 
+#![warn(missing_docs)]
+
 pub mod duration;
 pub mod error;
 pub mod lease;

@@ -4,6 +4,8 @@
 //! A server is killed when its handle drops. A missing `etcd` binary is an error that says
 //! how to install it: tests never skip themselves.
 
+#![warn(missing_docs)]
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
