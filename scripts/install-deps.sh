@@ -1,36 +1,188 @@
 #!/usr/bin/env bash
-# Installs the Debian packages ferry's build, demo and tests need. Idempotent: installs only
-# what is missing, and runs apt-get update only when something is.
+# Installs the Debian packages ferry's build, demo and tests need, on Debian 12.
+#
+# Each need is checked by what the build or a test actually does with it (protoc compiling a
+# file that imports descriptor.proto, nginx having the modules the agent's template uses, the
+# server binaries at the paths the test harnesses start), never by a command name alone: a
+# package that was once installed by hand, or a package whose *recommends* supplied a file,
+# must not hide a missing install step. Idempotent: with every check passing it touches
+# nothing; otherwise it runs apt-get update once and installs only the packages whose checks
+# failed, then checks again and names what is still missing.
+#
+#   scripts/install-deps.sh            check, install what is missing, check again
+#   scripts/install-deps.sh --check    check only; exit 1 naming what is missing
+#   scripts/install-deps.sh --packages print every package this script manages
+#   scripts/install-deps.sh --packages --purgeable
+#                                      the same without the C toolchain, which a machine with
+#                                      a Rust toolchain always has (what check-fresh.sh purges)
 set -euo pipefail
 
-# command -> package
-declare -A wanted=(
-  [protoc]=protobuf-compiler
-  [etcd]=etcd-server
-  [etcdctl]=etcd-client
-  [nginx]=nginx-light
+# capability -> the Debian packages that provide it (the order is the order of the checks).
+capabilities=(protoc cc etcd etcdctl nginx mariadb postgresql)
+declare -A packages=(
+  [protoc]="protobuf-compiler libprotobuf-dev"
+  [cc]="gcc libc6-dev"
+  [etcd]="etcd-server"
+  [etcdctl]="etcd-client"
+  [nginx]="nginx-light"
+  [mariadb]="mariadb-server mariadb-client"
+  [postgresql]="postgresql"
+)
+# Capabilities every machine with a Rust toolchain already has (rustc links with cc).
+toolchain=(cc)
+declare -A explain=(
+  [protoc]="protoc compiles a .proto that imports google/protobuf/descriptor.proto (etcd-client's and ferry's build scripts)"
+  [cc]="a C compiler links a program (ring and libsqlite3-sys build C code)"
+  [etcd]="etcd 3.4 runs from PATH (the conformance and cluster tests start real etcd servers)"
+  [etcdctl]="etcdctl runs from PATH (etcdctl compatibility tests)"
+  [nginx]="nginx at /usr/sbin/nginx with the ssl, proxy and upstream modules validates a config (agents, demo)"
+  [mariadb]="/usr/sbin/mariadbd, mariadb-install-db and the mariadb client (SQL tests)"
+  [postgresql]="initdb and postgres under /usr/lib/postgresql/*/bin and a postgres user (SQL tests)"
 )
 
-missing=()
-for cmd in "${!wanted[@]}"; do
-  # nginx lives in /usr/sbin, which is not on every user's PATH.
-  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${wanted[$cmd]}")
-done
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 
-# Servers whose binaries are not on PATH.
-[ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+check_protoc() {
+  command -v protoc >/dev/null 2>&1 || return 1
+  mkdir -p "$work/proto"
+  cat >"$work/proto/probe.proto" <<'EOF'
+syntax = "proto3";
+package probe;
+import "google/protobuf/descriptor.proto";
+extend google.protobuf.FieldOptions { string probe_option = 50000; }
+message Probe { string name = 1 [(probe_option) = "x"]; }
+EOF
+  protoc -I "$work/proto" --descriptor_set_out="$work/proto/probe.pb" "$work/proto/probe.proto" >/dev/null 2>&1
+}
 
+check_cc() {
+  command -v cc >/dev/null 2>&1 || return 1
+  printf '#include <stdio.h>\nint main(void){puts("ok");return 0;}\n' >"$work/probe.c"
+  cc -o "$work/probe" "$work/probe.c" >/dev/null 2>&1 && [ "$("$work/probe")" = ok ]
+}
+
+check_etcd() {
+  command -v etcd >/dev/null 2>&1 || return 1
+  etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.'
+}
+
+check_etcdctl() {
+  command -v etcdctl >/dev/null 2>&1 || return 1
+  ETCDCTL_API=3 etcdctl version 2>/dev/null | grep -q '^etcdctl version: 3\.'
+}
+
+check_nginx() {
+  [ -x /usr/sbin/nginx ] || return 1
+  mkdir -p "$work/nginx/logs"
+  # The directives the agent's built-in template relies on; `nginx -t` fails on an unknown one.
+  cat >"$work/nginx/nginx.conf" <<EOF
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events {}
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  upstream probe { server 127.0.0.1:9; keepalive 2; }
+  server {
+    listen 127.0.0.1:9;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / { proxy_pass http://probe; proxy_read_timeout 5s; }
+  }
+}
+EOF
+  /usr/sbin/nginx -t -q -p "$work/nginx" -c "$work/nginx/nginx.conf" >/dev/null 2>&1
+}
+
+check_mariadb() {
+  [ -x /usr/sbin/mariadbd ] || return 1
+  [ -x /usr/bin/mariadb ] || return 1
+  [ -x /usr/bin/mariadb-install-db ] || [ -x /usr/bin/mysql_install_db ] || return 1
+  /usr/sbin/mariadbd --version >/dev/null 2>&1
+}
+
+check_postgresql() {
+  local bin
+  for bin in /usr/lib/postgresql/*/bin; do
+    if [ -x "$bin/initdb" ] && [ -x "$bin/postgres" ] && "$bin/postgres" --version >/dev/null 2>&1; then
+      # PostgreSQL refuses to run as root; the test harness runs it as `postgres` via runuser.
+      if [ "$(id -u)" -ne 0 ] || { getent passwd postgres >/dev/null && command -v runuser >/dev/null; }; then
+        return 0
+      fi
+    fi
+  done
+  return 1
+}
+
+failing() {
+  local cap
+  for cap in "${capabilities[@]}"; do
+    "check_$cap" || echo "$cap"
+  done
+}
+
+case "${1:-}" in
+  --packages)
+    for cap in "${capabilities[@]}"; do
+      if [ "${2:-}" = --purgeable ] && [[ " ${toolchain[*]} " == *" $cap "* ]]; then
+        continue
+      fi
+      echo "${packages[$cap]}"
+    done | tr ' ' '\n'
+    exit 0
+    ;;
+  --check | "") ;;
+  *)
+    echo "usage: $0 [--check | --packages]" >&2
+    exit 2
+    ;;
+esac
+
+mapfile -t missing < <(failing)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
+report() {
+  local cap
+  for cap in "$@"; do
+    echo "install-deps: missing: ${explain[$cap]}; package(s): ${packages[$cap]}" >&2
+  done
+}
+
+if [ "${1:-}" = --check ]; then
+  report "${missing[@]}"
+  exit 1
+fi
+
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root or sudo to apt-get install ${missing[*]}" >&2; exit 1; }
+  if ! command -v sudo >/dev/null 2>&1; then
+    report "${missing[@]}"
+    echo "install-deps: need root or sudo to apt-get install them" >&2
+    exit 1
+  fi
   sudo="sudo"
 fi
-echo "install-deps: installing ${missing[*]}" >&2
+
+to_install=()
+for cap in "${missing[@]}"; do
+  read -r -a pkgs <<<"${packages[$cap]}"
+  to_install+=("${pkgs[@]}")
+done
+echo "install-deps: installing ${to_install[*]}" >&2
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Recommends are off so that what the checks need is exactly what is listed above.
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${to_install[@]}" >/dev/null
 # The packages may start their system services; ferry's tests start their own servers.
+
+mapfile -t still < <(failing)
+if [ ${#still[@]} -ne 0 ]; then
+  report "${still[@]}"
+  echo "install-deps: the checks above still fail after installing; see the package names" >&2
+  exit 1
+fi

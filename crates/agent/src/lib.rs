@@ -82,10 +82,48 @@ pub enum AgentError {
     /// The template or output directory is unusable.
     #[error("{0}")]
     Setup(String),
+    /// A name or the root prefix cannot be part of the key layout.
+    #[error("{0}")]
+    Invalid(#[from] ferry_controller::keys::KeyError),
+}
+
+impl AgentConfig {
+    /// Checks everything that can be checked before connecting: names and the root prefix
+    /// fit the key layout, the address is an IP or a DNS name, the template is readable.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        ferry_controller::keys::validate_env(&self.env)?;
+        ferry_controller::keys::validate_name("agent name", &self.name)?;
+        Keys::parse(&self.root)?;
+        let prefix = self.services_prefix.trim_end_matches('/');
+        if !self.services_prefix.starts_with('/') || prefix.is_empty() {
+            return Err(AgentError::Setup(format!(
+                "services prefix {:?} must be an absolute key prefix like /services",
+                self.services_prefix
+            )));
+        }
+        if self.ip.parse::<std::net::IpAddr>().is_err() && !ferry_client::is_dns_name(&self.ip) {
+            return Err(AgentError::Setup(format!(
+                "agent address {:?} is neither an IP address nor a DNS name",
+                self.ip
+            )));
+        }
+        if self.resync < Duration::from_secs(1) {
+            return Err(AgentError::Setup(format!(
+                "resync period {:?} must be at least 1s",
+                self.resync
+            )));
+        }
+        if let Some(path) = &self.template {
+            std::fs::read_to_string(path)
+                .map_err(|e| AgentError::Setup(format!("--template {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
 }
 
 /// Registers the agent and starts applying configurations.
 pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, AgentError> {
+    config.validate()?;
     let conf_dir = config.nginx_prefix.join("conf");
     for dir in ["conf", "logs", "tmp"] {
         std::fs::create_dir_all(config.nginx_prefix.join(dir)).map_err(|e| {
@@ -105,12 +143,12 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
     };
     std::fs::write(templates.join("nginx.tmpl"), text)
         .map_err(|e| AgentError::Setup(e.to_string()))?;
-    let keys = Keys::new(&config.root);
+    let keys = Keys::parse(&config.root)?;
     let me = Instance::new(&config.env, &config.name, &config.ip);
     let announcement = announce(
         client.clone(),
         AnnounceConfig {
-            prefix: format!("{}/agent", config.root.trim_end_matches('/')),
+            prefix: keys.agent_registry(),
             ..AnnounceConfig::default()
         },
         me,

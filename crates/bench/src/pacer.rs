@@ -47,8 +47,21 @@ impl Pacer {
         if let Some(rate) = self.rate {
             // Request i is due at i/rate seconds: an open-loop schedule, so a slow answer
             // delays its client, not the offered load.
-            let due = self.started + Duration::from_secs_f64(i as f64 / rate);
-            tokio::time::sleep_until(due).await;
+            let offset = Duration::try_from_secs_f64(i as f64 / rate).unwrap_or(Duration::MAX);
+            let mut due = self.started.checked_add(offset);
+            // A slow rate must not stretch a timed run past its end.
+            if let Limit::Duration(d) = self.limit {
+                let end = self.started.checked_add(d);
+                due = match (due, end) {
+                    (Some(due), Some(end)) => Some(due.min(end)),
+                    (None, end) => end,
+                    (due, None) => due,
+                };
+            }
+            match due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => return None,
+            }
             if let Limit::Duration(d) = self.limit {
                 if self.started.elapsed() >= d {
                     return None;

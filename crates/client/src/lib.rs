@@ -11,7 +11,15 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "clap")]
+pub mod args;
+pub mod duration;
+mod endpoint;
 mod insecure;
+
+#[cfg(feature = "clap")]
+pub use args::ConnectionArgs;
+pub use endpoint::{is_dns_name, parse_endpoint, AddrError, Endpoint, HostPort};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,6 +66,18 @@ impl ConnectConfig {
             request_timeout: Duration::from_secs(5),
         }
     }
+
+    /// Checks what can be checked without connecting: at least one endpoint, each one
+    /// `[http://|https://]host:port`.
+    pub fn validate(&self) -> Result<(), ConnectError> {
+        if self.endpoints.is_empty() {
+            return Err(ConnectError::NoEndpoints);
+        }
+        for endpoint in &self.endpoints {
+            parse_endpoint(endpoint)?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a connection could not be made; each names what to fix.
@@ -66,6 +86,20 @@ pub enum ConnectError {
     /// No endpoint was given.
     #[error("no etcd endpoint given (use --endpoints or FERRY_ENDPOINTS)")]
     NoEndpoints,
+    /// An endpoint is not `[http://|https://]host:port`.
+    #[error("endpoint {endpoint:?} is not [http://|https://]host:port: {reason}")]
+    BadEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--password` was given without `--user`.
+    #[error("--password needs --user")]
+    PasswordWithoutUser,
+    /// `--user` holds only a name and no `--password` was given.
+    #[error("--user {0:?} has no password: use --user NAME:PASSWORD or --password")]
+    UserWithoutPassword(String),
     /// A TLS file could not be read.
     #[error("cannot read {what} {path}: {source}")]
     TlsFile {
@@ -120,9 +154,7 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
 /// Connects and checks the connection with a Status call, so that an unreachable endpoint,
 /// a TLS problem or wrong credentials are reported here rather than at the first request.
 pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
-    if config.endpoints.is_empty() {
-        return Err(ConnectError::NoEndpoints);
-    }
+    config.validate()?;
     let uses_https = config.endpoints.iter().any(|e| e.starts_with("https://"));
     let mut options = ConnectOptions::new()
         .with_connect_timeout(config.dial_timeout)
@@ -208,13 +240,18 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
         client.status().await.map_err(classify)?;
         Ok(client)
     };
-    match tokio::time::timeout(config.dial_timeout + config.request_timeout, attempt).await {
+    match tokio::time::timeout(
+        config.dial_timeout.saturating_add(config.request_timeout),
+        attempt,
+    )
+    .await
+    {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Unreachable {
             endpoints: joined.clone(),
             reason: format!(
                 "no answer within {:?}",
-                config.dial_timeout + config.request_timeout
+                config.dial_timeout.saturating_add(config.request_timeout)
             ),
         }),
     }

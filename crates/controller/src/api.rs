@@ -116,18 +116,12 @@ fn if_match(headers: &HeaderMap) -> Result<i64, ApiError> {
 }
 
 fn valid_env(env: &str) -> Result<(), ApiError> {
-    if env.is_empty()
-        || env.len() > 64
-        || !env
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(ApiError(
+    crate::keys::validate_env(env).map_err(|e| {
+        ApiError(
             StatusCode::BAD_REQUEST,
-            json!({"error": "environment names use letters, digits, - and _ (at most 64)", "field": "env"}),
-        ));
-    }
-    Ok(())
+            json!({"error": e.reason, "field": "env"}),
+        )
+    })
 }
 
 fn user(headers: &HeaderMap) -> String {

@@ -15,7 +15,90 @@ impl Default for Keys {
     }
 }
 
+/// Why a name or a root prefix cannot be part of the key layout.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?}: {reason}")]
+pub struct KeyError {
+    /// What was given (`environment`, `agent name`, `root prefix`).
+    pub what: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// The rule it breaks.
+    pub reason: &'static str,
+}
+
+/// The characters of a name: what is safe in a key segment, a file name and a log line.
+fn name_chars(value: &str, extra: &[char]) -> bool {
+    value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || extra.contains(&c))
+}
+
+/// An environment name: letters, digits, `-` and `_`, at most 64.
+pub fn validate_env(env: &str) -> Result<(), KeyError> {
+    if env.is_empty() || env.len() > 64 || !name_chars(env, &[]) {
+        return Err(KeyError {
+            what: "environment",
+            value: env.to_string(),
+            reason: "environment names use letters, digits, - and _ (at most 64)",
+        });
+    }
+    Ok(())
+}
+
+/// An agent's or controller's name: letters, digits, `-`, `_` and `.`, at most 253 (a host
+/// name fits).
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), KeyError> {
+    if name.is_empty() || name.len() > 253 || !name_chars(name, &['.']) {
+        return Err(KeyError {
+            what,
+            value: name.to_string(),
+            reason: "names use letters, digits, -, _ and . (at most 253)",
+        });
+    }
+    Ok(())
+}
+
 impl Keys {
+    /// Keys under `root`, which must be an absolute key prefix like `/ingress` (segments of
+    /// letters, digits, `-`, `_` and `.`); a trailing `/` is ignored.
+    pub fn parse(root: &str) -> Result<Self, KeyError> {
+        let trimmed = root.trim_end_matches('/');
+        let ok = root.starts_with('/')
+            && !trimmed.is_empty()
+            && trimmed[1..]
+                .split('/')
+                .all(|segment| !segment.is_empty() && name_chars(segment, &['.']));
+        if !ok {
+            return Err(KeyError {
+                what: "root prefix",
+                value: root.to_string(),
+                reason: "must be an absolute key prefix like /ingress (segments of letters, digits, -, _ and .)",
+            });
+        }
+        Ok(Self::new(root))
+    }
+
+    /// The root prefix, without a trailing `/`.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// `<root>/agent`: where agents announce themselves (the registry prefix).
+    pub fn agent_registry(&self) -> String {
+        format!("{}/agent", self.root)
+    }
+
+    /// `<root>/controller`: where controllers announce themselves.
+    pub fn controller_registry(&self) -> String {
+        format!("{}/controller", self.root)
+    }
+
+    /// `<root>/election/<name>`: a leader election among controllers.
+    pub fn election(&self, name: &str) -> String {
+        format!("{}/election/{name}", self.root)
+    }
+
     /// Keys under `root`.
     pub fn new(root: &str) -> Self {
         Self {
@@ -82,5 +165,26 @@ mod tests {
             Keys::new("custom/").configs("dev"),
             "/custom/ingress_config/dev/"
         );
+    }
+
+    #[test]
+    fn root_prefixes_and_names_are_checked() {
+        assert_eq!(Keys::parse("/ingress/").unwrap(), Keys::default());
+        assert_eq!(
+            Keys::parse("/a/b.c").unwrap().agent_registry(),
+            "/a/b.c/agent"
+        );
+        for bad in ["ingress", "/", "", "//x", "/a//b", "/a b", "/a\nb"] {
+            let err = Keys::parse(bad).unwrap_err();
+            assert_eq!(err.what, "root prefix", "{bad}");
+        }
+        assert!(validate_env("prod_eu-1").is_ok());
+        for bad in ["", "prod.eu", "a/b", "x\n", &"e".repeat(65)] {
+            assert!(validate_env(bad).is_err(), "{bad}");
+        }
+        assert!(validate_name("agent name", "edge-1.dc").is_ok());
+        for bad in ["", "a/b", "a\n}", "a b"] {
+            assert!(validate_name("agent name", bad).is_err(), "{bad}");
+        }
     }
 }

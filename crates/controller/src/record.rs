@@ -30,6 +30,15 @@ pub struct ConfigRecord {
 /// Why a record operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    /// The database could not be reached or opened.
+    #[error("cannot open the database {url}: {source}")]
+    Connect {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// What the driver said.
+        #[source]
+        source: sqlx::Error,
+    },
     /// The database URL is not sqlite://, mysql:// or postgres://.
     #[error("unsupported database URL {0:?}: use sqlite://FILE, mysql://… or postgres://…")]
     UnsupportedUrl(String),
@@ -71,10 +80,25 @@ pub enum RecordError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dialect {
+pub(crate) enum Dialect {
     Sqlite,
     MySql,
     Postgres,
+}
+
+impl Dialect {
+    /// The database a URL names.
+    pub(crate) fn of(url: &str) -> Result<Self, RecordError> {
+        if url.starts_with("sqlite:") {
+            Ok(Dialect::Sqlite)
+        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            Ok(Dialect::MySql)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Dialect::Postgres)
+        } else {
+            Err(RecordError::UnsupportedUrl(redact(url)))
+        }
+    }
 }
 
 /// The SQL record.
@@ -95,6 +119,21 @@ const SCHEMA: [&str; 2] = [
         changed_at VARCHAR(64) NOT NULL, PRIMARY KEY (env, id, version))",
 ];
 
+/// The URL with the password (between `user:` and `@`) replaced, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
@@ -103,27 +142,29 @@ impl Record {
     /// Connects to `url` and applies the schema (idempotent).
     pub async fn connect(url: &str) -> Result<Self, RecordError> {
         sqlx::any::install_default_drivers();
-        let dialect = if url.starts_with("sqlite:") {
-            Dialect::Sqlite
-        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
-            Dialect::MySql
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Dialect::Postgres
-        } else {
-            return Err(RecordError::UnsupportedUrl(url.to_string()));
-        };
+        let dialect = Dialect::of(url)?;
         let url = if dialect == Dialect::Sqlite && !url.contains('?') {
             format!("{url}?mode=rwc")
         } else {
             url.replacen("mariadb:", "mysql:", 1)
         };
+        let opened = |source| RecordError::Connect {
+            url: redact(&url),
+            source,
+        };
+        // A wrong address should fail at start-up, not after sqlx's 30 s default.
         let pool = AnyPoolOptions::new()
             .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(&url)
-            .await?;
+            .await
+            .map_err(opened)?;
         let record = Self { pool, dialect };
         for statement in SCHEMA {
-            sqlx::query(statement).execute(&record.pool).await?;
+            sqlx::query(statement)
+                .execute(&record.pool)
+                .await
+                .map_err(opened)?;
         }
         Ok(record)
     }
@@ -394,5 +435,24 @@ impl Record {
             });
         }
         rows.iter().map(Self::decode).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("mysql://root:s3cret@127.0.0.1:3306/ferry"),
+            "mysql://root:***@127.0.0.1:3306/ferry"
+        );
+        assert_eq!(
+            redact("postgres://ferry@db/ferry"),
+            "postgres://ferry@db/ferry"
+        );
+        assert_eq!(redact("sqlite://ferry.db"), "sqlite://ferry.db");
+        assert_eq!(redact("oracle://u:p@h/x"), "oracle://u:***@h/x");
     }
 }

@@ -32,6 +32,17 @@ pub struct ControllerConfig {
     pub reconcile_interval: Duration,
 }
 
+impl ControllerConfig {
+    /// Checks what can be checked before connecting: the name and the root prefix fit the key
+    /// layout, and the database URL names a supported database.
+    pub fn validate(&self) -> Result<(), StartError> {
+        Keys::parse(&self.root)?;
+        crate::keys::validate_name("controller name", &self.name)?;
+        crate::record::Dialect::of(&self.database)?;
+        Ok(())
+    }
+}
+
 /// A running controller.
 pub struct RunningController {
     /// Where the API listens.
@@ -65,6 +76,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The name or the root prefix cannot be part of the key layout.
+    #[error("{0}")]
+    Invalid(#[from] crate::keys::KeyError),
     /// Registration failed.
     #[error("registering the controller: {0}")]
     Registry(#[from] ferry_registry::RegistryError),
@@ -75,8 +89,9 @@ pub async fn start(
     client: Client,
     config: ControllerConfig,
 ) -> Result<RunningController, StartError> {
+    config.validate()?;
+    let keys = Keys::parse(&config.root)?;
     let record = Record::connect(&config.database).await?;
-    let keys = Keys::new(&config.root);
     let publisher = Publisher::new(client.clone(), keys.clone());
     let mut registry = Registry::default();
     let requests = prometheus_client::metrics::family::Family::default();
@@ -114,17 +129,13 @@ pub async fn start(
     let announcement = announce(
         client.clone(),
         AnnounceConfig {
-            prefix: config.root.clone(),
+            prefix: keys.root().to_string(),
             ..AnnounceConfig::default()
         },
         me,
     )
     .await?;
-    let election = Election::new(
-        client,
-        &format!("{}/election/reconciler", config.root.trim_end_matches('/')),
-        5,
-    );
+    let election = Election::new(client, &keys.election("reconciler"), 5);
     let name = config.name.clone();
     let interval = config.reconcile_interval;
     let reconciler = tokio::spawn(async move {

@@ -486,12 +486,17 @@ async fn leader_fails_over_and_a_deposed_leader_cannot_write(
 }
 
 async fn network_example_converges(server: &Server) -> anyhow::Result<()> {
-    use network_controller::{controller, reconcile, Network, Neutron, PREFIX};
+    use clap::Parser;
+    use network_controller::{controller, reconcile, Cli, Network, Neutron, PREFIX};
     let neutron = Neutron::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Connected exactly as the example's main does, from its command line.
+    let endpoint = server.endpoint();
+    let cli = Cli::try_parse_from(["network_controller", "--endpoints", &endpoint])?;
+    let client = cli.connection.connect().await?;
     let run = {
         let neutron = neutron.clone();
-        tokio::spawn(controller(server.client().await?, Metrics::new()).run(
+        tokio::spawn(controller(client, Metrics::new()).run(
             move |key, cache| reconcile(key, cache, neutron.clone()),
             async {
                 let _ = stopped.await;
@@ -580,4 +585,49 @@ async fn periodic_resync_replays_unchanged_objects(server: &Server) -> anyhow::R
         ]
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn network_example_takes_ferrys_connection_flags_and_refuses_others() {
+    use clap::Parser;
+    use network_controller::Cli;
+    let cli = Cli::try_parse_from([
+        "network_controller",
+        "--endpoints",
+        "127.0.0.1:1,127.0.0.1:2",
+        "--dial-timeout",
+        "300ms",
+        "--user",
+        "root:pw",
+    ])
+    .expect("ferry's flags parse");
+    assert_eq!(cli.connection.endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
+    let config = cli.connection.config().expect("a valid configuration");
+    assert_eq!(config.dial_timeout, Duration::from_millis(300));
+    assert_eq!(config.credentials, Some(("root".into(), "pw".into())));
+    for (args, needle) in [
+        (&["network_controller", "--bogus"][..], "Usage:"),
+        (&["network_controller", "127.0.0.1:2379"][..], "Usage:"),
+        (
+            &["network_controller", "--dial-timeout", "soon"][..],
+            "\"soon\" is not a duration",
+        ),
+    ] {
+        let err = Cli::try_parse_from(args).expect_err("refused");
+        assert!(err.render().to_string().contains(needle), "{args:?}: {err}");
+    }
+    // The original bug: a flag name taken as a host name and looked up forever.
+    let cli = Cli::try_parse_from(["network_controller", "--endpoints=--endpoints"])
+        .expect("parses; the endpoint is checked before dialling");
+    let err = match tokio::time::timeout(Duration::from_secs(5), cli.connection.connect())
+        .await
+        .expect("refused at once, not retried")
+    {
+        Ok(_) => panic!("a malformed endpoint was accepted"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, ferry_client::ConnectError::BadEndpoint { .. }),
+        "{err}"
+    );
 }

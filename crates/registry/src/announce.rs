@@ -70,6 +70,12 @@ pub async fn announce(
             reason: format!("{} s: must be at least 1 s", config.ttl),
         });
     }
+    if config.keep_alive_interval < std::time::Duration::from_millis(100) {
+        return Err(RegistryError::Invalid {
+            what: "keep-alive interval",
+            reason: format!("{:?} must be at least 100ms", config.keep_alive_interval),
+        });
+    }
     if config.keep_alive_interval.as_secs_f64() >= config.ttl as f64 {
         return Err(RegistryError::Invalid {
             what: "keep-alive interval",

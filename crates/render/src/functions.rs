@@ -8,6 +8,10 @@ use gotmpl::{FuncMap, Template, TemplateError as Error, Value, ValueFunc};
 
 use crate::snapshot::KvSnapshot;
 
+/// The longest list `seq` builds: confd allocates whatever it is asked for; a key in the
+/// store must not be able to exhaust the renderer's memory.
+const SEQ_LIMIT: i64 = 1_000_000;
+
 fn fail(message: impl Into<String>) -> Error {
     Error::Exec(message.into())
 }
@@ -419,17 +423,31 @@ pub fn confd_functions(
             _ => Err(fail("sortKVByLength: argument must be a list")),
         }),
     );
+    // Go's integers wrap on overflow (and MinInt64 / -1 is MinInt64), so these do too:
+    // a value from the store renders what confd renders and never aborts the renderer.
     add(
         "add",
-        Arc::new(|a| Ok(Value::Int(int(a, 0, "add")? + int(a, 1, "add")?))),
+        Arc::new(|a| {
+            Ok(Value::Int(
+                int(a, 0, "add")?.wrapping_add(int(a, 1, "add")?),
+            ))
+        }),
     );
     add(
         "sub",
-        Arc::new(|a| Ok(Value::Int(int(a, 0, "sub")? - int(a, 1, "sub")?))),
+        Arc::new(|a| {
+            Ok(Value::Int(
+                int(a, 0, "sub")?.wrapping_sub(int(a, 1, "sub")?),
+            ))
+        }),
     );
     add(
         "mul",
-        Arc::new(|a| Ok(Value::Int(int(a, 0, "mul")? * int(a, 1, "mul")?))),
+        Arc::new(|a| {
+            Ok(Value::Int(
+                int(a, 0, "mul")?.wrapping_mul(int(a, 1, "mul")?),
+            ))
+        }),
     );
     add(
         "div",
@@ -438,7 +456,7 @@ pub fn confd_functions(
             if d == 0 {
                 return Err(fail("div: integer divide by zero"));
             }
-            Ok(Value::Int(int(a, 0, "div")? / d))
+            Ok(Value::Int(int(a, 0, "div")?.wrapping_div(d)))
         }),
     );
     add(
@@ -448,13 +466,18 @@ pub fn confd_functions(
             if d == 0 {
                 return Err(fail("mod: integer divide by zero"));
             }
-            Ok(Value::Int(int(a, 0, "mod")? % d))
+            Ok(Value::Int(int(a, 0, "mod")?.wrapping_rem(d)))
         }),
     );
     add(
         "seq",
         Arc::new(|a| {
             let (first, last) = (int(a, 0, "seq")?, int(a, 1, "seq")?);
+            if last.saturating_sub(first) >= SEQ_LIMIT {
+                return Err(fail(format!(
+                    "seq: {first}..{last} is longer than {SEQ_LIMIT} numbers"
+                )));
+            }
             Ok(Value::from(
                 (first..=last).map(Value::Int).collect::<Vec<_>>(),
             ))
@@ -611,6 +634,20 @@ mod tests {
             err.to_string().contains("key does not exist: /app/none"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn integer_arithmetic_wraps_as_in_go_and_never_aborts() {
+        assert_eq!(ok("{{add 9223372036854775807 1}}"), "-9223372036854775808");
+        assert_eq!(
+            ok("{{div (sub -9223372036854775807 1) -1}}"),
+            "-9223372036854775808"
+        );
+        assert_eq!(ok("{{div -9223372036854775807 -1}}"), "9223372036854775807");
+        assert_eq!(ok("{{mod 7 -1}}"), "0");
+        assert_eq!(ok("{{len (seq 1 5)}}"), "5");
+        let err = render("{{seq 0 9223372036854775807}}").expect_err("huge seq");
+        assert!(err.to_string().contains("longer than"), "{err}");
     }
 
     #[test]

@@ -42,18 +42,7 @@ impl Wait {
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| s.split_at(i))?;
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(secs))
+    ferry_client::duration::parse(s).ok()
 }
 
 /// Where a resource's render status is reported.
@@ -131,7 +120,14 @@ pub async fn watch_mode(mut job: Job, resource: TemplateResource, wait: Wait) {
             )
             .replace("//", "/")
         });
-        let Some(first) = keys.next() else { return };
+        let Some(first) = keys.next() else {
+            tracing::warn!(
+                resource = %resource.src,
+                "keys is empty: in watch mode it is rendered once and never again"
+            );
+            std::future::pending::<()>().await;
+            return;
+        };
         let options = |key: &str| {
             (
                 key.to_string(),
@@ -141,40 +137,62 @@ pub async fn watch_mode(mut job: Job, resource: TemplateResource, wait: Wait) {
             )
         };
         let (key, opts) = options(&first);
-        let mut stream = match job.client.watch(key, Some(opts)).await {
-            Ok(s) => s,
-            Err(_) => continue,
+        let watched = match job.client.watch(key, Some(opts)).await {
+            Ok(mut stream) => {
+                let mut ok = true;
+                for key in keys {
+                    let (key, opts) = options(&key);
+                    if stream.watch(key, Some(opts)).await.is_err() {
+                        ok = false;
+                    }
+                }
+                if ok {
+                    wait_for_burst(&mut stream, wait).await
+                } else {
+                    WatchEnd::Lost
+                }
+            }
+            Err(_) => WatchEnd::Lost,
         };
-        let mut ok = true;
-        for key in keys {
-            let (key, opts) = options(&key);
-            if stream.watch(key, Some(opts)).await.is_err() {
-                ok = false;
-            }
+        // A watch that keeps failing (the store down, a watch the server cancels at once)
+        // must not turn into a busy loop of renders.
+        if watched == WatchEnd::Lost {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        if !ok {
-            continue;
-        }
-        // Wait for the first change, then for the burst to end.
-        let mut first_change = None;
-        loop {
-            let timeout = match first_change {
-                None => Duration::from_secs(3600),
-                Some(started) => {
-                    let since: Duration = tokio::time::Instant::now() - started;
-                    wait.min.min(wait.max.saturating_sub(since))
-                }
-            };
-            match tokio::time::timeout(timeout, stream.message()).await {
-                Ok(Ok(Some(resp))) if resp.canceled() => break,
-                Ok(Ok(Some(resp))) if !resp.events().is_empty() => {
-                    first_change.get_or_insert_with(tokio::time::Instant::now);
-                }
-                Ok(Ok(Some(_))) => {}
-                Ok(_) => break,
-                Err(_) if first_change.is_some() => break,
-                Err(_) => {}
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum WatchEnd {
+    /// A burst of changes has ended: render now.
+    Changed,
+    /// The watch failed, was cancelled or ended: render (the state is unknown) and watch again.
+    Lost,
+}
+
+/// Waits for the first change, then for the burst to end (quiet period `wait.min`, at most
+/// `wait.max` after the first change).
+async fn wait_for_burst(stream: &mut etcd_client::WatchStream, wait: Wait) -> WatchEnd {
+    let mut first_change = None;
+    loop {
+        let timeout = match first_change {
+            None => Duration::from_secs(3600),
+            Some(started) => {
+                let since: Duration = tokio::time::Instant::now() - started;
+                wait.min.min(wait.max.saturating_sub(since))
             }
+        };
+        match tokio::time::timeout(timeout, stream.message()).await {
+            Ok(Ok(Some(resp))) if resp.canceled() => return WatchEnd::Lost,
+            Ok(Ok(Some(resp))) if !resp.events().is_empty() => {
+                first_change.get_or_insert_with(tokio::time::Instant::now);
+            }
+            Ok(Ok(Some(_))) => {}
+            Ok(_) if first_change.is_some() => return WatchEnd::Changed,
+            Ok(_) => return WatchEnd::Lost,
+            Err(_) if first_change.is_some() => return WatchEnd::Changed,
+            Err(_) => {}
         }
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! ferry store &
-//! cargo run -p ferry-runtime --example network_controller -- 127.0.0.1:2379
+//! cargo run -p ferry-runtime --example network_controller -- --endpoints 127.0.0.1:2379
 //! etcdctl put /registry/networks/default/blue '{"cidr":"10.0.1.0/24","gateway":"10.0.1.1"}'
 //! etcdctl put /registry/networks/default/blue '{"cidr":"10.0.2.0/24","gateway":"10.0.2.1"}'
 //! etcdctl del /registry/networks/default/blue
@@ -94,16 +94,21 @@ pub fn controller(client: etcd_client::Client, metrics: Arc<Metrics>) -> Control
     Controller::new("network", informer, metrics).workers(2)
 }
 
+/// Keeps a simulated network backend in step with `/registry/networks/<namespace>/<name>`.
+#[derive(Debug, clap::Parser)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: ferry_client::ConnectionArgs,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = <Cli as clap::Parser>::parse();
     tracing_subscriber::fmt().with_env_filter("info").init();
-    let endpoint = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("FERRY_ENDPOINTS").ok())
-        .unwrap_or_else(|| "127.0.0.1:2379".into());
-    let client = etcd_client::Client::connect([endpoint.as_str()], None).await?;
+    let client = cli.connection.connect().await?;
     let neutron = Neutron::default();
-    tracing::info!(%endpoint, prefix = PREFIX, "network controller running; Ctrl-C stops it");
+    let endpoints = cli.connection.endpoints.join(",");
+    tracing::info!(%endpoints, prefix = PREFIX, "network controller running; Ctrl-C stops it");
     controller(client, Metrics::new())
         .run(
             move |key, cache| reconcile(key, cache, neutron.clone()),

@@ -5,7 +5,6 @@
 
 #![warn(missing_docs)]
 
-pub mod duration;
 pub mod error;
 pub mod lease;
 pub mod mvcc;

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use ferry_agent::{start, AgentConfig};
 
-use super::connection::ConnectionArgs;
+use ferry_client::ConnectionArgs;
 
 /// Arguments of `ferry agent`.
 #[derive(Debug, Args)]
@@ -45,8 +45,8 @@ pub struct AgentArgs {
     #[arg(long)]
     reload_cmd: Option<String>,
     /// Full resynchronisation period.
-    #[arg(long, default_value = "3m")]
-    resync: String,
+    #[arg(long, default_value = "3m", value_parser = ferry_client::args::positive_duration)]
+    resync: std::time::Duration,
     #[command(flatten)]
     connection: ConnectionArgs,
 }
@@ -54,17 +54,29 @@ pub struct AgentArgs {
 impl AgentArgs {
     /// Runs until SIGINT/SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
-        let resync =
-            ferry_store::duration::parse(&self.resync).map_err(|e| anyhow!("--resync: {e}"))?;
-        if resync.is_zero() {
-            return Err(anyhow!("--resync must be longer than zero"));
-        }
         check_listen("--listen", &self.listen)?;
         check_listen("--tls-listen", &self.tls_listen)?;
+        let config = AgentConfig {
+            env: self.env,
+            name: self.name,
+            ip: self.ip,
+            root: self.root,
+            services_prefix: self.services_prefix,
+            nginx_prefix: self.nginx_prefix,
+            listen: self.listen,
+            tls_listen: self.tls_listen,
+            template: self.template,
+            check_cmd: self.check_cmd,
+            reload_cmd: self.reload_cmd,
+            resync: self.resync,
+        };
+        // Everything that no retry can fix is refused now, before waiting for the store.
+        config.validate()?;
+        let connect_config = self.connection.config()?;
         // Serve the last good configuration first: it is on disk, and nginx may need starting
         // (after a reboot) even while the store is unreachable.
-        let conf = self.nginx_prefix.join("conf/nginx.conf");
-        if let (true, Some(reload)) = (conf.exists(), &self.reload_cmd) {
+        let conf = config.nginx_prefix.join("conf/nginx.conf");
+        if let (true, Some(reload)) = (conf.exists(), &config.reload_cmd) {
             match tokio::process::Command::new("/bin/sh")
                 .arg("-c")
                 .arg(reload)
@@ -83,9 +95,9 @@ impl AgentArgs {
         // Wait for the store rather than give up: nginx keeps serving meanwhile.
         let mut delay = std::time::Duration::from_millis(200);
         let client = loop {
-            match self.connection.connect().await {
+            match ferry_client::connect(&connect_config).await {
                 Ok(c) => break c,
-                Err(e) => {
+                Err(e @ ferry_client::ConnectError::Unreachable { .. }) => {
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "store unreachable; keeping the last good configuration");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -93,28 +105,11 @@ impl AgentArgs {
                     }
                     delay = (delay * 2).min(std::time::Duration::from_secs(5));
                 }
+                Err(e) => return Err(e).context("connecting to the store"),
             }
         };
         tracing::info!("connected to the store");
-        let agent = start(
-            client,
-            AgentConfig {
-                env: self.env,
-                name: self.name,
-                ip: self.ip,
-                root: self.root,
-                services_prefix: self.services_prefix,
-                nginx_prefix: self.nginx_prefix,
-                listen: self.listen,
-                tls_listen: self.tls_listen,
-                template: self.template,
-                check_cmd: self.check_cmd,
-                reload_cmd: self.reload_cmd,
-                resync,
-            },
-        )
-        .await
-        .context("starting the agent")?;
+        let agent = start(client, config).await.context("starting the agent")?;
         super::shutdown_signal().await;
         agent.stop().await;
         Ok(())

@@ -6,7 +6,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
 use ferry_bench::{run, BenchConfig, Limit, Workload};
 
-use super::connection::ConnectionArgs;
+use ferry_client::ConnectionArgs;
 
 /// Arguments of `ferry bench`.
 #[derive(Debug, Args)]
@@ -121,7 +121,7 @@ enum WorkloadArg {
 }
 
 fn duration(flag: &str, text: &str) -> anyhow::Result<std::time::Duration> {
-    ferry_store::duration::parse(text).map_err(|e| anyhow!("--{flag} {text:?}: {e}"))
+    ferry_client::duration::parse(text).map_err(|e| anyhow!("--{flag} {text:?}: {e}"))
 }
 
 impl BenchArgs {

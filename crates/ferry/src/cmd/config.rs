@@ -9,6 +9,35 @@ use ferry_controller::api::Rollout;
 
 use ferry_controller::http_client;
 
+/// How long one API call may take: a controller answers in milliseconds, so anything longer
+/// is a wrong address (a port that accepts and never answers).
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--api` is `http://host:port` (or `host:port`); anything else is refused before dialling.
+fn check_api(api: &str) -> anyhow::Result<()> {
+    let rest = api.strip_prefix("http://").unwrap_or(api);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if api.starts_with("https://") {
+        return Err(anyhow!(
+            "--api {api:?}: https is not supported yet; use http://HOST:PORT"
+        ));
+    }
+    ferry_client::HostPort::parse(rest)
+        .map_err(|e| anyhow!("--api {api:?}: expected http://HOST:PORT: {e}"))?;
+    Ok(())
+}
+
+/// Ids are the controller's UUIDs; anything else would change the request path.
+fn check_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(anyhow!(
+            "configuration id {id:?}: ids use letters, digits and - (a UUID)"
+        ));
+    }
+    Ok(())
+}
+
 /// One API call; the status and the body.
 async fn request_with(
     api: &str,
@@ -18,9 +47,16 @@ async fn request_with(
     headers: &[(&str, String)],
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let reply = http_client::request(api, method, path, Some(token), headers, body)
+    let call = http_client::request(api, method, path, Some(token), headers, body);
+    let reply = tokio::time::timeout(API_TIMEOUT, call)
         .await
+        .map_err(|_| anyhow!("the controller API at {api} did not answer within {API_TIMEOUT:?}"))?
         .map_err(|e| anyhow!("cannot reach the controller API at {api}: {e}"))?;
+    if reply.status == 0 {
+        return Err(anyhow!(
+            "{api} gave no HTTP answer: is it the ferry controller's API (--api, FERRY_API)?"
+        ));
+    }
     Ok((reply.status, reply.body))
 }
 
@@ -131,10 +167,13 @@ enum ConfigAction {
 }
 
 fn check(status: u16, body: &str) -> anyhow::Result<serde_json::Value> {
-    let value: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    let parsed = serde_json::from_str::<serde_json::Value>(body);
     if (200..300).contains(&status) {
-        return Ok(value);
+        return parsed.map_err(|e| {
+            anyhow!("{status}: the answer is not JSON ({e}): is --api the ferry controller's API?")
+        });
     }
+    let value = parsed.unwrap_or(serde_json::Value::Null);
     let message = value["error"].as_str().unwrap_or(body).to_string();
     match value["field"].as_str() {
         Some(field) => Err(anyhow!("{status}: {field}: {message}")),
@@ -199,6 +238,20 @@ impl ConfigArgs {
             .clone()
             .ok_or_else(|| anyhow!("--token (or FERRY_TOKEN) is required"))?;
         let api = self.api.as_str();
+        check_api(api)?;
+        let (env, id) = match &self.action {
+            ConfigAction::Apply { env, id, .. } => (env, id.as_deref()),
+            ConfigAction::List { env } => (env, None),
+            ConfigAction::Get { env, id }
+            | ConfigAction::Delete { env, id }
+            | ConfigAction::History { env, id }
+            | ConfigAction::Rollback { env, id, .. }
+            | ConfigAction::Status { env, id, .. } => (env, Some(id.as_str())),
+        };
+        ferry_controller::keys::validate_env(env).map_err(|e| anyhow!("--env: {e}"))?;
+        if let Some(id) = id {
+            check_id(id)?;
+        }
         let base = |env: &str| format!("/api/v1/environments/{env}/configs");
         let version_of = async |env: &str, id: &str| -> anyhow::Result<i64> {
             let path = format!("{}/{id}", base(env));

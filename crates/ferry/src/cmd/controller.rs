@@ -8,7 +8,7 @@ use clap::Args;
 use ferry_controller::auth::Tokens;
 use ferry_controller::server::{start, ControllerConfig};
 
-use super::connection::ConnectionArgs;
+use ferry_client::ConnectionArgs;
 
 /// Arguments of `ferry controller`.
 #[derive(Debug, Args)]
@@ -33,8 +33,8 @@ pub struct ControllerArgs {
     #[arg(long)]
     tokens: PathBuf,
     /// How often the leader makes etcd match SQL.
-    #[arg(long, default_value = "30s")]
-    reconcile_interval: String,
+    #[arg(long, default_value = "30s", value_parser = ferry_client::args::positive_duration)]
+    reconcile_interval: std::time::Duration,
     #[command(flatten)]
     connection: ConnectionArgs,
 }
@@ -43,25 +43,19 @@ impl ControllerArgs {
     /// Runs until SIGINT/SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
         let tokens = Tokens::load(&self.tokens).map_err(|e| anyhow!("--tokens {e}"))?;
-        let reconcile_interval = ferry_store::duration::parse(&self.reconcile_interval)
-            .map_err(|e| anyhow!("--reconcile-interval: {e}"))?;
-        if reconcile_interval.is_zero() {
-            return Err(anyhow!("--reconcile-interval must be longer than zero"));
-        }
+        let config = ControllerConfig {
+            name: self.name,
+            database: self.database,
+            listen: self.listen,
+            root: self.root,
+            tokens,
+            reconcile_interval: self.reconcile_interval,
+        };
+        config.validate()?;
         let client = self.connection.connect().await?;
-        let running = start(
-            client,
-            ControllerConfig {
-                name: self.name,
-                database: self.database,
-                listen: self.listen,
-                root: self.root,
-                tokens,
-                reconcile_interval,
-            },
-        )
-        .await
-        .context("starting the controller")?;
+        let running = start(client, config)
+            .await
+            .context("starting the controller")?;
         println!("controller API on http://{}", running.local_addr);
         super::shutdown_signal().await;
         running.stop().await;

@@ -3,7 +3,6 @@
 mod agent;
 mod bench;
 mod config;
-mod connection;
 mod controller;
 mod registry;
 mod render;

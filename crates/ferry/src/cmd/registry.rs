@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use ferry_registry::{AnnounceConfig, Change, Discovery, Instance};
 
-use super::connection::ConnectionArgs;
+use ferry_client::ConnectionArgs;
 
 /// Arguments of `ferry registry`.
 #[derive(Debug, Args)]
@@ -50,8 +50,8 @@ struct AnnounceArgs {
     #[arg(long, default_value_t = 5)]
     ttl: i64,
     /// Keep-alive interval.
-    #[arg(long, default_value = "2s")]
-    keepalive: String,
+    #[arg(long, default_value = "2s", value_parser = ferry_client::args::positive_duration)]
+    keepalive: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -99,8 +99,7 @@ async fn announce(
     connection: &ConnectionArgs,
     prefix: &str,
 ) -> anyhow::Result<()> {
-    let keep_alive_interval =
-        ferry_store::duration::parse(&args.keepalive).map_err(|e| anyhow!("--keepalive: {e}"))?;
+    let keep_alive_interval = args.keepalive;
     let mut instance = Instance::new(&args.service, &args.id, &args.addr);
     instance.version = args.version;
     instance.labels = labels(&args.meta)?;
@@ -143,6 +142,13 @@ fn print_table(instances: &[Instance]) {
 }
 
 async fn list(args: ListArgs, connection: &ConnectionArgs, prefix: &str) -> anyhow::Result<()> {
+    if let Some(service) = &args.service {
+        if service.is_empty() || service.contains('/') {
+            return Err(anyhow!(
+                "--service {service:?}: a service name is non-empty and contains no '/'"
+            ));
+        }
+    }
     let client = connection.connect().await?;
     let mut discovery = Discovery::start(client, prefix, args.service.as_deref())
         .await

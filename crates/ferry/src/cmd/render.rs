@@ -11,10 +11,10 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use ferry_render::status::StatusBoard;
 use ferry_render::watch::{interval_mode, watch_mode, Job, Report, Wait};
-use ferry_render::{load_confdir, Outcome, RenderOptions};
+use ferry_render::{load_confdir, Outcome, RenderOptions, TemplateResource};
 use serde::Deserialize;
 
-use super::connection::ConnectionArgs;
+use ferry_client::ConnectionArgs;
 
 /// Arguments of `ferry render`.
 #[derive(Debug, Args)]
@@ -182,11 +182,28 @@ impl RenderArgs {
         self.connection.key = self.connection.key.take().or(self.client_key.take());
         self.connection.cacert = self.connection.cacert.take().or(self.client_ca_keys.take());
         self.connection.user = self.connection.user.take().or(self.username.take());
+        self.connection.config()?;
         let confdir = self
             .confdir
             .clone()
             .unwrap_or_else(|| PathBuf::from("/etc/confd"));
         let resources = load_confdir(&confdir).context("loading template resources")?;
+        let continuous = !(self.onetime || self.noop);
+        let mut waits = Vec::with_capacity(resources.len());
+        for resource in &resources {
+            let wait = match &resource.wait {
+                Some(w) => {
+                    Wait::parse(w).map_err(|e| anyhow!("{}: wait: {e}", resource.file.display()))?
+                }
+                None => default_wait,
+            };
+            waits.push(wait);
+            // In -onetime mode a broken resource fails alone, as with confd; a long-running
+            // mode would retry it forever, so it is refused before starting.
+            if continuous {
+                check_runnable(&confdir, resource)?;
+            }
+        }
         let client = self.connection.connect().await?;
         let board = Arc::new(StatusBoard::default());
         if let Some(addr) = self.metrics_addr {
@@ -248,13 +265,7 @@ impl RenderArgs {
             return Ok(());
         }
         let mut tasks = tokio::task::JoinSet::new();
-        for resource in resources {
-            let wait = match &resource.wait {
-                Some(w) => {
-                    Wait::parse(w).map_err(|e| anyhow!("{}: {e}", resource.file.display()))?
-                }
-                None => default_wait,
-            };
+        for (resource, wait) in resources.into_iter().zip(waits) {
             match self.interval {
                 Some(secs) => tasks.spawn(interval_mode(
                     job.clone(),
@@ -268,6 +279,25 @@ impl RenderArgs {
         tasks.abort_all();
         Ok(())
     }
+}
+
+/// What a resource needs to render at all: its template, and a directory for `dest`.
+fn check_runnable(confdir: &std::path::Path, resource: &TemplateResource) -> anyhow::Result<()> {
+    let file = resource.file.display();
+    let src = confdir.join("templates").join(&resource.src);
+    std::fs::metadata(&src).map_err(|e| anyhow!("{file}: template {}: {e}", src.display()))?;
+    let dir = match resource.dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(anyhow!(
+            "{file}: dest {}: the directory {} does not exist",
+            resource.dest.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Serves `/metrics` in the background.

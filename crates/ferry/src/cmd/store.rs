@@ -128,7 +128,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let auto_compaction =
         AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
             .map_err(|e| anyhow!(e))?;
-    let progress = ferry_store::duration::parse(&args.experimental_watch_progress_notify_interval)
+    let progress = ferry_client::duration::parse(&args.experimental_watch_progress_notify_interval)
         .map_err(|e| anyhow!("--experimental-watch-progress-notify-interval: {e}"))?;
     if progress.is_zero() {
         return Err(anyhow!(

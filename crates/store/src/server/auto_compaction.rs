@@ -22,8 +22,14 @@ impl AutoCompaction {
             "periodic" => {
                 // A bare number is hours (etcd's historical unit).
                 let d = match retention.parse::<u64>() {
-                    Ok(hours) => Duration::from_secs(hours * 3600),
-                    Err(_) => crate::duration::parse(retention)
+                    Ok(hours) => hours
+                        .checked_mul(3600)
+                        .map(Duration::from_secs)
+                        .filter(|d| *d <= ferry_client::duration::MAX)
+                        .ok_or_else(|| {
+                            format!("--auto-compaction-retention {retention:?} hours is too long")
+                        })?,
+                    Err(_) => ferry_client::duration::parse(retention)
                         .map_err(|e| format!("--auto-compaction-retention {retention:?}: {e}"))?,
                 };
                 Ok((!d.is_zero()).then_some(Self::Periodic(d)))

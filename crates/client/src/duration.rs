@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The longest duration Go's `time.Duration` holds (`math.MaxInt64` nanoseconds).
+pub const MAX: Duration = Duration::from_nanos(i64::MAX as u64);
+
 /// Parses a Go-style duration; the error says what was expected.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration like 500ms, 90s, 30m or 1h30m");
@@ -31,7 +34,13 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if !number.is_empty() || text.is_empty() {
         return Err(bad());
     }
-    Ok(Duration::from_secs_f64(total))
+    // Go's durations end at about 292 years; beyond that (or not finite) is a typo.
+    if !total.is_finite() || total > MAX.as_secs_f64() {
+        return Err(format!(
+            "{text:?} is longer than Go's longest duration (about 292 years)"
+        ));
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -46,5 +55,9 @@ mod tests {
         assert!(parse("10").is_err());
         assert!(parse("5x").is_err());
         assert!(parse("").is_err());
+        assert!(parse("99999999999999999999s")
+            .unwrap_err()
+            .contains("292 years"));
+        assert!(parse("1..5s").is_err());
     }
 }

@@ -1,13 +1,15 @@
-//! The connection flags every subcommand that talks to a store shares.
+//! The connection flags every command that talks to a store shares (`clap` feature): the
+//! `ferry` binary's subcommands and the examples take exactly these.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
 use clap::Args;
-use ferry_client::{ConnectConfig, TlsFiles};
 
-/// How to reach the store (the embedded one or a real etcd cluster).
+use crate::{ConnectConfig, ConnectError, TlsFiles};
+
+/// How to reach the store (the embedded one or a real etcd cluster), as flags and
+/// `FERRY_*` environment variables.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
     /// Comma-separated etcd endpoints (host:port, http://host:port or https://host:port).
@@ -38,33 +40,36 @@ pub struct ConnectionArgs {
     #[arg(long, env = "FERRY_PASSWORD", global = true, hide_env_values = true)]
     pub password: Option<String>,
     /// Time allowed to establish a connection.
-    #[arg(long, default_value = "2s", env = "FERRY_DIAL_TIMEOUT", global = true)]
-    pub dial_timeout: String,
+    #[arg(long, default_value = "2s", env = "FERRY_DIAL_TIMEOUT", global = true, value_parser = positive_duration)]
+    pub dial_timeout: Duration,
     /// Time allowed for one request.
     #[arg(
         long,
         default_value = "5s",
         env = "FERRY_COMMAND_TIMEOUT",
-        global = true
+        global = true,
+        value_parser = positive_duration
     )]
-    pub command_timeout: String,
+    pub command_timeout: Duration,
 }
 
-fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
-    let d = ferry_store::duration::parse(text).map_err(|e| anyhow!("--{flag}: {e}"))?;
+/// A Go-style duration longer than zero, for clap.
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d = crate::duration::parse(text)?;
     if d.is_zero() {
-        return Err(anyhow!("--{flag} must be longer than zero"));
+        return Err("must be longer than zero".into());
     }
     Ok(d)
 }
 
 impl ConnectionArgs {
-    /// The library configuration these flags describe.
-    pub fn config(&self) -> anyhow::Result<ConnectConfig> {
+    /// The library configuration these flags describe; malformed endpoints and credentials
+    /// are refused here, before any connection is tried.
+    pub fn config(&self) -> Result<ConnectConfig, ConnectError> {
         let mut config =
             ConnectConfig::new(self.endpoints.iter().filter(|e| !e.is_empty()).cloned());
-        config.dial_timeout = duration("dial-timeout", &self.dial_timeout)?;
-        config.request_timeout = duration("command-timeout", &self.command_timeout)?;
+        config.dial_timeout = self.dial_timeout;
+        config.request_timeout = self.command_timeout;
         if self.cacert.is_some()
             || self.cert.is_some()
             || self.key.is_some()
@@ -79,25 +84,20 @@ impl ConnectionArgs {
         }
         config.credentials = match (&self.user, &self.password) {
             (None, None) => None,
-            (None, Some(_)) => return Err(anyhow!("--password needs --user")),
+            (None, Some(_)) => return Err(ConnectError::PasswordWithoutUser),
             (Some(user), Some(password)) => Some((user.clone(), password.clone())),
             (Some(user), None) => match user.split_once(':') {
                 Some((name, password)) => Some((name.to_string(), password.to_string())),
-                None => {
-                    return Err(anyhow!(
-                        "--user {user:?} has no password: use --user NAME:PASSWORD or --password"
-                    ))
-                }
+                None => return Err(ConnectError::UserWithoutPassword(user.clone())),
             },
         };
+        config.validate()?;
         Ok(config)
     }
 
-    /// Connects, reporting unreachable endpoints, TLS and credential problems clearly.
-    pub async fn connect(&self) -> anyhow::Result<etcd_client::Client> {
-        let config = self.config()?;
-        ferry_client::connect(&config)
-            .await
-            .with_context(|| "connecting to the store".to_string())
+    /// Connects, reporting malformed flags, unreachable endpoints, TLS and credential
+    /// problems each with its own error.
+    pub async fn connect(&self) -> Result<etcd_client::Client, ConnectError> {
+        crate::connect(&self.config()?).await
     }
 }
