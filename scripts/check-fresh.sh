@@ -37,9 +37,27 @@ if [ ${#installed[@]} -gt 0 ]; then
 fi
 DEBIAN_FRONTEND=noninteractive $sudo apt-get autoremove --purge -y -qq >/dev/null
 
-if "$repo/scripts/install-deps.sh" --check 2>/dev/null; then
-  echo "check-fresh: the purge left every capability in place; something outside apt provides them" >&2
+# A dependency that was once installed by hand (postgresql-15 beside the postgresql
+# metapackage, say) is not auto-removed: purge whatever still owns a file the checks use.
+shopt -s nullglob
+provided=(/usr/bin/protoc /usr/include/google/protobuf/descriptor.proto /usr/bin/etcd
+  /usr/bin/etcdctl /usr/sbin/nginx /usr/sbin/mariadbd /usr/bin/mariadb
+  /usr/bin/mariadb-install-db /usr/lib/postgresql/*/bin/postgres /usr/lib/postgresql/*/bin/initdb)
+shopt -u nullglob
+owners=()
+for file in "${provided[@]}"; do
+  [ -e "$file" ] || continue
+  owner=$(dpkg-query -S "$file" 2>/dev/null | head -n1 | cut -d: -f1) || true
+  [ -n "$owner" ] && owners+=("$owner")
+done
+if [ ${#owners[@]} -gt 0 ]; then
+  echo "check-fresh: purging what still provides them: ${owners[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get purge -y -qq "${owners[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get autoremove --purge -y -qq >/dev/null
 fi
+
+echo "check-fresh: what a fresh machine lacks now:" >&2
+"$repo/scripts/install-deps.sh" --check || true
 
 work=$(mktemp -d /tmp/ferry-fresh.XXXXXX)
 cleanup() {

@@ -62,14 +62,16 @@ check_cc() {
   cc -o "$work/probe" "$work/probe.c" >/dev/null 2>&1 && [ "$("$work/probe")" = ok ]
 }
 
+# `grep >/dev/null`, not `grep -q`: -q exits at the first match, the producer then dies of
+# SIGPIPE, and pipefail turns a passing check into a failing one.
 check_etcd() {
   command -v etcd >/dev/null 2>&1 || return 1
-  etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.'
+  etcd --version 2>/dev/null | grep '^etcd Version: 3\.' >/dev/null
 }
 
 check_etcdctl() {
   command -v etcdctl >/dev/null 2>&1 || return 1
-  ETCDCTL_API=3 etcdctl version 2>/dev/null | grep -q '^etcdctl version: 3\.'
+  ETCDCTL_API=3 etcdctl version 2>/dev/null | grep '^etcdctl version: 3\.' >/dev/null
 }
 
 check_nginx() {
