@@ -13,4 +13,4 @@ args=(up --log-level warn)
 if [ "${DEMO_EXIT:-0}" = 1 ] || [ ! -t 0 ]; then
   args+=(--exit-when-complete --api-port 0)
 fi
-exec target/release/ferry "${args[@]}"
+exec "${CARGO_TARGET_DIR:-target}/release/ferry" "${args[@]}"

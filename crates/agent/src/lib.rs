@@ -8,17 +8,21 @@
 
 #![warn(missing_docs)]
 
-use std::collections::{BTreeMap, HashMap};
+pub mod admission;
+mod apply;
+mod metrics;
+
+pub use metrics::AgentMetrics;
+
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::Client;
-use ferry_controller::api::AgentStatus;
 use ferry_controller::keys::Keys;
-use ferry_controller::{IngressDocument, PublishedConfig};
+use ferry_controller::PublishedConfig;
 use ferry_registry::{announce, AnnounceConfig, Announcement, Instance};
-use ferry_render::{render_resource, KvSnapshot, Outcome, RenderOptions, TemplateResource};
 use ferry_runtime::{Informer, InformerConfig};
 use tokio::task::JoinHandle;
 
@@ -63,9 +67,15 @@ pub struct AgentConfig {
 pub struct RunningAgent {
     announcement: Announcement,
     task: JoinHandle<()>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl RunningAgent {
+    /// The agent's metrics in Prometheus' text format.
+    pub fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+
     /// Deregisters and stops.
     pub async fn stop(self) {
         self.task.abort();
@@ -144,7 +154,19 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
     std::fs::write(templates.join("nginx.tmpl"), text)
         .map_err(|e| AgentError::Setup(e.to_string()))?;
     let keys = Keys::parse(&config.root)?;
-    let me = Instance::new(&config.env, &config.name, &config.ip);
+    // The agent's registry entry is a service instance like any other: `host:port`, where
+    // the port is the one it serves HTTP on.
+    let port = config
+        .listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(80);
+    let addr = ferry_client::HostPort {
+        host: config.ip.clone(),
+        port,
+    };
+    let me = Instance::new(&config.env, &config.name, addr.to_string());
     let announcement = announce(
         client.clone(),
         AnnounceConfig {
@@ -161,166 +183,23 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
         client.clone(),
         InformerConfig::new(format!("{}/", config.services_prefix.trim_end_matches('/'))),
     );
-    let task = tokio::spawn(apply_loop(
-        client, config, keys, configs, services, templates,
-    ));
-    Ok(RunningAgent { announcement, task })
-}
-
-async fn apply_loop(
-    mut client: Client,
-    config: AgentConfig,
-    keys: Keys,
-    configs: Informer<PublishedConfig>,
-    services: Informer<Instance>,
-    templates: PathBuf,
-) {
-    configs.wait_for_sync().await;
-    services.wait_for_sync().await;
-    let mut config_events = configs.subscribe();
-    let mut service_events = services.subscribe();
-    let mut reported: HashMap<String, (i64, bool, String)> = HashMap::new();
-    loop {
-        // Whatever changed, render everything once the burst is over.
-        tokio::select! {
-            Some(_) = config_events.recv() => {}
-            Some(_) = service_events.recv() => {}
-            else => return,
+    let metrics = Arc::new(AgentMetrics::default());
+    let task = tokio::spawn(
+        apply::Applier {
+            client,
+            config,
+            keys,
+            configs,
+            services,
+            templates,
+            metrics: metrics.clone(),
+            reported: HashMap::new(),
         }
-        tokio::time::sleep(SETTLE).await;
-        while config_events.try_recv().is_ok() || service_events.try_recv().is_ok() {}
-        apply(
-            &mut client,
-            &config,
-            &keys,
-            &configs,
-            &services,
-            &templates,
-            &mut reported,
-        )
-        .await;
-    }
-}
-
-async fn apply(
-    client: &mut Client,
-    config: &AgentConfig,
-    keys: &Keys,
-    configs: &Informer<PublishedConfig>,
-    services: &Informer<Instance>,
-    templates: &std::path::Path,
-    reported: &mut HashMap<String, (i64, bool, String)>,
-) {
-    let current: Vec<Arc<PublishedConfig>> = configs
-        .cache()
-        .list()
-        .into_iter()
-        .map(|o| o.value)
-        .collect();
-    let mut pairs = BTreeMap::new();
-    pairs.insert("/agent/name".to_string(), config.name.clone());
-    pairs.insert("/agent/env".to_string(), config.env.clone());
-    pairs.insert(
-        "/agent/prefix".to_string(),
-        config.nginx_prefix.display().to_string(),
+        .run(),
     );
-    pairs.insert("/agent/listen".to_string(), config.listen.clone());
-    pairs.insert("/agent/tls_listen".to_string(), config.tls_listen.clone());
-    // Redirects name the HTTPS port unless it is the default one.
-    let tls_port = config.tls_listen.rsplit(':').next().unwrap_or("443");
-    pairs.insert(
-        "/agent/tls_port_suffix".to_string(),
-        match tls_port {
-            "443" => String::new(),
-            port => format!(":{port}"),
-        },
-    );
-    for c in &current {
-        pairs.insert(
-            format!("/configs/{}", c.id),
-            serde_json::to_string(c.as_ref()).unwrap_or_default(),
-        );
-    }
-    let base = config.services_prefix.trim_end_matches('/');
-    for obj in services.cache().list() {
-        let suffix = obj.key.strip_prefix(base).unwrap_or(&obj.key);
-        pairs.insert(
-            format!("/services{suffix}"),
-            serde_json::to_string(obj.value.as_ref()).unwrap_or_default(),
-        );
-    }
-    let snapshot = KvSnapshot {
-        pairs,
-        revision: configs.cache().revision(),
-    };
-    let resource = TemplateResource {
-        src: "nginx.tmpl".into(),
-        dest: config.nginx_prefix.join("conf/nginx.conf"),
-        keys: vec![],
-        prefix: String::new(),
-        mode: Some("0644".into()),
-        uid: None,
-        gid: None,
-        owner: None,
-        group: None,
-        check_cmd: config.check_cmd.clone(),
-        reload_cmd: config.reload_cmd.clone(),
-        wait: None,
-        file: PathBuf::from("ferry-agent"),
-    };
-    let outcome = render_resource(
-        &resource,
-        templates,
-        Arc::new(snapshot),
-        RenderOptions::default(),
-    )
-    .await;
-    let failure = match &outcome {
-        Ok(Outcome::Updated) => {
-            tracing::info!(agent = %config.name, configs = current.len(), "configuration applied");
-            None
-        }
-        Ok(_) => None,
-        Err(e) => {
-            tracing::error!(agent = %config.name, error = %e, "configuration refused; the last good one keeps serving");
-            Some(e.to_string())
-        }
-    };
-    let builtin = config.template.is_none();
-    for c in &current {
-        let (ok, message) = match (&failure, &c.document) {
-            (Some(reason), _) => (false, reason.clone()),
-            (None, IngressDocument::Opaque { .. }) if builtin => (
-                false,
-                "an opaque configuration needs a custom --template".to_string(),
-            ),
-            (None, _) => (true, String::new()),
-        };
-        let entry = (c.version, ok, message.clone());
-        if reported.get(&c.id) == Some(&entry) {
-            continue;
-        }
-        let status = AgentStatus {
-            agent: config.name.clone(),
-            version: c.version,
-            ok,
-            message,
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        };
-        let key = keys.status(&config.env, &c.id, &config.name);
-        match client
-            .put(key, serde_json::to_vec(&status).unwrap_or_default(), None)
-            .await
-        {
-            Ok(_) => {
-                reported.insert(c.id.clone(), entry);
-            }
-            Err(e) => {
-                tracing::warn!(agent = %config.name, error = %e, "reporting status failed; will retry")
-            }
-        }
-    }
-    // Forget configurations that were deleted (the controller removes their status keys).
-    let live: std::collections::HashSet<&str> = current.iter().map(|c| c.id.as_str()).collect();
-    reported.retain(|id, _| live.contains(id.as_str()));
+    Ok(RunningAgent {
+        announcement,
+        task,
+        metrics,
+    })
 }

@@ -17,7 +17,8 @@ use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::{Role, Tokens};
+use crate::audit::{Audit, AuditEvent};
+use crate::auth::{Identity, Role, Tokens};
 use crate::document::IngressDocument;
 use crate::keys::Keys;
 use crate::publish::Publisher;
@@ -50,8 +51,10 @@ pub struct ApiState {
     pub client: Client,
     /// The key layout.
     pub keys: Keys,
-    /// Accepted bearer tokens.
-    pub tokens: Tokens,
+    /// Accepted bearer tokens (replaced whole when the token file is reloaded).
+    pub tokens: Arc<parking_lot::RwLock<Tokens>>,
+    /// Where changes and refusals are recorded.
+    pub audit: Audit,
     /// `http_requests_total{method,code}`.
     pub requests: Family<Vec<(String, String)>, Counter>,
     /// The metrics registry.
@@ -86,18 +89,89 @@ impl From<RecordError> for ApiError {
     }
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap, need: Role) -> Result<(), ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-    match (state.tokens.role(token), need) {
-        (None, _) => Err(error(StatusCode::UNAUTHORIZED, "unknown token")),
-        (Some(Role::Read), Role::Admin) => {
-            Err(error(StatusCode::FORBIDDEN, "this token may only read"))
+/// Who is calling: the bearer token and the peer address, as the request carries them.
+pub struct Caller {
+    token: Option<String>,
+    peer: Option<std::net::SocketAddr>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        Ok(Self { token, peer })
+    }
+}
+
+impl ApiState {
+    /// The caller's identity, if its token may do `need` in `env` (every environment it
+    /// covers when `env` is `None`); a refusal is audited.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        need: Role,
+        env: Option<&str>,
+    ) -> Result<Identity, ApiError> {
+        let identity = caller
+            .token
+            .as_deref()
+            .and_then(|t| self.tokens.read().authenticate(t).cloned());
+        let refusal = match (&identity, &caller.token) {
+            (None, None) => Some((StatusCode::UNAUTHORIZED, "missing bearer token".to_string())),
+            (None, Some(_)) => Some((StatusCode::UNAUTHORIZED, "unknown token".to_string())),
+            (Some(who), _) if who.role == Role::Read && need == Role::Admin => Some((
+                StatusCode::FORBIDDEN,
+                format!("token {:?} may only read", who.name),
+            )),
+            (Some(who), _) => match env {
+                Some(env) if !who.scope.covers(env) => Some((
+                    StatusCode::FORBIDDEN,
+                    format!("token {:?} does not cover environment {env:?}", who.name),
+                )),
+                _ => None,
+            },
+        };
+        match (refusal, identity) {
+            (None, Some(identity)) => Ok(identity),
+            (refusal, identity) => {
+                let (status, reason) =
+                    refusal.unwrap_or((StatusCode::UNAUTHORIZED, "unknown token".to_string()));
+                self.audit.record(&AuditEvent {
+                    identity: identity.as_ref().map(|i| i.name.as_str()),
+                    env,
+                    source: caller.peer,
+                    status: Some(status.as_u16()),
+                    reason: Some(&reason),
+                    ..AuditEvent::new("refused")
+                });
+                Err(error(status, reason))
+            }
         }
-        _ => Ok(()),
+    }
+
+    /// Records a committed change.
+    fn audit_change(&self, action: &str, who: &Identity, caller: &Caller, rec: &ConfigRecord) {
+        self.audit.record(&AuditEvent {
+            identity: Some(&who.name),
+            env: Some(&rec.env),
+            id: Some(&rec.id),
+            version: Some(rec.version),
+            source: caller.peer,
+            ..AuditEvent::new(action)
+        });
     }
 }
 
@@ -122,14 +196,6 @@ fn valid_env(env: &str) -> Result<(), ApiError> {
             json!({"error": e.reason, "field": "env"}),
         )
     })
-}
-
-fn user(headers: &HeaderMap) -> String {
-    headers
-        .get("x-ferry-user")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("api")
-        .to_string()
 }
 
 fn with_etag(status: StatusCode, rec: &ConfigRecord) -> Response {
@@ -170,71 +236,73 @@ async fn changed(state: &ApiState, status: StatusCode, rec: ConfigRecord) -> Res
 async fn create(
     State(s): State<Shared>,
     Path(env): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Role::Admin)?;
     valid_env(&env)?;
+    let who = s.authorize(&caller, Role::Admin, Some(&env))?;
     let doc = parse_document(&body)?;
-    let rec = s.record.create(&env, &doc, &user(&headers)).await?;
+    let rec = s.record.create(&env, &doc, &who.name).await?;
+    s.audit_change("create", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::CREATED, rec).await)
 }
 
 async fn list(
     State(s): State<Shared>,
     Path(env): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Role::Read)?;
     valid_env(&env)?;
+    s.authorize(&caller, Role::Read, Some(&env))?;
     Ok(Json(s.record.list(&env).await?).into_response())
 }
 
 async fn fetch(
     State(s): State<Shared>,
     Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Role::Read)?;
+    s.authorize(&caller, Role::Read, Some(&env))?;
     Ok(with_etag(StatusCode::OK, &s.record.get(&env, &id).await?))
 }
 
 async fn update(
     State(s): State<Shared>,
     Path((env, id)): Path<(String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Role::Admin)?;
+    let who = s.authorize(&caller, Role::Admin, Some(&env))?;
     let expected = if_match(&headers)?;
     let doc = parse_document(&body)?;
     let rec = s
         .record
-        .update(&env, &id, expected, &doc, &user(&headers))
+        .update(&env, &id, expected, &doc, &who.name)
         .await?;
+    s.audit_change("update", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::OK, rec).await)
 }
 
 async fn remove(
     State(s): State<Shared>,
     Path((env, id)): Path<(String, String)>,
+    caller: Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Role::Admin)?;
+    let who = s.authorize(&caller, Role::Admin, Some(&env))?;
     let expected = if_match(&headers)?;
-    let rec = s
-        .record
-        .delete(&env, &id, expected, &user(&headers))
-        .await?;
+    let rec = s.record.delete(&env, &id, expected, &who.name).await?;
+    s.audit_change("delete", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::OK, rec).await)
 }
 
 async fn history(
     State(s): State<Shared>,
     Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Role::Read)?;
+    s.authorize(&caller, Role::Read, Some(&env))?;
     Ok(Json(s.record.history(&env, &id).await?).into_response())
 }
 
@@ -247,14 +315,16 @@ async fn rollback(
     State(s): State<Shared>,
     Path((env, id)): Path<(String, String)>,
     Query(q): Query<RollbackQuery>,
+    caller: Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Role::Admin)?;
+    let who = s.authorize(&caller, Role::Admin, Some(&env))?;
     let expected = if_match(&headers)?;
     let rec = s
         .record
-        .rollback(&env, &id, q.version, expected, &user(&headers))
+        .rollback(&env, &id, q.version, expected, &who.name)
         .await?;
+    s.audit_change("rollback", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::OK, rec).await)
 }
 
@@ -317,9 +387,9 @@ pub struct Summary {
 async fn status(
     State(s): State<Shared>,
     Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Role::Read)?;
+    s.authorize(&caller, Role::Read, Some(&env))?;
     let rec = s.record.get(&env, &id).await?;
     let agents = live_agents(&s, &env).await?;
     let reports = s
@@ -340,7 +410,9 @@ async fn status(
     for agent in agents {
         let report = reports.iter().find(|r| r.agent == agent.id);
         let (applied_version, state, message) = match report {
-            Some(r) if r.version == rec.version && r.ok => (r.version, "applied", String::new()),
+            Some(r) if r.version == rec.version && r.ok => {
+                (r.version, "applied", r.message.clone())
+            }
             Some(r) if r.version == rec.version => (r.version, "failed", r.message.clone()),
             Some(r) => (r.version, "pending", String::new()),
             None => (0, "pending", String::new()),
@@ -369,8 +441,8 @@ async fn status(
     .into_response())
 }
 
-async fn environments(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&s, &headers, Role::Read)?;
+async fn environments(State(s): State<Shared>, caller: Caller) -> Result<Response, ApiError> {
+    let who = s.authorize(&caller, Role::Read, None)?;
     let mut envs: std::collections::BTreeMap<String, Vec<Instance>> =
         std::collections::BTreeMap::new();
     for rec in s.record.list_all().await? {
@@ -392,6 +464,7 @@ async fn environments(State(s): State<Shared>, headers: HeaderMap) -> Result<Res
     }
     let body: Vec<serde_json::Value> = envs
         .into_iter()
+        .filter(|(env, _)| who.scope.covers(env))
         .map(|(env, agents)| json!({ "env": env, "agents": agents }))
         .collect();
     Ok(Json(body).into_response())

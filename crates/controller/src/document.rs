@@ -105,13 +105,50 @@ fn valid_hostname(h: &str) -> bool {
 }
 
 fn valid_backend(b: &str) -> bool {
-    let Some((host, port)) = b.rsplit_once(':') else {
-        return false;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    !host.is_empty()
-        && !host.contains(char::is_whitespace)
-        && port.parse::<u16>().is_ok_and(|p| p > 0)
+    ferry_client::HostPort::parse(b).is_ok()
+}
+
+/// A file path on the agent's host: absolute, from a strict character set, without `..`
+/// segments. It goes into nginx's configuration, so nothing that nginx could read as syntax
+/// (whitespace, `;`, braces, quotes, `#`, `$`, backslashes) may appear in it.
+fn valid_file_path(p: &str) -> Result<(), &'static str> {
+    if !p.starts_with('/') {
+        return Err("must be an absolute path");
+    }
+    if p.len() > 1024 {
+        return Err("must be at most 1024 characters");
+    }
+    if !p
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_' | '+' | '@' | '='))
+    {
+        return Err("may only contain letters, digits and / . - _ + @ =");
+    }
+    if p.split('/').any(|segment| segment == "..") {
+        return Err("must not contain .. segments");
+    }
+    Ok(())
+}
+
+/// A location prefix: `/` followed by URL path characters. Percent-encoding is allowed;
+/// nothing nginx reads as syntax or as a variable (`$`) is.
+fn valid_location(p: &str) -> Result<(), &'static str> {
+    if !p.starts_with('/') {
+        return Err("must start with /");
+    }
+    if p.len() > 1024 {
+        return Err("must be at most 1024 characters");
+    }
+    if !p.chars().all(|c| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                '/' | '.' | '-' | '_' | '~' | '%' | '!' | '*' | '+' | ',' | '=' | ':' | '@'
+            )
+    }) {
+        return Err("may only contain letters, digits and / . - _ ~ % ! * + , = : @");
+    }
+    Ok(())
 }
 
 impl IngressDocument {
@@ -203,12 +240,9 @@ impl IngressDocument {
             }
             if let Some(tls) = &vh.tls {
                 for (field, value) in [("certificate", &tls.certificate), ("key", &tls.key)] {
-                    if !value.starts_with('/') {
-                        return Err(invalid(
-                            format!("{at}.tls.{field}"),
-                            "must be an absolute path",
-                        ));
-                    }
+                    valid_file_path(value).map_err(|reason| {
+                        invalid(format!("{at}.tls.{field}"), format!("{value:?} {reason}"))
+                    })?;
                 }
             }
             if vh.paths.is_empty() {
@@ -220,18 +254,9 @@ impl IngressDocument {
             let mut paths = HashSet::new();
             for (j, rule) in vh.paths.iter().enumerate() {
                 let at = format!("{at}.paths[{j}]");
-                if !rule.path.starts_with('/')
-                    || rule.path.contains(char::is_whitespace)
-                    || rule.path.contains(['{', '}', ';'])
-                {
-                    return Err(invalid(
-                        format!("{at}.path"),
-                        format!(
-                            "{:?} must start with / and contain no spaces, braces or semicolons",
-                            rule.path
-                        ),
-                    ));
-                }
+                valid_location(&rule.path).map_err(|reason| {
+                    invalid(format!("{at}.path"), format!("{:?} {reason}", rule.path))
+                })?;
                 if !paths.insert(rule.path.as_str()) {
                     return Err(invalid(
                         format!("{at}.path"),
@@ -246,7 +271,7 @@ impl IngressDocument {
                         ));
                     }
                     (Some(s), None) => {
-                        if s.is_empty() || s.contains(['/', ' ', ';', '{', '}']) {
+                        if !ferry_registry::valid_name(s) {
                             return Err(invalid(
                                 format!("{at}.service"),
                                 format!("{s:?} is not a registry service name"),

@@ -1,7 +1,101 @@
-//! A minimal HTTP/1.1 client for the controller's API (one request per connection), used by
-//! `ferry config`, `ferry up` and the tests, so none of them needs an HTTP client library.
+//! A minimal HTTP/1.1 client for the controller's API (one request per connection, plain or
+//! over TLS), used by `ferry config`, `ferry up` and the tests, so none of them needs an HTTP
+//! client library.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::tls::{client_connector, ClientTlsFiles, TlsError};
+
+/// Where the API is and how to reach it.
+#[derive(Clone)]
+pub struct ApiClient {
+    addr: String,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+/// Why an API address is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiAddressError {
+    /// Not `http(s)://host:port`.
+    #[error("--api {api:?}: expected http://HOST:PORT or https://HOST:PORT: {reason}")]
+    Malformed {
+        /// The address given.
+        api: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The TLS files are unusable.
+    #[error("--api {api:?}: {source}")]
+    Tls {
+        /// The address given.
+        api: String,
+        /// The TLS problem.
+        #[source]
+        source: TlsError,
+    },
+}
+
+impl ApiClient {
+    /// A client for `api` (`http://host:port`, `https://host:port` or `host:port`); an https
+    /// API is verified against `tls.ca`, and `tls.cert`/`tls.key` are presented when given.
+    pub fn new(api: &str, tls: &ClientTlsFiles) -> Result<Self, ApiAddressError> {
+        let malformed = |reason: String| ApiAddressError::Malformed {
+            api: api.to_string(),
+            reason,
+        };
+        let (https, rest) = match api.split_once("://") {
+            Some(("https", rest)) => (true, rest),
+            Some(("http", rest)) => (false, rest),
+            Some((scheme, _)) => return Err(malformed(format!("unknown scheme {scheme:?}"))),
+            None => (false, api),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let host_port =
+            ferry_client::HostPort::parse(rest).map_err(|e| malformed(e.to_string()))?;
+        let tls = if https {
+            Some(
+                client_connector(tls, &host_port.host).map_err(|source| ApiAddressError::Tls {
+                    api: api.to_string(),
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            addr: host_port.to_string(),
+            tls,
+        })
+    }
+
+    /// `host:port` of the API.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends one request and reads the whole answer.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> std::io::Result<HttpReply> {
+        let sock = tokio::net::TcpStream::connect(&self.addr).await?;
+        let raw = match &self.tls {
+            None => exchange(sock, method, path, token, headers, body).await?,
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), sock).await?;
+                exchange(tls, method, path, token, headers, body).await?
+            }
+        };
+        Ok(parse(&raw))
+    }
+}
 
 /// An answer.
 #[derive(Debug, Clone)]
@@ -14,7 +108,8 @@ pub struct HttpReply {
     pub body: String,
 }
 
-/// Sends one request to `addr` (`host:port`, `http://` accepted) and reads the whole answer.
+/// Sends one plain-HTTP request to `addr` (`host:port`, `http://` accepted) and reads the
+/// whole answer.
 pub async fn request(
     addr: &str,
     method: &str,
@@ -24,7 +119,19 @@ pub async fn request(
     body: &str,
 ) -> std::io::Result<HttpReply> {
     let addr = addr.trim_start_matches("http://").trim_end_matches('/');
-    let mut sock = tokio::net::TcpStream::connect(addr).await?;
+    let sock = tokio::net::TcpStream::connect(addr).await?;
+    let raw = exchange(sock, method, path, token, headers, body).await?;
+    Ok(parse(&raw))
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sock: S,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, String)],
+    body: &str,
+) -> std::io::Result<Vec<u8>> {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -42,8 +149,17 @@ pub async fn request(
     req.push_str(body);
     sock.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
-    sock.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    // A TLS peer may close without close_notify once the answer is complete: keep what came.
+    if let Err(e) = sock.read_to_end(&mut raw).await {
+        if raw.is_empty() {
+            return Err(e);
+        }
+    }
+    Ok(raw)
+}
+
+fn parse(raw: &[u8]) -> HttpReply {
+    let text = String::from_utf8_lossy(raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
@@ -66,9 +182,9 @@ pub async fn request(
     } else {
         rest.to_string()
     };
-    Ok(HttpReply {
+    HttpReply {
         status,
         headers,
         body,
-    })
+    }
 }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod document;
 pub mod http_client;
@@ -15,7 +16,10 @@ pub mod keys;
 pub mod openapi;
 pub mod publish;
 pub mod record;
+pub mod serve;
 pub mod server;
+pub mod tls;
+pub mod token_reload;
 
 pub use document::{IngressDocument, ValidationError};
 pub use publish::{PublishedConfig, Publisher, ReconcileReport};

@@ -11,6 +11,7 @@ use ferry_runtime::Election;
 use prometheus_client::registry::Registry;
 
 use crate::api::{router, ApiState};
+use crate::audit::Audit;
 use crate::auth::Tokens;
 use crate::keys::Keys;
 use crate::publish::Publisher;
@@ -28,6 +29,13 @@ pub struct ControllerConfig {
     pub root: String,
     /// Accepted tokens.
     pub tokens: Tokens,
+    /// The file they came from: reloaded on SIGHUP and when it changes (a malformed new
+    /// file is refused and the tokens in force are kept).
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// Where audit lines are appended, besides the log.
+    pub audit_log: Option<std::path::PathBuf>,
+    /// TLS for the API; plain HTTP when `None`.
+    pub tls: Option<crate::tls::ServerTlsFiles>,
     /// How often the leader makes etcd match SQL.
     pub reconcile_interval: Duration,
 }
@@ -79,6 +87,18 @@ pub enum StartError {
     /// The name or the root prefix cannot be part of the key layout.
     #[error("{0}")]
     Invalid(#[from] crate::keys::KeyError),
+    /// The TLS files are unusable.
+    #[error("API TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The audit log cannot be opened.
+    #[error("audit log {path}: {source}")]
+    AuditLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Registration failed.
     #[error("registering the controller: {0}")]
     Registry(#[from] ferry_registry::RegistryError),
@@ -91,6 +111,17 @@ pub async fn start(
 ) -> Result<RunningController, StartError> {
     config.validate()?;
     let keys = Keys::parse(&config.root)?;
+    let acceptor = match &config.tls {
+        Some(files) => Some(crate::tls::server_acceptor(files)?),
+        None => None,
+    };
+    let audit = match &config.audit_log {
+        Some(path) => Audit::to_file(path).map_err(|source| StartError::AuditLog {
+            path: path.clone(),
+            source,
+        })?,
+        None => Audit::to_log(),
+    };
     let record = Record::connect(&config.database).await?;
     let publisher = Publisher::new(client.clone(), keys.clone());
     let mut registry = Registry::default();
@@ -105,7 +136,8 @@ pub async fn start(
         publisher: publisher.clone(),
         client: client.clone(),
         keys: keys.clone(),
-        tokens: config.tokens,
+        tokens: Arc::new(parking_lot::RwLock::new(config.tokens)),
+        audit,
         requests,
         registry: parking_lot::Mutex::new(registry),
     });
@@ -119,12 +151,15 @@ pub async fn start(
         addr: config.listen,
         source,
     })?;
+    let mut tasks = Vec::new();
+    if let Some(path) = config.tokens_file.clone() {
+        tasks.push(tokio::spawn(crate::token_reload::watch(
+            path,
+            state.clone(),
+        )));
+    }
     let app = router(state);
-    let api = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
+    tasks.push(tokio::spawn(crate::serve::serve(listener, app, acceptor)));
     let me = Instance::new("controller", &config.name, local_addr.to_string());
     let announcement = announce(
         client.clone(),
@@ -171,6 +206,9 @@ pub async fn start(
     Ok(RunningController {
         local_addr,
         announcement,
-        tasks: vec![api, reconciler],
+        tasks: {
+            tasks.push(reconciler);
+            tasks
+        },
     })
 }

@@ -42,7 +42,7 @@ async fn run(endpoint: &str, agents: usize, rounds: usize) -> anyhow::Result<Run
     let dir = tempfile::tempdir()?;
     let config = ferry_client::ConnectConfig::new([endpoint]);
     let client = ferry_client::connect(&config).await?;
-    let (tokens, token) = Tokens::generate();
+    let (tokens, token) = Tokens::generate("admin");
     let controller = ferry_controller::server::start(
         client.clone(),
         ControllerConfig {
@@ -51,6 +51,9 @@ async fn run(endpoint: &str, agents: usize, rounds: usize) -> anyhow::Result<Run
             listen: "127.0.0.1:0".parse()?,
             root: "/ingress".into(),
             tokens,
+            tokens_file: None,
+            audit_log: None,
+            tls: None,
             reconcile_interval: Duration::from_secs(300),
         },
     )

@@ -140,7 +140,8 @@ async fn agent_applies_reports_and_refuses_bad_configurations(
     assert!(s1.ok, "{s1:?}");
     let text = std::fs::read_to_string(&conf)?;
     assert!(
-        text.contains("server_name shop.example.com;") && text.contains("server 127.0.0.1:9001;"),
+        text.contains("server_name \"shop.example.com\";")
+            && text.contains("server \"127.0.0.1:9001\";"),
         "{text}"
     );
     let mut c = server.client().await?;
@@ -169,7 +170,7 @@ async fn agent_applies_reports_and_refuses_bad_configurations(
     c.put("/services/shop/i1", serde_json::to_vec(&instance)?, None)
         .await?;
     let until = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&conf)?.contains("server 127.0.0.1:9002;") {
+    while !std::fs::read_to_string(&conf)?.contains("server \"127.0.0.1:9002\";") {
         anyhow::ensure!(
             Instant::now() < until,
             "service instance never reached the upstream"
@@ -209,7 +210,7 @@ async fn agent_applies_reports_and_refuses_bad_configurations(
         .await?;
     publisher.publish(&shop3).await?;
     assert!(wait_status(server, &keys, &shop.id, 3).await?.ok);
-    assert!(std::fs::read_to_string(&conf)?.contains("server_name shop3.example.com;"));
+    assert!(std::fs::read_to_string(&conf)?.contains("server_name \"shop3.example.com\";"));
     Ok(())
 }
 

@@ -256,7 +256,13 @@ fn agent_refuses_what_no_retry_can_fix() -> anyhow::Result<()> {
 fn controller_refuses_bad_names_roots_and_databases_before_connecting() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "admin:0123456789abcdef0123456789abcdef\n")?;
+    std::fs::write(
+        &tokens,
+        format!(
+            "admin:admin:*:{}\n",
+            ferry_controller::auth::hash_token("0123456789abcdef0123456789abcdef")
+        ),
+    )?;
     let tokens = tokens.to_str().unwrap_or_default();
     let endpoint = nowhere()?;
     let controller = |extra: &[&str]| {

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::ingress::{sqlite_url, Controller, ADMIN};
+use common::ingress::{sqlite_url, token_line, Controller, ADMIN};
 use common::{ferry_bin, Server};
 use ferry_controller::api::{AgentStatus, Rollout};
 use ferry_controller::keys::Keys;
@@ -59,7 +59,11 @@ async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
         &sqlite_url(tmp.path()),
         "c1",
         tmp.path(),
-        &format!("# who may do what\nadmin:{ADMIN}\nread:{READER}\n"),
+        &format!(
+            "# who may do what\n{}\n{}\n",
+            token_line("admin", "admin", "*", ADMIN),
+            token_line("reader", "read", "*", READER)
+        ),
     )
     .await?;
     let addr = controller.addr.clone();
@@ -127,7 +131,8 @@ async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
         400
     );
 
-    // Create: 201 with the version as ETag, published to etcd.
+    // Create: 201 with the version as ETag, published to etcd. History records the token's
+    // name: a header claiming another identity changes nothing.
     let created = http(
         &addr,
         "POST",
@@ -151,7 +156,7 @@ async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
     let mut c = server.client().await?;
     let stored: PublishedConfig =
         serde_json::from_slice(c.get(keys.config("prod", &id), None).await?.kvs()[0].value())?;
-    assert_eq!((stored.version, stored.changed_by.as_str()), (1, "alice"));
+    assert_eq!((stored.version, stored.changed_by.as_str()), (1, "admin"));
 
     // Update needs the current version; a stale one gets 412.
     let one = format!("{configs}/{id}");
@@ -205,7 +210,7 @@ async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
         let instance = ferry_registry::Instance::new(
             "prod",
             agent,
-            format!("10.0.0.{}", if ok { 1 } else { 2 }),
+            format!("10.0.0.{}:80", if ok { 1 } else { 2 }),
         );
         c.put(
             keys.agent("prod", agent),

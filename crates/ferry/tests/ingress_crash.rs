@@ -141,7 +141,7 @@ async fn agent_killed_mid_rollout_catches_up_after_restart(
     wait_complete(&c1.addr, &id, 7, 3).await?;
     for a in &agents {
         assert!(
-            a.nginx_conf().contains("server_name v7.example.com;"),
+            a.nginx_conf().contains("server_name \"v7.example.com\";"),
             "{}",
             a.name
         );
@@ -174,7 +174,7 @@ async fn store_killed_mid_burst_loses_nothing_acknowledged(
     for a in &agents {
         assert!(
             a.nginx_conf()
-                .contains(&format!("server_name burst{last}.example.com;")),
+                .contains(&format!("server_name \"burst{last}.example.com\";")),
             "{}",
             a.name
         );

@@ -55,7 +55,7 @@ async fn flow(server: &Server, database: &str) -> anyhow::Result<()> {
     assert_eq!((done.summary.applied, done.summary.failed), (3, 0));
     for a in &agents {
         assert!(
-            a.nginx_conf().contains("server_name shop.example.com;"),
+            a.nginx_conf().contains("server_name \"shop.example.com\";"),
             "{}",
             a.name
         );
@@ -74,7 +74,8 @@ async fn flow(server: &Server, database: &str) -> anyhow::Result<()> {
     wait_complete(&c1.addr, &shop, 2, 3).await?;
     for a in &agents {
         assert!(
-            a.nginx_conf().contains("server_name shop2.example.com;"),
+            a.nginx_conf()
+                .contains("server_name \"shop2.example.com\";"),
             "{}",
             a.name
         );
@@ -166,7 +167,7 @@ async fn flow(server: &Server, database: &str) -> anyhow::Result<()> {
     let shop_now = wait_complete(&c2.addr, &shop, 3, 3).await?;
     assert_eq!(shop_now.version, 3);
     let winner = &agents[0].nginx_conf();
-    assert_eq!(winner.matches("server_name race").count(), 1, "{winner}");
+    assert_eq!(winner.matches("server_name \"race").count(), 1, "{winner}");
 
     // Delete: gone from etcd, from every agent's nginx, and its status keys are removed.
     let (status, _) = call(&c1.addr, "DELETE", &config_path(&shop), Some(3), "").await?;
@@ -186,7 +187,7 @@ async fn flow(server: &Server, database: &str) -> anyhow::Result<()> {
         )
         .await?;
         let until = std::time::Instant::now() + Duration::from_secs(20);
-        while a.nginx_conf().contains("server_name race") {
+        while a.nginx_conf().contains("server_name \"race") {
             anyhow::ensure!(
                 std::time::Instant::now() < until,
                 "{} still routes the deleted configuration",

@@ -43,7 +43,7 @@ fn ferry_up_rolls_out_to_every_agent_and_stops_cleanly() -> anyhow::Result<()> {
             .join(format!("agents/{env}-agent-1/conf/nginx.conf"));
         let text = std::fs::read_to_string(&conf)?;
         assert!(
-            text.contains(&format!("server_name shop.{env}.example;")),
+            text.contains(&format!("server_name \"shop.{env}.example\";")),
             "{text}"
         );
     }

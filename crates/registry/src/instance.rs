@@ -7,6 +7,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::RegistryError;
 
+/// A service name or an instance id: what is safe in a key segment, a file name, a log line
+/// and an nginx upstream name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// The default key prefix for services.
 pub const DEFAULT_PREFIX: &str = "/services";
 
@@ -17,7 +27,7 @@ pub struct Instance {
     pub service: String,
     /// This instance's id, unique within the service.
     pub id: String,
-    /// Where it serves (`host:port` or a URL).
+    /// Where it serves: `host:port` (an IP address, `[v6]` or a DNS name).
     pub addr: String,
     /// When it started (RFC 3339, UTC, milliseconds): discovery orders instances by it.
     pub start_time: String,
@@ -52,21 +62,54 @@ impl Instance {
         )
     }
 
-    /// Checks that the names make a well-formed key.
+    /// Checks every field, since an instance's fields end up in other components' keys,
+    /// logs and rendered configuration files: the names make a well-formed key, the address
+    /// is `host:port` (an IP address or DNS name, a port from 1 to 65535), the version and
+    /// labels hold no control characters.
     pub fn validate(&self) -> Result<(), RegistryError> {
         for (what, value) in [("service name", &self.service), ("instance id", &self.id)] {
-            if value.is_empty() || value.contains('/') {
+            if !valid_name(value) {
                 return Err(RegistryError::Invalid {
                     what,
-                    reason: format!("{value:?} must be non-empty and contain no '/'"),
+                    reason: format!("{value:?} must be 1 to 253 letters, digits, '-', '_' or '.'"),
                 });
             }
         }
-        if self.addr.is_empty() {
+        ferry_client::HostPort::parse(&self.addr).map_err(|e| RegistryError::Invalid {
+            what: "address",
+            reason: format!("{:?} is not host:port: {e}", self.addr),
+        })?;
+        if self.version.len() > 128 || !self.version.chars().all(|c| c.is_ascii_graphic()) {
             return Err(RegistryError::Invalid {
-                what: "address",
-                reason: "must not be empty".into(),
+                what: "version",
+                reason: format!(
+                    "{:?} must be at most 128 printable characters without spaces",
+                    self.version
+                ),
             });
+        }
+        for (key, value) in &self.labels {
+            if key.is_empty()
+                || key.len() > 63
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+            {
+                return Err(RegistryError::Invalid {
+                    what: "label",
+                    reason: format!(
+                        "key {key:?} must be 1 to 63 letters, digits, '-', '_', '.' or '/'"
+                    ),
+                });
+            }
+            if value.len() > 256 || value.chars().any(char::is_control) {
+                return Err(RegistryError::Invalid {
+                    what: "label",
+                    reason: format!(
+                        "value of {key:?} must be at most 256 characters without control characters"
+                    ),
+                });
+            }
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ mod instance;
 
 pub use announce::{announce, AnnounceConfig, AnnounceState, Announcement};
 pub use discovery::{Change, Discovery, DiscoveryConfig};
-pub use instance::{Instance, DEFAULT_PREFIX};
+pub use instance::{valid_name, Instance, DEFAULT_PREFIX};
 
 /// What registry operations fail with.
 #[derive(Debug, thiserror::Error)]

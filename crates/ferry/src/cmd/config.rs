@@ -7,25 +7,12 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use ferry_controller::api::Rollout;
 
-use ferry_controller::http_client;
+use ferry_controller::http_client::ApiClient;
+use ferry_controller::tls::ClientTlsFiles;
 
 /// How long one API call may take: a controller answers in milliseconds, so anything longer
 /// is a wrong address (a port that accepts and never answers).
 const API_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `--api` is `http://host:port` (or `host:port`); anything else is refused before dialling.
-fn check_api(api: &str) -> anyhow::Result<()> {
-    let rest = api.strip_prefix("http://").unwrap_or(api);
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if api.starts_with("https://") {
-        return Err(anyhow!(
-            "--api {api:?}: https is not supported yet; use http://HOST:PORT"
-        ));
-    }
-    ferry_client::HostPort::parse(rest)
-        .map_err(|e| anyhow!("--api {api:?}: expected http://HOST:PORT: {e}"))?;
-    Ok(())
-}
 
 /// Ids are the controller's UUIDs; anything else would change the request path.
 fn check_id(id: &str) -> anyhow::Result<()> {
@@ -40,21 +27,27 @@ fn check_id(id: &str) -> anyhow::Result<()> {
 
 /// One API call; the status and the body.
 async fn request_with(
-    api: &str,
+    api: &ApiClient,
     method: &str,
     path: &str,
     token: &str,
     headers: &[(&str, String)],
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
-    let call = http_client::request(api, method, path, Some(token), headers, body);
+    let call = api.request(method, path, Some(token), headers, body);
     let reply = tokio::time::timeout(API_TIMEOUT, call)
         .await
-        .map_err(|_| anyhow!("the controller API at {api} did not answer within {API_TIMEOUT:?}"))?
-        .map_err(|e| anyhow!("cannot reach the controller API at {api}: {e}"))?;
+        .map_err(|_| {
+            anyhow!(
+                "the controller API at {} did not answer within {API_TIMEOUT:?}",
+                api.addr()
+            )
+        })?
+        .map_err(|e| anyhow!("cannot reach the controller API at {}: {e}", api.addr()))?;
     if reply.status == 0 {
         return Err(anyhow!(
-            "{api} gave no HTTP answer: is it the ferry controller's API (--api, FERRY_API)?"
+            "{} gave no HTTP answer: is it the ferry controller's API (--api, FERRY_API)?",
+            api.addr()
         ));
     }
     Ok((reply.status, reply.body))
@@ -62,7 +55,7 @@ async fn request_with(
 
 /// One call to the controller API with a bearer token: status and body.
 pub(crate) async fn request(
-    api: &str,
+    api: &ApiClient,
     method: &str,
     path: &str,
     token: &str,
@@ -87,6 +80,15 @@ pub struct ConfigArgs {
     /// Bearer token.
     #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// CA that signed the API's certificate (for an https:// --api).
+    #[arg(long, env = "FERRY_API_CACERT", global = true)]
+    api_cacert: Option<PathBuf>,
+    /// Client certificate for an API that requires mutual TLS.
+    #[arg(long, env = "FERRY_API_CERT", global = true)]
+    api_cert: Option<PathBuf>,
+    /// Key of --api-cert.
+    #[arg(long, env = "FERRY_API_KEY", global = true)]
+    api_key: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
     output: Output,
@@ -237,8 +239,15 @@ impl ConfigArgs {
             .token
             .clone()
             .ok_or_else(|| anyhow!("--token (or FERRY_TOKEN) is required"))?;
-        let api = self.api.as_str();
-        check_api(api)?;
+        let client = ApiClient::new(
+            &self.api,
+            &ClientTlsFiles {
+                ca: self.api_cacert.clone(),
+                cert: self.api_cert.clone(),
+                key: self.api_key.clone(),
+            },
+        )?;
+        let api = &client;
         let (env, id) = match &self.action {
             ConfigAction::Apply { env, id, .. } => (env, id.as_deref()),
             ConfigAction::List { env } => (env, None),

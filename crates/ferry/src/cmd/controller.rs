@@ -29,9 +29,23 @@ pub struct ControllerArgs {
     /// Root prefix of ferry's keys.
     #[arg(long, default_value = "/ingress")]
     root: String,
-    /// Token file: lines `admin:TOKEN` or `read:TOKEN`.
-    #[arg(long)]
+    /// Token file: lines `name:role:environments:sha256-of-token` (`ferry token create`
+    /// makes them); reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "FERRY_TOKENS")]
     tokens: PathBuf,
+    /// Serve the API over TLS with this certificate (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS); needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// Append one JSON line per change and per refused request to this file (the log gets
+    /// them too).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// How often the leader makes etcd match SQL.
     #[arg(long, default_value = "30s", value_parser = ferry_client::args::positive_duration)]
     reconcile_interval: std::time::Duration,
@@ -42,21 +56,34 @@ pub struct ControllerArgs {
 impl ControllerArgs {
     /// Runs until SIGINT/SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
-        let tokens = Tokens::load(&self.tokens).map_err(|e| anyhow!("--tokens {e}"))?;
+        let tokens = Tokens::load(&self.tokens)
+            .map_err(|e| anyhow!("--tokens {}: {e}", self.tokens.display()))?;
         let config = ControllerConfig {
             name: self.name,
             database: self.database,
             listen: self.listen,
             root: self.root,
             tokens,
+            tokens_file: Some(self.tokens.clone()),
+            audit_log: self.audit_log,
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(ferry_controller::tls::ServerTlsFiles {
+                    cert,
+                    key,
+                    client_ca: self.client_ca,
+                }),
+                _ => None,
+            },
             reconcile_interval: self.reconcile_interval,
         };
         config.validate()?;
+        let tls = config.tls.is_some();
         let client = self.connection.connect().await?;
         let running = start(client, config)
             .await
             .context("starting the controller")?;
-        println!("controller API on http://{}", running.local_addr);
+        let scheme = if tls { "https" } else { "http" };
+        println!("controller API on {scheme}://{}", running.local_addr);
         super::shutdown_signal().await;
         running.stop().await;
         Ok(())

@@ -7,6 +7,7 @@ mod controller;
 mod registry;
 mod render;
 mod store;
+mod token;
 mod up;
 
 pub use render::confd_style;
@@ -40,6 +41,8 @@ enum Command {
     Up(up::UpArgs),
     /// Manage configurations through the controller's API.
     Config(config::ConfigArgs),
+    /// Make API tokens for the controller's token file.
+    Token(token::TokenArgs),
     /// Benchmark any etcd v3 endpoint (the embedded store or etcd) with etcd's workloads.
     Bench(bench::BenchArgs),
 }
@@ -56,6 +59,7 @@ impl Cli {
             Command::Up(args) => args.run().await,
             Command::Config(args) => args.run().await,
             Command::Bench(args) => args.run().await,
+            Command::Token(args) => args.run().await,
         }
     }
 }

@@ -94,7 +94,7 @@ impl UpArgs {
         let client =
             ferry_client::connect(&ferry_client::ConnectConfig::new([endpoint.clone()])).await?;
 
-        let (tokens, token) = Tokens::generate();
+        let (tokens, token) = Tokens::generate("admin");
         let controller = ferry_controller::server::start(
             client.clone(),
             ControllerConfig {
@@ -103,12 +103,16 @@ impl UpArgs {
                 listen: format!("127.0.0.1:{}", self.api_port).parse()?,
                 root: "/ingress".into(),
                 tokens,
+                tokens_file: None,
+                audit_log: None,
+                tls: None,
                 reconcile_interval: Duration::from_secs(30),
             },
         )
         .await
         .context("starting the controller")?;
         let api = controller.local_addr.to_string();
+        let api_client = ferry_controller::http_client::ApiClient::new(&api, &Default::default())?;
 
         let mut backends = Vec::new();
         let mut announcements = Vec::new();
@@ -169,7 +173,7 @@ impl UpArgs {
         let mut ids = Vec::new();
         for env in ["staging", "production"] {
             let (status, body) = super::config::request(
-                &api,
+                &api_client,
                 "POST",
                 &format!("/api/v1/environments/{env}/configs"),
                 &token,
@@ -208,7 +212,7 @@ impl UpArgs {
             let mut all_complete = true;
             for (env, id) in &ids {
                 let (status, body) = super::config::request(
-                    &api,
+                    &api_client,
                     "GET",
                     &format!("/api/v1/environments/{env}/configs/{id}/status"),
                     &token,

@@ -13,6 +13,19 @@ use super::ferry_bin;
 /// The admin token every controller started here accepts.
 pub const ADMIN: &str = "admin-token-0123456789abcdef";
 
+/// A token file line (`name:role:envs:sha256`).
+pub fn token_line(name: &str, role: &str, envs: &str, token: &str) -> String {
+    format!(
+        "{name}:{role}:{envs}:{}",
+        ferry_controller::auth::hash_token(token)
+    )
+}
+
+/// The token file holding [`ADMIN`] as `admin`, for every environment.
+pub fn admin_tokens() -> String {
+    token_line("admin", "admin", "*", ADMIN) + "\n"
+}
+
 /// A child process killed (SIGKILL) when dropped.
 pub struct Proc(pub Child);
 
@@ -58,7 +71,7 @@ impl Controller {
         name: &str,
         dir: &Path,
     ) -> anyhow::Result<Self> {
-        Self::start_with_tokens(endpoint, database, name, dir, &format!("admin:{ADMIN}\n")).await
+        Self::start_with_tokens(endpoint, database, name, dir, &admin_tokens()).await
     }
 
     /// Starts a replica accepting the tokens in `tokens` (the token file's text).

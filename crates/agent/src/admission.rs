@@ -1,0 +1,218 @@
+//! What the agent lets into a render. Configurations and registry instances come from the
+//! store, which more than the controller can write: each is checked for its context before
+//! it can reach nginx.conf. A configuration that fails the controller's own validation is
+//! refused (reported as failed, never rendered); a registry instance that is not a
+//! well-formed service instance is left out of its upstream and reported.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ferry_controller::{IngressDocument, PublishedConfig};
+use ferry_registry::Instance;
+use ferry_runtime::Object;
+
+/// A registry entry left out of the render, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedInstance {
+    /// The service its key places it in (`<prefix>/<service>/<id>`).
+    pub service: String,
+    /// Its full key.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The result of checking one render's inputs.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// Configurations to render.
+    pub configs: Vec<Arc<PublishedConfig>>,
+    /// Configurations refused, with the reason.
+    pub refused: Vec<(Arc<PublishedConfig>, String)>,
+    /// Instances to render, by `<service>/<id>`.
+    pub instances: BTreeMap<String, Arc<Instance>>,
+    /// Instances left out.
+    pub skipped: Vec<SkippedInstance>,
+}
+
+impl Admission {
+    /// What to tell a configuration's status about the instances left out of the services
+    /// it routes to (empty when none were).
+    pub fn skipped_message(&self, config: &PublishedConfig) -> String {
+        let IngressDocument::Ingress(ingress) = &config.document else {
+            return String::new();
+        };
+        let routed: std::collections::BTreeSet<&str> = ingress
+            .virtual_hosts
+            .iter()
+            .flat_map(|vh| vh.paths.iter())
+            .filter_map(|p| p.service.as_deref())
+            .collect();
+        let notes: Vec<String> = self
+            .skipped
+            .iter()
+            .filter(|s| routed.contains(s.service.as_str()))
+            .map(|s| format!("skipped invalid registry instance {}: {}", s.key, s.reason))
+            .collect();
+        notes.join("; ")
+    }
+}
+
+/// A configuration id: the controller's UUIDs (it names nginx upstreams and status keys).
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+fn check_config(c: &PublishedConfig, env: &str) -> Result<(), String> {
+    if !valid_id(&c.id) {
+        return Err(format!("id {:?} is not a configuration id", c.id));
+    }
+    if c.env != env {
+        return Err(format!("it belongs to environment {:?}", c.env));
+    }
+    if c.version < 1 {
+        return Err(format!("version {} is not a positive number", c.version));
+    }
+    c.document.validate().map_err(|e| e.to_string())
+}
+
+/// Checks every configuration of environment `env` and every instance under
+/// `services_prefix`.
+pub fn admit(
+    env: &str,
+    configs: Vec<Object<PublishedConfig>>,
+    instances: Vec<Object<Instance>>,
+    services_prefix: &str,
+) -> Admission {
+    let mut admission = Admission::default();
+    for object in configs {
+        match check_config(&object.value, env) {
+            Ok(()) => admission.configs.push(object.value),
+            Err(reason) => admission
+                .refused
+                .push((object.value, format!("refused by the agent: {reason}"))),
+        }
+    }
+    let base = format!("{}/", services_prefix.trim_end_matches('/'));
+    for object in instances {
+        let relative = object.key.strip_prefix(&base).unwrap_or(&object.key);
+        let (service, id) = relative.split_once('/').unwrap_or((relative, ""));
+        let checked =
+            if id.contains('/') || service != object.value.service || id != object.value.id {
+                Err(format!(
+                    "its key does not match its service {:?} and id {:?}",
+                    object.value.service, object.value.id
+                ))
+            } else {
+                object.value.validate().map_err(|e| e.to_string())
+            };
+        match checked {
+            Ok(()) => {
+                admission
+                    .instances
+                    .insert(relative.to_string(), object.value);
+            }
+            Err(reason) => admission.skipped.push(SkippedInstance {
+                service: service.to_string(),
+                key: object.key.clone(),
+                reason,
+            }),
+        }
+    }
+    admission
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object<T>(key: &str, value: T) -> Object<T> {
+        Object {
+            key: key.into(),
+            value: Arc::new(value),
+            mod_revision: 1,
+            create_revision: 1,
+        }
+    }
+
+    fn config(id: &str, doc: &str) -> PublishedConfig {
+        PublishedConfig {
+            id: id.into(),
+            env: "prod".into(),
+            version: 1,
+            document: serde_json::from_str(doc).expect("a document"),
+            changed_by: "t".into(),
+            changed_at: "now".into(),
+        }
+    }
+
+    const SHOP: &str = r#"{"kind":"ingress","virtual_hosts":[{"hostname":"shop.example.com",
+        "paths":[{"path":"/","service":"shop"}]}]}"#;
+
+    #[test]
+    fn instances_with_injected_syntax_are_skipped_and_named() {
+        let good = Instance::new("shop", "a", "127.0.0.1:9001");
+        let evil = Instance::new(
+            "shop",
+            "b",
+            "127.0.0.1:9;\n    }\n    server { listen 127.0.0.1:28081; }\n    upstream x {\n        server 127.0.0.1:9",
+        );
+        let misplaced = Instance::new("other", "c", "127.0.0.1:9003");
+        let admission = admit(
+            "prod",
+            vec![object(
+                "/ingress/ingress_config/prod/u1",
+                config("u1", SHOP),
+            )],
+            vec![
+                object("/services/shop/a", good),
+                object("/services/shop/b", evil),
+                object("/services/shop/c", misplaced),
+            ],
+            "/services",
+        );
+        assert_eq!(admission.instances.keys().collect::<Vec<_>>(), ["shop/a"]);
+        assert_eq!(admission.skipped.len(), 2);
+        let message = admission.skipped_message(&admission.configs[0]);
+        assert!(
+            message.contains("/services/shop/b: invalid address"),
+            "{message}"
+        );
+        assert!(
+            message.contains("/services/shop/c: its key does not match"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn configurations_written_around_the_controller_are_refused() {
+        let mut bad_path = config("u2", SHOP);
+        if let IngressDocument::Ingress(i) = &mut bad_path.document {
+            i.virtual_hosts[0].paths[0].path = "/ { return 200; } location /x".into();
+        }
+        let mut other_env = config("u3", SHOP);
+        other_env.env = "staging".into();
+        let admission = admit(
+            "prod",
+            vec![
+                object("k1", config("u1", SHOP)),
+                object("k2", bad_path),
+                object("k3", other_env),
+                object("k4", config("../x", SHOP)),
+            ],
+            vec![],
+            "/services",
+        );
+        assert_eq!(admission.configs.len(), 1);
+        let reasons: Vec<&str> = admission.refused.iter().map(|(_, r)| r.as_str()).collect();
+        assert!(
+            reasons[0].contains("virtual_hosts[0].paths[0].path"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].contains("environment \"staging\""),
+            "{reasons:?}"
+        );
+        assert!(reasons[2].contains("not a configuration id"), "{reasons:?}");
+    }
+}

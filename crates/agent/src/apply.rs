@@ -1,0 +1,197 @@
+//! The agent's cycle: after every burst of changes, admit what the store holds, render it
+//! into one nginx configuration, check and reload, and report each configuration's result.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use etcd_client::Client;
+use ferry_controller::api::AgentStatus;
+use ferry_controller::keys::Keys;
+use ferry_controller::{IngressDocument, PublishedConfig};
+use ferry_registry::Instance;
+use ferry_render::{render_resource, KvSnapshot, Outcome, RenderOptions, TemplateResource};
+use ferry_runtime::Informer;
+
+use crate::{admission, AgentConfig, AgentMetrics, SETTLE};
+
+/// Everything one agent's render-check-report cycle needs.
+pub(crate) struct Applier {
+    pub(crate) client: Client,
+    pub(crate) config: AgentConfig,
+    pub(crate) keys: Keys,
+    pub(crate) configs: Informer<PublishedConfig>,
+    pub(crate) services: Informer<Instance>,
+    pub(crate) templates: PathBuf,
+    pub(crate) metrics: Arc<AgentMetrics>,
+    /// What was last reported per configuration, so a status is written only on change.
+    pub(crate) reported: HashMap<String, (i64, bool, String)>,
+}
+
+impl Applier {
+    /// Renders after every burst of changes, until the informers stop.
+    pub(crate) async fn run(mut self) {
+        self.configs.wait_for_sync().await;
+        self.services.wait_for_sync().await;
+        let mut config_events = self.configs.subscribe();
+        let mut service_events = self.services.subscribe();
+        loop {
+            // Whatever changed, render everything once the burst is over.
+            tokio::select! {
+                Some(_) = config_events.recv() => {}
+                Some(_) = service_events.recv() => {}
+                else => return,
+            }
+            tokio::time::sleep(SETTLE).await;
+            while config_events.try_recv().is_ok() || service_events.try_recv().is_ok() {}
+            self.apply().await;
+        }
+    }
+
+    /// One render of everything admitted, then the status of each configuration.
+    async fn apply(&mut self) {
+        let Self {
+            client,
+            config,
+            keys,
+            configs,
+            services,
+            templates,
+            metrics,
+            reported,
+        } = self;
+        let admission = admission::admit(
+            &config.env,
+            configs.cache().list(),
+            services.cache().list(),
+            &config.services_prefix,
+        );
+        metrics.observe(&admission);
+        for skipped in &admission.skipped {
+            tracing::warn!(agent = %config.name, key = %skipped.key, reason = %skipped.reason, "invalid registry instance left out of its upstream");
+        }
+        for (c, reason) in &admission.refused {
+            tracing::warn!(agent = %config.name, config = %c.id, %reason, "configuration refused");
+        }
+        let current = &admission.configs;
+        let mut pairs = BTreeMap::new();
+        pairs.insert("/agent/name".to_string(), config.name.clone());
+        pairs.insert("/agent/env".to_string(), config.env.clone());
+        pairs.insert(
+            "/agent/prefix".to_string(),
+            config.nginx_prefix.display().to_string(),
+        );
+        pairs.insert("/agent/listen".to_string(), config.listen.clone());
+        pairs.insert("/agent/tls_listen".to_string(), config.tls_listen.clone());
+        // Redirects name the HTTPS port unless it is the default one.
+        let tls_port = config.tls_listen.rsplit(':').next().unwrap_or("443");
+        pairs.insert(
+            "/agent/tls_port_suffix".to_string(),
+            match tls_port {
+                "443" => String::new(),
+                port => format!(":{port}"),
+            },
+        );
+        for c in current {
+            pairs.insert(
+                format!("/configs/{}", c.id),
+                serde_json::to_string(c.as_ref()).unwrap_or_default(),
+            );
+        }
+        for (relative, instance) in &admission.instances {
+            pairs.insert(
+                format!("/services/{relative}"),
+                serde_json::to_string(instance.as_ref()).unwrap_or_default(),
+            );
+        }
+        let snapshot = KvSnapshot {
+            pairs,
+            revision: configs.cache().revision(),
+        };
+        let resource = TemplateResource {
+            src: "nginx.tmpl".into(),
+            dest: config.nginx_prefix.join("conf/nginx.conf"),
+            keys: vec![],
+            prefix: String::new(),
+            mode: Some("0644".into()),
+            uid: None,
+            gid: None,
+            owner: None,
+            group: None,
+            check_cmd: config.check_cmd.clone(),
+            reload_cmd: config.reload_cmd.clone(),
+            wait: None,
+            file: PathBuf::from("ferry-agent"),
+        };
+        let outcome = render_resource(
+            &resource,
+            templates,
+            Arc::new(snapshot),
+            RenderOptions::default(),
+        )
+        .await;
+        let failure = match &outcome {
+            Ok(Outcome::Updated) => {
+                tracing::info!(agent = %config.name, configs = current.len(), "configuration applied");
+                None
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(agent = %config.name, error = %e, "configuration refused; the last good one keeps serving");
+                Some(e.to_string())
+            }
+        };
+        let builtin = config.template.is_none();
+        let results = current
+            .iter()
+            .map(|c| {
+                let result = match (&failure, &c.document) {
+                    (Some(reason), _) => (false, reason.clone()),
+                    (None, IngressDocument::Opaque { .. }) if builtin => (
+                        false,
+                        "an opaque configuration needs a custom --template".to_string(),
+                    ),
+                    (None, _) => (true, admission.skipped_message(c)),
+                };
+                (c, result)
+            })
+            .chain(
+                admission
+                    .refused
+                    .iter()
+                    .map(|(c, r)| (c, (false, r.clone()))),
+            );
+        for (c, (ok, message)) in results {
+            let entry = (c.version, ok, message.clone());
+            if reported.get(&c.id) == Some(&entry) {
+                continue;
+            }
+            let status = AgentStatus {
+                agent: config.name.clone(),
+                version: c.version,
+                ok,
+                message,
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            };
+            let key = keys.status(&config.env, &c.id, &config.name);
+            match client
+                .put(key, serde_json::to_vec(&status).unwrap_or_default(), None)
+                .await
+            {
+                Ok(_) => {
+                    reported.insert(c.id.clone(), entry);
+                }
+                Err(e) => {
+                    tracing::warn!(agent = %config.name, error = %e, "reporting status failed; will retry")
+                }
+            }
+        }
+        // Forget configurations that were deleted (the controller removes their status keys).
+        let live: std::collections::HashSet<&str> = current
+            .iter()
+            .chain(admission.refused.iter().map(|(c, _)| c))
+            .map(|c| c.id.as_str())
+            .collect();
+        reported.retain(|id, _| live.contains(id.as_str()));
+    }
+}
