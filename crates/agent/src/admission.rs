@@ -22,13 +22,25 @@ pub struct SkippedInstance {
     pub reason: String,
 }
 
+/// A configuration the agent will not render, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedConfig {
+    /// Its id (the last segment of its key).
+    pub id: String,
+    /// The version it claims (0 when it has none).
+    pub version: i64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
 /// The result of checking one render's inputs.
 #[derive(Debug, Default)]
 pub struct Admission {
     /// Configurations to render.
     pub configs: Vec<Arc<PublishedConfig>>,
-    /// Configurations refused, with the reason.
-    pub refused: Vec<(Arc<PublishedConfig>, String)>,
+    /// Configurations refused (their status says why). Those whose key holds no usable id
+    /// cannot be reported and are only logged.
+    pub refused: Vec<RefusedConfig>,
     /// Instances to render, by `<service>/<id>`.
     pub instances: BTreeMap<String, Arc<Instance>>,
     /// Instances left out.
@@ -59,13 +71,13 @@ impl Admission {
 }
 
 /// A configuration id: the controller's UUIDs (it names nginx upstreams and status keys).
-fn valid_id(id: &str) -> bool {
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-fn check_config(c: &PublishedConfig, env: &str) -> Result<(), String> {
-    if !valid_id(&c.id) {
-        return Err(format!("id {:?} is not a configuration id", c.id));
+fn check_config(key_id: &str, c: &PublishedConfig, env: &str) -> Result<(), String> {
+    if c.id != key_id {
+        return Err(format!("id {:?} is not the one its key names", c.id));
     }
     if c.env != env {
         return Err(format!("it belongs to environment {:?}", c.env));
@@ -80,17 +92,36 @@ fn check_config(c: &PublishedConfig, env: &str) -> Result<(), String> {
 /// `services_prefix`.
 pub fn admit(
     env: &str,
-    configs: Vec<Object<PublishedConfig>>,
+    configs: Vec<Object<serde_json::Value>>,
     instances: Vec<Object<Instance>>,
     services_prefix: &str,
 ) -> Admission {
     let mut admission = Admission::default();
     for object in configs {
-        match check_config(&object.value, env) {
-            Ok(()) => admission.configs.push(object.value),
-            Err(reason) => admission
-                .refused
-                .push((object.value, format!("refused by the agent: {reason}"))),
+        let id = object.key.rsplit('/').next().unwrap_or_default();
+        if !valid_id(id) {
+            tracing::warn!(key = %object.key, "a configuration key without a configuration id; ignored");
+            continue;
+        }
+        let version = object.value["version"].as_i64().unwrap_or(0);
+        // The document first, through the controller's own parser: its errors name the field.
+        let document = object
+            .value
+            .get("document")
+            .map(|d| IngressDocument::from_json(d.to_string().as_bytes()));
+        let decoded = match document {
+            Some(Err(e)) => Err(e.to_string()),
+            _ => serde_path_to_error::deserialize::<_, PublishedConfig>(&*object.value)
+                .map_err(|e| format!("not a published configuration: {}: {}", e.path(), e.inner())),
+        }
+        .and_then(|c| check_config(id, &c, env).map(|()| c));
+        match decoded {
+            Ok(config) => admission.configs.push(Arc::new(config)),
+            Err(reason) => admission.refused.push(RefusedConfig {
+                id: id.to_string(),
+                version,
+                reason: format!("refused by the agent: {reason}"),
+            }),
         }
     }
     let base = format!("{}/", services_prefix.trim_end_matches('/'));
@@ -135,15 +166,12 @@ mod tests {
         }
     }
 
-    fn config(id: &str, doc: &str) -> PublishedConfig {
-        PublishedConfig {
-            id: id.into(),
-            env: "prod".into(),
-            version: 1,
-            document: serde_json::from_str(doc).expect("a document"),
-            changed_by: "t".into(),
-            changed_at: "now".into(),
-        }
+    fn config(id: &str, doc: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id": id, "env": "prod", "version": 1,
+            "document": serde_json::from_str::<serde_json::Value>(doc).expect("a document"),
+            "changed_by": "t", "changed_at": "now",
+        })
     }
 
     const SHOP: &str = r#"{"kind":"ingress","virtual_hosts":[{"hostname":"shop.example.com",
@@ -187,32 +215,49 @@ mod tests {
     #[test]
     fn configurations_written_around_the_controller_are_refused() {
         let mut bad_path = config("u2", SHOP);
-        if let IngressDocument::Ingress(i) = &mut bad_path.document {
-            i.virtual_hosts[0].paths[0].path = "/ { return 200; } location /x".into();
-        }
+        bad_path["document"]["virtual_hosts"][0]["paths"][0]["path"] =
+            "/ { return 200; } location /x".into();
         let mut other_env = config("u3", SHOP);
-        other_env.env = "staging".into();
+        other_env["env"] = "staging".into();
+        let mut not_a_number = config("u5", SHOP);
+        not_a_number["document"]["virtual_hosts"][0]["paths"][0]["read_timeout_seconds"] =
+            "30; return 200".into();
         let admission = admit(
             "prod",
             vec![
-                object("k1", config("u1", SHOP)),
-                object("k2", bad_path),
-                object("k3", other_env),
-                object("k4", config("../x", SHOP)),
+                object("/c/u1", config("u1", SHOP)),
+                object("/c/u2", bad_path),
+                object("/c/u3", other_env),
+                object("/c/u4", config("u1", SHOP)),
+                object("/c/u5", not_a_number),
+                object("/c/..", config("..", SHOP)),
             ],
             vec![],
             "/services",
         );
         assert_eq!(admission.configs.len(), 1);
-        let reasons: Vec<&str> = admission.refused.iter().map(|(_, r)| r.as_str()).collect();
+        let reasons: Vec<(&str, &str)> = admission
+            .refused
+            .iter()
+            .map(|r| (r.id.as_str(), r.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
         assert!(
-            reasons[0].contains("virtual_hosts[0].paths[0].path"),
+            reasons[0].1.contains("virtual_hosts[0].paths[0].path"),
             "{reasons:?}"
         );
         assert!(
-            reasons[1].contains("environment \"staging\""),
+            reasons[1].1.contains("environment \"staging\""),
             "{reasons:?}"
         );
-        assert!(reasons[2].contains("not a configuration id"), "{reasons:?}");
+        assert!(
+            reasons[2].1.contains("not the one its key names"),
+            "{reasons:?}"
+        );
+        assert_eq!(reasons[3].0, "u5");
+        assert!(
+            reasons[3].1.contains("not a published configuration"),
+            "{reasons:?}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use etcd_client::Client;
 use ferry_controller::api::AgentStatus;
 use ferry_controller::keys::Keys;
-use ferry_controller::{IngressDocument, PublishedConfig};
+use ferry_controller::IngressDocument;
 use ferry_registry::Instance;
 use ferry_render::{render_resource, KvSnapshot, Outcome, RenderOptions, TemplateResource};
 use ferry_runtime::Informer;
@@ -20,12 +20,14 @@ pub(crate) struct Applier {
     pub(crate) client: Client,
     pub(crate) config: AgentConfig,
     pub(crate) keys: Keys,
-    pub(crate) configs: Informer<PublishedConfig>,
+    pub(crate) configs: Informer<serde_json::Value>,
     pub(crate) services: Informer<Instance>,
     pub(crate) templates: PathBuf,
     pub(crate) metrics: Arc<AgentMetrics>,
     /// What was last reported per configuration, so a status is written only on change.
     pub(crate) reported: HashMap<String, (i64, bool, String)>,
+    /// The refusals already logged.
+    pub(crate) warned: std::collections::HashSet<String>,
 }
 
 impl Applier {
@@ -59,6 +61,7 @@ impl Applier {
             templates,
             metrics,
             reported,
+            warned,
         } = self;
         let admission = admission::admit(
             &config.env,
@@ -67,12 +70,23 @@ impl Applier {
             &config.services_prefix,
         );
         metrics.observe(&admission);
+        // Each refusal is logged once, not at every render while it stays in the store.
+        let mut now_warned = std::collections::HashSet::new();
         for skipped in &admission.skipped {
-            tracing::warn!(agent = %config.name, key = %skipped.key, reason = %skipped.reason, "invalid registry instance left out of its upstream");
+            let entry = format!("{}\0{}", skipped.key, skipped.reason);
+            if !warned.contains(&entry) {
+                tracing::warn!(agent = %config.name, key = %skipped.key, reason = %skipped.reason, "invalid registry instance left out of its upstream");
+            }
+            now_warned.insert(entry);
         }
-        for (c, reason) in &admission.refused {
-            tracing::warn!(agent = %config.name, config = %c.id, %reason, "configuration refused");
+        for refused in &admission.refused {
+            let entry = format!("{}\0{}\0{}", refused.id, refused.version, refused.reason);
+            if !warned.contains(&entry) {
+                tracing::warn!(agent = %config.name, config = %refused.id, reason = %refused.reason, "configuration refused");
+            }
+            now_warned.insert(entry);
         }
+        *warned = now_warned;
         let current = &admission.configs;
         let mut pairs = BTreeMap::new();
         pairs.insert("/agent/name".to_string(), config.name.clone());
@@ -153,33 +167,33 @@ impl Applier {
                     ),
                     (None, _) => (true, admission.skipped_message(c)),
                 };
-                (c, result)
+                (c.id.as_str(), c.version, result)
             })
             .chain(
                 admission
                     .refused
                     .iter()
-                    .map(|(c, r)| (c, (false, r.clone()))),
+                    .map(|r| (r.id.as_str(), r.version, (false, r.reason.clone()))),
             );
-        for (c, (ok, message)) in results {
-            let entry = (c.version, ok, message.clone());
-            if reported.get(&c.id) == Some(&entry) {
+        for (id, version, (ok, message)) in results {
+            let entry = (version, ok, message.clone());
+            if reported.get(id) == Some(&entry) {
                 continue;
             }
             let status = AgentStatus {
                 agent: config.name.clone(),
-                version: c.version,
+                version,
                 ok,
                 message,
                 time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             };
-            let key = keys.status(&config.env, &c.id, &config.name);
+            let key = keys.status(&config.env, id, &config.name);
             match client
                 .put(key, serde_json::to_vec(&status).unwrap_or_default(), None)
                 .await
             {
                 Ok(_) => {
-                    reported.insert(c.id.clone(), entry);
+                    reported.insert(id.to_string(), entry);
                 }
                 Err(e) => {
                     tracing::warn!(agent = %config.name, error = %e, "reporting status failed; will retry")
@@ -189,8 +203,8 @@ impl Applier {
         // Forget configurations that were deleted (the controller removes their status keys).
         let live: std::collections::HashSet<&str> = current
             .iter()
-            .chain(admission.refused.iter().map(|(c, _)| c))
             .map(|c| c.id.as_str())
+            .chain(admission.refused.iter().map(|r| r.id.as_str()))
             .collect();
         reported.retain(|id, _| live.contains(id.as_str()));
     }

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use ferry_controller::keys::Keys;
-use ferry_controller::PublishedConfig;
 use ferry_registry::{announce, AnnounceConfig, Announcement, Instance};
 use ferry_runtime::{Informer, InformerConfig};
 use tokio::task::JoinHandle;
@@ -71,9 +70,9 @@ pub struct RunningAgent {
 }
 
 impl RunningAgent {
-    /// The agent's metrics in Prometheus' text format.
-    pub fn metrics(&self) -> String {
-        self.metrics.encode()
+    /// The agent's metrics (`AgentMetrics::encode` gives Prometheus' text format).
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.metrics.clone()
     }
 
     /// Deregisters and stops.
@@ -178,7 +177,8 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
     .await?;
     let mut informer_config = InformerConfig::new(keys.configs(&config.env));
     informer_config.resync_period = Some(config.resync);
-    let configs: Informer<PublishedConfig> = Informer::start(client.clone(), informer_config);
+    // Raw JSON: a value that is not a configuration must still be reported as refused.
+    let configs: Informer<serde_json::Value> = Informer::start(client.clone(), informer_config);
     let services: Informer<Instance> = Informer::start(
         client.clone(),
         InformerConfig::new(format!("{}/", config.services_prefix.trim_end_matches('/'))),
@@ -194,6 +194,7 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
             templates,
             metrics: metrics.clone(),
             reported: HashMap::new(),
+            warned: Default::default(),
         }
         .run(),
     );

@@ -9,11 +9,11 @@ fn op(summary: &str, admin: bool, body: bool, ok: &str) -> Value {
         "responses": {
             ok: { "description": "success" },
             "401": { "description": "missing or unknown token" },
+            "403": { "description": "the token does not cover this environment, or may only read" },
             "404": { "description": "no such configuration" }
         }
     });
     if admin {
-        v["responses"]["403"] = json!({ "description": "read-only token" });
         v["responses"]["412"] = json!({ "description": "If-Match is not the current version" });
         v["responses"]["428"] = json!({ "description": "If-Match missing" });
     }

@@ -7,6 +7,7 @@ mod common;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::ingress::{nginx_binary, StopNginx};
 use common::{ferry_bin, Server};
 use ferry_controller::api::AgentStatus;
 use ferry_controller::keys::Keys;
@@ -100,17 +101,6 @@ async fn wait_status(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn nginx_binary() -> anyhow::Result<&'static str> {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "nginx is needed: apt-get install nginx-light (or scripts/install-deps.sh)"
-            )
-        })
 }
 
 async fn agent_applies_reports_and_refuses_bad_configurations(
@@ -264,21 +254,6 @@ async fn an_agent_restarted_while_the_store_is_down_keeps_serving_and_catches_up
     assert!(wait_status(&server, &keys, &shop.id, 2).await?.ok);
     assert!(std::fs::read_to_string(&conf)?.contains("shop2.example.com"));
     Ok(())
-}
-
-/// Stops the nginx an agent started under `prefix`.
-struct StopNginx(&'static str, std::path::PathBuf);
-impl Drop for StopNginx {
-    fn drop(&mut self) {
-        let _ = Command::new(self.0)
-            .arg("-s")
-            .arg("stop")
-            .arg("-p")
-            .arg(&self.1)
-            .arg("-c")
-            .arg(self.1.join("conf/nginx.conf"))
-            .output();
-    }
 }
 
 async fn agent_serves_tls_virtual_hosts_through_nginx(server: &Server) -> anyhow::Result<()> {

@@ -79,11 +79,16 @@ impl Instance {
             what: "address",
             reason: format!("{:?} is not host:port: {e}", self.addr),
         })?;
-        if self.version.len() > 128 || !self.version.chars().all(|c| c.is_ascii_graphic()) {
+        if self.version.len() > 128
+            || !self
+                .version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_' | '~'))
+        {
             return Err(RegistryError::Invalid {
                 what: "version",
                 reason: format!(
-                    "{:?} must be at most 128 printable characters without spaces",
+                    "{:?} must be at most 128 letters, digits, '.', '-', '+', '_' or '~'",
                     self.version
                 ),
             });

@@ -44,6 +44,9 @@ pub struct AgentArgs {
     /// Command reloading nginx after a change.
     #[arg(long)]
     reload_cmd: Option<String>,
+    /// Serve Prometheus metrics (`ferry_agent_*`: what it refused to render) on this address.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Full resynchronisation period.
     #[arg(long, default_value = "3m", value_parser = ferry_client::args::positive_duration)]
     resync: std::time::Duration,
@@ -110,6 +113,10 @@ impl AgentArgs {
         };
         tracing::info!("connected to the store");
         let agent = start(client, config).await.context("starting the agent")?;
+        if let Some(addr) = self.metrics_addr {
+            let metrics = agent.metrics();
+            super::serve_metrics("--metrics-addr", addr, move || metrics.encode()).await?;
+        }
         super::shutdown_signal().await;
         agent.stop().await;
         Ok(())

@@ -64,6 +64,31 @@ impl Cli {
     }
 }
 
+/// Serves `GET /metrics` (Prometheus text) on `addr` in the background.
+pub(crate) async fn serve_metrics(
+    flag: &str,
+    addr: std::net::SocketAddr,
+    text: impl Fn() -> String + Clone + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{flag} {addr}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = text.clone();
+            async move { text() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -207,7 +207,8 @@ impl RenderArgs {
         let client = self.connection.connect().await?;
         let board = Arc::new(StatusBoard::default());
         if let Some(addr) = self.metrics_addr {
-            serve_metrics(addr, board.clone()).await?;
+            let board = board.clone();
+            super::serve_metrics("-metrics-addr", addr, move || board.prometheus()).await?;
         }
         let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let report: Report = {
@@ -297,25 +298,5 @@ fn check_runnable(confdir: &std::path::Path, resource: &TemplateResource) -> any
             dir.display()
         ));
     }
-    Ok(())
-}
-
-/// Serves `/metrics` in the background.
-async fn serve_metrics(addr: SocketAddr, board: Arc<StatusBoard>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("-metrics-addr {addr}"))?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let board = board.clone();
-            async move { board.prometheus() }
-        }),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
     Ok(())
 }

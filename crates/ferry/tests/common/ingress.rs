@@ -55,6 +55,22 @@ pub fn nginx_binary() -> anyhow::Result<&'static str> {
         })
 }
 
+/// Stops the nginx an agent started under a prefix (`nginx -s stop`), when dropped.
+pub struct StopNginx(pub &'static str, pub PathBuf);
+
+impl Drop for StopNginx {
+    fn drop(&mut self) {
+        let _ = Command::new(self.0)
+            .arg("-s")
+            .arg("stop")
+            .arg("-p")
+            .arg(&self.1)
+            .arg("-c")
+            .arg(self.1.join("conf/nginx.conf"))
+            .output();
+    }
+}
+
 /// One `ferry controller` replica.
 pub struct Controller {
     /// Its API address.
