@@ -256,7 +256,7 @@ mod tests {
         );
         assert_eq!(reasons[3].0, "u5");
         assert!(
-            reasons[3].1.contains("not a published configuration"),
+            reasons[3].1.contains("read_timeout_seconds: invalid type"),
             "{reasons:?}"
         );
     }
