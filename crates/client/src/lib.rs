@@ -15,7 +15,9 @@
 pub mod args;
 pub mod duration;
 mod endpoint;
+pub mod health;
 mod insecure;
+mod retry;
 
 #[cfg(feature = "clap")]
 pub use args::ConnectionArgs;
@@ -160,6 +162,7 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
         .with_connect_timeout(config.dial_timeout)
         .with_timeout(config.request_timeout);
     let mut endpoints = config.endpoints.clone();
+    let mut tls_options = None;
     let insecure = config.tls.as_ref().is_some_and(|t| t.insecure_skip_verify);
     if (config.tls.is_some() || uses_https) && !insecure {
         let files = config.tls.clone().unwrap_or_default();
@@ -177,7 +180,8 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
             (None, None) => {}
             _ => return Err(ConnectError::CertWithoutKey),
         }
-        options = options.with_tls(tls);
+        options = options.with_tls(tls.clone());
+        tls_options = Some(tls);
         // etcd-client picks TLS per endpoint from the scheme.
         endpoints = endpoints
             .into_iter()
@@ -190,6 +194,12 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
             })
             .collect();
     }
+    // Probes need no credentials (Status is open to all), and must not cost an
+    // authentication each.
+    let probe_options = options.clone();
+    // A member cut off from the quorum refuses requests ("no leader") instead of holding
+    // them, and cancels watches, which then move to a member that has one.
+    options = options.with_require_leader(true);
     if let Some((user, password)) = &config.credentials {
         options = options.with_user(user.clone(), password.clone());
     }
@@ -230,6 +240,26 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
             Some(files) if insecure => {
                 let channel = insecure::channel(&config.endpoints[0], files, config.dial_timeout)?;
                 Client::from_channel(channel, Some(options))
+                    .await
+                    .map_err(classify)?
+            }
+            _ if endpoints.len() > 1 => {
+                let urls = endpoints
+                    .iter()
+                    .map(|e| {
+                        if e.contains("://") {
+                            e.clone()
+                        } else {
+                            format!("http://{e}")
+                        }
+                    })
+                    .collect();
+                let spec = health::EndpointSpec {
+                    dial_timeout: config.dial_timeout,
+                    request_timeout: config.request_timeout,
+                    tls: tls_options,
+                };
+                health::connect_cluster(urls, options, probe_options, spec)
                     .await
                     .map_err(classify)?
             }

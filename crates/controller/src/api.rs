@@ -162,6 +162,23 @@ impl ApiState {
         }
     }
 
+    /// Refuses a change while the store cannot take writes (no quorum, unreachable): the
+    /// change would sit in SQL unpublished with no agent seeing it, so it is not accepted.
+    async fn ensure_store_writable(&self) -> Result<(), ApiError> {
+        // A linearizable read needs the quorum, exactly as a write does.
+        let mut client = self.client.clone();
+        let probe = client.get(self.keys.root(), Some(GetOptions::new().with_count_only()));
+        let reason = match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 3s".to_string(),
+        };
+        Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": format!("the store cannot take writes now (no quorum or unreachable: {reason}); nothing was changed, try again") }),
+        ))
+    }
+
     /// Records a committed change.
     fn audit_change(&self, action: &str, who: &Identity, caller: &Caller, rec: &ConfigRecord) {
         self.audit.record(&AuditEvent {
@@ -242,6 +259,7 @@ async fn create(
     valid_env(&env)?;
     let who = s.authorize(&caller, Role::Admin, Some(&env))?;
     let doc = parse_document(&body)?;
+    s.ensure_store_writable().await?;
     let rec = s.record.create(&env, &doc, &who.name).await?;
     s.audit_change("create", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::CREATED, rec).await)
@@ -276,6 +294,7 @@ async fn update(
     let who = s.authorize(&caller, Role::Admin, Some(&env))?;
     let expected = if_match(&headers)?;
     let doc = parse_document(&body)?;
+    s.ensure_store_writable().await?;
     let rec = s
         .record
         .update(&env, &id, expected, &doc, &who.name)
@@ -292,6 +311,7 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     let who = s.authorize(&caller, Role::Admin, Some(&env))?;
     let expected = if_match(&headers)?;
+    s.ensure_store_writable().await?;
     let rec = s.record.delete(&env, &id, expected, &who.name).await?;
     s.audit_change("delete", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::OK, rec).await)
@@ -320,6 +340,7 @@ async fn rollback(
 ) -> Result<Response, ApiError> {
     let who = s.authorize(&caller, Role::Admin, Some(&env))?;
     let expected = if_match(&headers)?;
+    s.ensure_store_writable().await?;
     let rec = s
         .record
         .rollback(&env, &id, q.version, expected, &who.name)

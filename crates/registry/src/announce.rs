@@ -40,7 +40,8 @@ pub enum AnnounceState {
         /// The lease id.
         lease: i64,
     },
-    /// The lease was lost; re-announcing.
+    /// The keep-alive stream is broken (the lease is kept and renewed again as soon as a
+    /// member answers) or the lease is gone (the instance is being registered again).
     Reconnecting {
         /// Why.
         reason: String,
@@ -129,8 +130,19 @@ async fn register(
     Ok(lease)
 }
 
-/// Keeps the lease alive; when it is lost (expired during a partition, store restored or
-/// restarted without it) the instance registers again under a new lease.
+/// Why keeping a lease alive stopped.
+enum KeepAliveEnd {
+    /// The store says the lease is gone (expired or revoked): only now is the instance
+    /// registered again, under a new lease.
+    LeaseGone,
+    /// The stream broke (a member died, a partition): the lease may well be alive, so the
+    /// keep-alive is reopened on the same lease, on whichever member answers.
+    StreamBroken(String),
+}
+
+/// Keeps the lease alive across broken streams, and registers again only when the store
+/// says the lease is gone. While the stream is down the state is `Reconnecting`; the
+/// registration itself stays as it is.
 async fn keep_registered(
     mut client: Client,
     config: AnnounceConfig,
@@ -142,17 +154,33 @@ async fn keep_registered(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let reason = tokio::select! {
-            reason = keep_alive(&mut client, lease, config.keep_alive_interval) => reason,
+        let end = tokio::select! {
+            end = keep_alive(&mut client, lease, config.keep_alive_interval, &state) => end,
             _ = stopped.wait_for(|s| *s) => return,
         };
-        tracing::warn!(key = %key, lease, %reason, "registration lost; announcing again");
-        let _ = state.send(AnnounceState::Reconnecting { reason });
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stopped.wait_for(|s| *s) => return,
+        match end {
+            KeepAliveEnd::StreamBroken(reason) => {
+                if matches!(*state.borrow(), AnnounceState::Live { .. }) {
+                    // The stream had worked: this is a new failure, not a retry.
+                    backoff = Duration::from_millis(100);
+                }
+                tracing::info!(key = %key, lease, %reason, "keep-alive stream broken; reopening it on the same lease");
+                let _ = state.send(AnnounceState::Reconnecting { reason });
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(config.max_retry_backoff);
+                continue;
             }
+            KeepAliveEnd::LeaseGone => {
+                tracing::warn!(key = %key, lease, "the lease is gone; announcing again");
+                let _ = state.send(AnnounceState::Reconnecting {
+                    reason: "the lease expired".into(),
+                });
+            }
+        }
+        loop {
             match register(&mut client, &key, &value, config.ttl).await {
                 Ok(new_lease) => {
                     lease = new_lease;
@@ -166,28 +194,54 @@ async fn keep_registered(
                     backoff = (backoff * 2).min(config.max_retry_backoff);
                 }
             }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
         }
     }
 }
 
-/// Renews `lease` every `interval`; returns why it stopped working.
-async fn keep_alive(client: &mut Client, lease: i64, interval: Duration) -> String {
-    let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
-        Ok(pair) => pair,
-        Err(e) => return format!("opening the keep-alive stream: {e}"),
+/// Renews `lease` every `interval` until the stream breaks or the lease is gone; marks the
+/// registration live again once a renewal succeeds.
+async fn keep_alive(
+    client: &mut Client,
+    lease: i64,
+    interval: Duration,
+    state: &watch::Sender<AnnounceState>,
+) -> KeepAliveEnd {
+    // A member that stopped answering (paused, partitioned) must not hold the opening.
+    let opening = tokio::time::timeout(interval * 2, client.lease_keep_alive(lease)).await;
+    let (mut keeper, mut responses) = match opening {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            return KeepAliveEnd::StreamBroken(format!("opening the keep-alive stream: {e}"))
+        }
+        Err(_) => {
+            return KeepAliveEnd::StreamBroken("opening the keep-alive stream timed out".into())
+        }
     };
     let mut timer = tokio::time::interval(interval);
     loop {
         timer.tick().await;
         if let Err(e) = keeper.keep_alive().await {
-            return format!("sending a keep-alive: {e}");
+            return KeepAliveEnd::StreamBroken(format!("sending a keep-alive: {e}"));
         }
         match tokio::time::timeout(interval * 2, responses.message()).await {
-            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
-            Ok(Ok(Some(_))) => return "the lease expired".into(),
-            Ok(Ok(None)) => return "the keep-alive stream ended".into(),
-            Ok(Err(e)) => return format!("keep-alive failed: {e}"),
-            Err(_) => return "no keep-alive answer".into(),
+            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                if !matches!(*state.borrow(), AnnounceState::Live { lease: l } if l == lease) {
+                    let _ = state.send(AnnounceState::Live { lease });
+                }
+            }
+            Ok(Ok(Some(_))) => return KeepAliveEnd::LeaseGone,
+            Ok(Ok(None)) => {
+                return KeepAliveEnd::StreamBroken("the keep-alive stream ended".into())
+            }
+            Ok(Err(e)) if e.to_string().contains("lease not found") => {
+                return KeepAliveEnd::LeaseGone
+            }
+            Ok(Err(e)) => return KeepAliveEnd::StreamBroken(format!("keep-alive failed: {e}")),
+            Err(_) => return KeepAliveEnd::StreamBroken("no keep-alive answer".into()),
         }
     }
 }

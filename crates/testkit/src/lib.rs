@@ -16,7 +16,10 @@ use etcd_client::Client;
 
 pub use ferry_client::TlsFiles;
 
+pub mod cluster;
 pub mod sql;
+
+pub use cluster::EtcdCluster;
 
 /// Which implementation of the etcd v3 API a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,356 @@
+//! ferry's components on a real 3-member etcd 3.4 cluster, with every endpoint listed, while
+//! members are killed (`kill -9`), paused (`SIGSTOP`: a member that looks partitioned),
+//! restarted, and while the quorum is lost: listing works whichever member is down, an
+//! announced instance never disappears and is never re-announced while its lease lives, and
+//! informers end with exactly the store's state having seen every change in order.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::ferry_bin;
+use ferry_registry::{announce, AnnounceConfig, AnnounceState, Change, Discovery, Instance};
+use ferry_runtime::{Event, Informer, InformerConfig};
+use ferry_testkit::EtcdCluster;
+
+/// A short TTL so that "longer than the TTL" is seconds, not minutes.
+fn quick() -> AnnounceConfig {
+    AnnounceConfig {
+        ttl: 3,
+        keep_alive_interval: Duration::from_millis(500),
+        ..AnnounceConfig::default()
+    }
+}
+
+/// Every instance currently under `/services/`, read from a member that answers.
+async fn stored_leases(cluster: &EtcdCluster) -> anyhow::Result<Vec<(String, i64)>> {
+    for i in 0..cluster.members().len() {
+        if !cluster.members()[i].is_running() {
+            continue;
+        }
+        let Ok(mut c) = cluster.member_client(i).await else {
+            continue;
+        };
+        let options = etcd_client::GetOptions::new().with_prefix();
+        if let Ok(resp) = c.get("/services/", Some(options)).await {
+            return Ok(resp
+                .kvs()
+                .iter()
+                .map(|kv| (kv.key_str().unwrap_or_default().to_string(), kv.lease()))
+                .collect());
+        }
+    }
+    anyhow::bail!("no member answered")
+}
+
+/// Watches the announcement and the store for `duration`: the instance must stay, under
+/// the same lease, the whole time.
+async fn hold(
+    cluster: &EtcdCluster,
+    lease: i64,
+    duration: Duration,
+    phase: &str,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        // With the quorum lost nothing can be read; what matters is what is stored after.
+        if let Ok(stored) = stored_leases(cluster).await {
+            assert_eq!(
+                stored,
+                [("/services/web/a1".to_string(), lease)],
+                "the instance changed: {phase}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+async fn wait_live(announcement: &ferry_registry::Announcement, lease: i64) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(20);
+    while announcement.state() != (AnnounceState::Live { lease }) {
+        anyhow::ensure!(
+            Instant::now() < until,
+            "the announcement did not come back on lease {lease}: {:?}",
+            announcement.state()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_works_whichever_member_is_down() -> anyhow::Result<()> {
+    let mut cluster = EtcdCluster::start(3).await?;
+    let endpoints = cluster.endpoints().join(",");
+    for down in 0..3 {
+        cluster.kill(down);
+        for _ in 0..5 {
+            let out = Command::new(ferry_bin())
+                .args([
+                    "registry",
+                    "list",
+                    "--endpoints",
+                    &endpoints,
+                    "--dial-timeout",
+                    "500ms",
+                ])
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "member {down} down: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut client = ferry_client::connect(&cluster.connect_config()).await?;
+            client.put("/probe", "x", None).await?;
+        }
+        cluster.restart(down)?;
+        cluster.wait_healthy().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_outlives_member_kills_and_pauses_on_its_first_lease() -> anyhow::Result<()> {
+    let mut cluster = EtcdCluster::start(3).await?;
+    let client = ferry_client::connect(&cluster.connect_config()).await?;
+    let announcement = announce(
+        client,
+        quick(),
+        Instance::new("web", "a1", "127.0.0.1:8080"),
+    )
+    .await?;
+    let AnnounceState::Live { lease } = announcement.state() else {
+        anyhow::bail!("not live: {:?}", announcement.state());
+    };
+    let watcher = ferry_client::connect(&cluster.connect_config()).await?;
+    let mut discovery = Discovery::start(watcher, "/services", Some("web")).await?;
+    assert_eq!(
+        discovery.next_change().await,
+        Some(Change::Joined(discovery.instances()[0].clone()))
+    );
+
+    // kill -9 of the leader, then of a follower: longer than the TTL each time.
+    for pick_leader in [true, false] {
+        let leader = cluster.leader().await?;
+        let victim = if pick_leader {
+            leader
+        } else {
+            (leader + 1) % 3
+        };
+        cluster.kill(victim);
+        let phase = if pick_leader {
+            "leader killed"
+        } else {
+            "follower killed"
+        };
+        hold(&cluster, lease, Duration::from_secs(5), phase).await?;
+        wait_live(&announcement, lease).await?;
+        cluster.restart(victim)?;
+        cluster.wait_healthy().await?;
+    }
+    // A paused member (as if partitioned) for longer than the TTL.
+    let leader = cluster.leader().await?;
+    cluster.pause(leader)?;
+    hold(&cluster, lease, Duration::from_secs(5), "leader paused").await?;
+    cluster.resume(leader)?;
+    cluster.wait_healthy().await?;
+    wait_live(&announcement, lease).await?;
+    // Discovery saw no leave and no join the whole time.
+    let seen = tokio::time::timeout(Duration::from_millis(500), discovery.next_change()).await;
+    assert!(seen.is_err(), "discovery saw a change: {seen:?}");
+    assert_eq!(discovery.instances().len(), 1);
+    announcement.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_keeps_its_lease_through_quorum_loss() -> anyhow::Result<()> {
+    let mut cluster = EtcdCluster::start(3).await?;
+    let client = ferry_client::connect(&cluster.connect_config()).await?;
+    let announcement = announce(
+        client,
+        quick(),
+        Instance::new("web", "a1", "127.0.0.1:8080"),
+    )
+    .await?;
+    let AnnounceState::Live { lease } = announcement.state() else {
+        anyhow::bail!("not live: {:?}", announcement.state());
+    };
+    // Two of three down: no quorum, so no lease can expire and nothing can be written.
+    let leader = cluster.leader().await?;
+    let (a, b) = (leader, (leader + 1) % 3);
+    cluster.kill(a);
+    cluster.kill(b);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cluster.restart(a)?;
+    cluster.restart(b)?;
+    cluster.wait_healthy().await?;
+    // The new leader extends every lease: the same one is kept alive again.
+    wait_live(&announcement, lease).await?;
+    hold(&cluster, lease, Duration::from_secs(3), "after quorum loss").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_informer_sees_every_change_in_order_across_a_leader_kill() -> anyhow::Result<()> {
+    let mut cluster = EtcdCluster::start(3).await?;
+    let informer: Informer<serde_json::Value> = Informer::start(
+        ferry_client::connect(&cluster.connect_config()).await?,
+        InformerConfig::new("/inf/"),
+    );
+    informer.wait_for_sync().await;
+    let mut events = informer.subscribe();
+    let mut writer = ferry_client::connect(&cluster.connect_config()).await?;
+    // One key rewritten 200 times: every acknowledged value must arrive, in order.
+    let mut acknowledged = Vec::new();
+    let mut n = 0u32;
+    let mut killed = None;
+    while acknowledged.len() < 200 {
+        if acknowledged.len() >= 60 && killed.is_none() {
+            let leader = cluster.leader().await?;
+            cluster.kill(leader);
+            killed = Some(leader);
+        }
+        if acknowledged.len() >= 140 {
+            if let Some(i) = killed.filter(|i| !cluster.members()[*i].is_running()) {
+                cluster.restart(i)?;
+            }
+        }
+        n += 1;
+        match writer.put("/inf/k", n.to_string(), None).await {
+            Ok(_) => acknowledged.push(n),
+            // Not acknowledged: may or may not be applied; the next value overwrites it.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let last = *acknowledged.last().unwrap_or(&0);
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(30);
+    while seen.last() != Some(&last) {
+        let remaining = until.saturating_duration_since(Instant::now());
+        let event = tokio::time::timeout(remaining, events.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("the informer stopped at {:?}", seen.last()))?;
+        match event {
+            Some(Event::Added(o))
+            | Some(Event::Updated {
+                new: o,
+                resync: false,
+                ..
+            }) => seen.push(o.value.as_u64().unwrap_or(0) as u32),
+            Some(_) => {}
+            None => anyhow::bail!("the informer ended"),
+        }
+    }
+    // In order, nothing repeated, every acknowledged value present.
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "out of order or repeated: {seen:?}"
+    );
+    for value in &acknowledged {
+        assert!(
+            seen.contains(value),
+            "value {value} was acknowledged but never seen"
+        );
+    }
+    let cached = informer.cache().get("/inf/k").map(|o| (*o.value).clone());
+    assert_eq!(cached, Some(serde_json::json!(last)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_refuses_writes_without_quorum_and_recovers_by_itself() -> anyhow::Result<()>
+{
+    use common::ingress::{call, document, sqlite_url, Controller};
+    let mut cluster = EtcdCluster::start(3).await?;
+    let tmp = tempfile::tempdir()?;
+    let controller = Controller::start(
+        &cluster.endpoints().join(","),
+        &sqlite_url(tmp.path()),
+        "c1",
+        tmp.path(),
+    )
+    .await?;
+    let configs = "/api/v1/environments/prod/configs";
+    let (status, _) = call(
+        &controller.addr,
+        "POST",
+        configs,
+        None,
+        &document("a.example.com"),
+    )
+    .await?;
+    assert_eq!(status, 201);
+    let leader = cluster.leader().await?;
+    let (a, b) = (leader, (leader + 1) % 3);
+    cluster.kill(a);
+    cluster.kill(b);
+    // Writes are refused with the reason and change nothing; reads of SQL still work.
+    let (status, body) = call(
+        &controller.addr,
+        "POST",
+        configs,
+        None,
+        &document("b.example.com"),
+    )
+    .await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no quorum"),
+        "{body}"
+    );
+    let (status, list) = call(&controller.addr, "GET", configs, None, "").await?;
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(1)));
+    // The quorum returns: writes are accepted again and reach etcd, with no restart.
+    cluster.restart(a)?;
+    cluster.restart(b)?;
+    cluster.wait_healthy().await?;
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = call(
+            &controller.addr,
+            "POST",
+            configs,
+            None,
+            &document("b.example.com"),
+        )
+        .await?;
+        if status == 201 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "writes are still refused ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut c = ferry_client::connect(&cluster.connect_config()).await?;
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored = c
+            .get(
+                ferry_controller::keys::Keys::default().configs("prod"),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_count_only(),
+                ),
+            )
+            .await?
+            .count();
+        if stored == 2 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "{stored} configurations in etcd, not 2"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
