@@ -354,3 +354,84 @@ async fn the_controller_refuses_writes_without_quorum_and_recovers_by_itself() -
     }
     Ok(())
 }
+
+/// The agents' registry keys and their leases.
+async fn agent_leases(cluster: &EtcdCluster) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut c = ferry_client::connect(&cluster.connect_config()).await?;
+    let resp = c
+        .get(
+            "/ingress/agent/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap_or_default().to_string(), kv.lease()))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_no_change_and_stops_no_agent() -> anyhow::Result<()> {
+    use common::ingress::{
+        agents, call, config_path, create, document, sqlite_url, wait_complete, Controller,
+    };
+    let mut cluster = EtcdCluster::start(3).await?;
+    let endpoints = cluster.endpoints().join(",");
+    let tmp = tempfile::tempdir()?;
+    let controller =
+        Controller::start(&endpoints, &sqlite_url(tmp.path()), "c1", tmp.path()).await?;
+    let mut agents = agents(&endpoints, tmp.path(), 2)?;
+    let id = create(&controller.addr, "v1.example.com").await?;
+    wait_complete(&controller.addr, &id, 1, 2).await?;
+    let leases = agent_leases(&cluster).await?;
+    assert_eq!(leases.len(), 2);
+    // Each member in turn: kill -9, changes through the API while it is down, restart.
+    let mut version = 1;
+    for member in 0..3 {
+        cluster.kill(member);
+        for _ in 0..2 {
+            let host = format!("v{}.example.com", version + 1);
+            let until = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (status, body) = call(
+                    &controller.addr,
+                    "PUT",
+                    &config_path(&id),
+                    Some(version),
+                    &document(&host),
+                )
+                .await?;
+                match status {
+                    200 => break,
+                    // An election in progress: refused, nothing written; try again.
+                    503 => {}
+                    other => anyhow::bail!("update refused with {other}: {body}"),
+                }
+                anyhow::ensure!(Instant::now() < until, "updates refused for 20 s: {body}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            version += 1;
+        }
+        cluster.restart(member)?;
+        cluster.wait_healthy().await?;
+    }
+    // Every acknowledged change reached every agent; no agent stopped or re-registered.
+    wait_complete(&controller.addr, &id, version, 2).await?;
+    for agent in &mut agents {
+        assert!(agent.is_running(), "{} stopped", agent.name);
+        assert!(
+            agent
+                .nginx_conf()
+                .contains(&format!("server_name \"v{version}.example.com\";")),
+            "{} serves an old version",
+            agent.name
+        );
+    }
+    assert_eq!(
+        agent_leases(&cluster).await?,
+        leases,
+        "an agent registered again"
+    );
+    Ok(())
+}

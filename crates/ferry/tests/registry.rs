@@ -18,6 +18,7 @@ against_both!(&[];
     discovery_relists_after_compaction_without_losing_or_inventing,
     heartbeats_write_nothing,
     a_lost_lease_is_replaced_by_announcing_again,
+    a_paused_store_leaves_the_instance_announced_afterwards,
 );
 
 const PREFIX: &str = "/services";
@@ -503,5 +504,53 @@ async fn wrong_credentials_are_named_on_etcd_with_auth() -> anyhow::Result<()> {
     );
     config.credentials = Some(("root".into(), "rootpw".into()));
     ferry_client::connect(&config).await?;
+    Ok(())
+}
+
+/// SIGSTOP of the only member for longer than the TTL (what a partition looks like to the
+/// announcer), then SIGCONT: the instance is there afterwards, discovery ends with exactly
+/// it, and the announcement is live (on its lease, or on a new one if the store let the
+/// old one expire).
+async fn a_paused_store_leaves_the_instance_announced_afterwards(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let a = announce(
+        server.client().await?,
+        fast(),
+        Instance::new("web", "p1", "127.0.0.1:1"),
+    )
+    .await?;
+    let mut discovery = Discovery::start(server.client().await?, PREFIX, Some("web")).await?;
+    let pid = server
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the server has no pid"))?
+        .to_string();
+    let signal = |sig: &str| Command::new("kill").args([sig, &pid]).status();
+    anyhow::ensure!(signal("-STOP")?.success());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    anyhow::ensure!(signal("-CONT")?.success());
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let live = matches!(a.state(), ferry_registry::AnnounceState::Live { .. });
+        let stored = server
+            .client()
+            .await?
+            .get("/services/web/p1", None)
+            .await?
+            .kvs()
+            .len();
+        if live && stored == 1 && ids(&discovery.instances()) == ["p1"] {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "after the pause: state {:?}, stored {stored}, discovered {:?}",
+            a.state(),
+            ids(&discovery.instances())
+        );
+        // Drain discovery's changes so its view is current.
+        let _ = tokio::time::timeout(Duration::from_millis(200), discovery.next_change()).await;
+    }
+    a.stop().await?;
     Ok(())
 }

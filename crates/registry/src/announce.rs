@@ -214,6 +214,8 @@ async fn keep_alive(
     let opening = tokio::time::timeout(interval * 2, client.lease_keep_alive(lease)).await;
     let (mut keeper, mut responses) = match opening {
         Ok(Ok(pair)) => pair,
+        // etcd-client sends a first keep-alive when opening and reports a gone lease so.
+        Ok(Err(e)) if e.to_string().contains("lease not found") => return KeepAliveEnd::LeaseGone,
         Ok(Err(e)) => {
             return KeepAliveEnd::StreamBroken(format!("opening the keep-alive stream: {e}"))
         }

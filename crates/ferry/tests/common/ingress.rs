@@ -217,6 +217,11 @@ impl Agent {
         })
     }
 
+    /// Whether its process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.proc.0.try_wait(), Ok(None))
+    }
+
     /// The nginx configuration it last installed.
     pub fn nginx_conf(&self) -> String {
         std::fs::read_to_string(self.prefix.join("conf/nginx.conf")).unwrap_or_default()
