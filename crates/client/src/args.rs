@@ -51,6 +51,16 @@ pub struct ConnectionArgs {
         value_parser = positive_duration
     )]
     pub command_timeout: Duration,
+    /// Replace the endpoints with the cluster members' client URLs this often (etcd's
+    /// `--auto-sync-interval`); 0, the default, keeps the endpoints given.
+    #[arg(
+        long,
+        default_value = "0s",
+        env = "FERRY_AUTO_SYNC_INTERVAL",
+        global = true,
+        value_parser = crate::duration::parse
+    )]
+    pub auto_sync_interval: Duration,
 }
 
 /// A Go-style duration longer than zero, for clap.
@@ -70,6 +80,8 @@ impl ConnectionArgs {
             ConnectConfig::new(self.endpoints.iter().filter(|e| !e.is_empty()).cloned());
         config.dial_timeout = self.dial_timeout;
         config.request_timeout = self.command_timeout;
+        config.auto_sync_interval =
+            (!self.auto_sync_interval.is_zero()).then_some(self.auto_sync_interval);
         if self.cacert.is_some()
             || self.cert.is_some()
             || self.key.is_some()

@@ -25,6 +25,7 @@ pub(crate) struct EndpointSpec {
     pub dial_timeout: Duration,
     pub request_timeout: Duration,
     pub tls: Option<TlsOptions>,
+    pub auto_sync_interval: Option<Duration>,
 }
 
 impl EndpointSpec {
@@ -131,20 +132,76 @@ pub(crate) async fn connect_cluster(
     Ok(client)
 }
 
+/// The client URLs of the cluster's started members, asked of an answering member, in
+/// the scheme the endpoints use.
+async fn member_urls(
+    inserted: &BTreeSet<String>,
+    cache: &mut HashMap<String, Client>,
+    spec: &EndpointSpec,
+    timeout: Duration,
+) -> Option<Vec<String>> {
+    for url in inserted {
+        let Some(mut client) = cache.get(url).cloned() else {
+            continue;
+        };
+        let Ok(Ok(list)) = tokio::time::timeout(timeout, client.member_list()).await else {
+            continue;
+        };
+        let https = spec.tls.is_some();
+        let mut urls: Vec<String> = list
+            .members()
+            .iter()
+            .flat_map(|m| m.client_urls().iter())
+            .filter(|u| u.starts_with(if https { "https://" } else { "http://" }))
+            .cloned()
+            .collect();
+        urls.sort();
+        urls.dedup();
+        if !urls.is_empty() {
+            return Some(urls);
+        }
+    }
+    None
+}
+
 /// Probes every member until the client is gone (its balancer dropped the receiver).
 async fn keep_in_step(
     tx: Updater,
-    urls: Vec<String>,
+    mut urls: Vec<String>,
     mut inserted: BTreeSet<String>,
     options: ConnectOptions,
     spec: EndpointSpec,
     mut cache: HashMap<String, Client>,
 ) {
     let probe_timeout = spec.dial_timeout.min(Duration::from_secs(1));
+    let mut last_sync = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
         if tx.is_closed() {
             return;
+        }
+        if let Some(every) = spec.auto_sync_interval {
+            if last_sync.elapsed() >= every {
+                last_sync = tokio::time::Instant::now();
+                if let Some(members) =
+                    member_urls(&inserted, &mut cache, &spec, probe_timeout).await
+                {
+                    // Members that left the cluster are taken out for good.
+                    for gone in urls.iter().filter(|u| !members.contains(u)) {
+                        if inserted.remove(gone) {
+                            if let Ok(uri) = Uri::from_str(gone) {
+                                if tx.send(Change::Remove(uri)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    if members != urls {
+                        tracing::info!(endpoints = ?members, "endpoints synced from the member list");
+                    }
+                    urls = members;
+                }
+            }
         }
         let mut answering = BTreeSet::new();
         for url in &urls {

@@ -55,6 +55,9 @@ pub struct ConnectConfig {
     pub dial_timeout: Duration,
     /// How long one request may take.
     pub request_timeout: Duration,
+    /// How often to replace the endpoints with the cluster's members' client URLs
+    /// (etcd's `AutoSyncInterval`); `None`, the default, keeps the endpoints given.
+    pub auto_sync_interval: Option<Duration>,
 }
 
 impl ConnectConfig {
@@ -66,6 +69,7 @@ impl ConnectConfig {
             credentials: None,
             dial_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
+            auto_sync_interval: None,
         }
     }
 
@@ -243,7 +247,7 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
                     .await
                     .map_err(classify)?
             }
-            _ if endpoints.len() > 1 => {
+            _ if endpoints.len() > 1 || config.auto_sync_interval.is_some() => {
                 let urls = endpoints
                     .iter()
                     .map(|e| {
@@ -258,6 +262,7 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
                     dial_timeout: config.dial_timeout,
                     request_timeout: config.request_timeout,
                     tls: tls_options,
+                    auto_sync_interval: config.auto_sync_interval,
                 };
                 health::connect_cluster(urls, options, probe_options, spec)
                     .await

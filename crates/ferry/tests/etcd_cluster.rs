@@ -435,3 +435,46 @@ async fn a_rolling_restart_loses_no_change_and_stops_no_agent() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_sync_learns_the_members_from_one_endpoint() -> anyhow::Result<()> {
+    let mut cluster = EtcdCluster::start(3).await?;
+    let mut config = ferry_client::ConnectConfig::new([cluster.members()[0].endpoint()]);
+    config.auto_sync_interval = Some(Duration::from_millis(500));
+    let mut client = ferry_client::connect(&config).await?;
+    client.put("/sync", "1", None).await?;
+    // Long enough for a sync and a probe round of the new endpoints.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.kill(0);
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        match client.put("/sync", "2", None).await {
+            Ok(_) => break,
+            Err(e) => anyhow::ensure!(
+                Instant::now() < until,
+                "the only given endpoint is gone and no synced one took over: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let value = client.get("/sync", None).await?;
+    assert_eq!(value.kvs()[0].value(), b"2");
+    // Without auto-sync a client of one member has nowhere to go when it dies, even though
+    // the cluster keeps its quorum.
+    cluster.restart(0)?;
+    cluster.wait_healthy().await?;
+    let mut fixed = ferry_client::connect(&ferry_client::ConnectConfig::new([cluster.members()
+        [1]
+    .endpoint()]))
+    .await?;
+    cluster.kill(1);
+    assert!(fixed.put("/sync", "3", None).await.is_err());
+    // The synced client goes on (a write in flight to the killed member may fail: writes
+    // that may have been applied are the caller's to retry).
+    let until = Instant::now() + Duration::from_secs(15);
+    while let Err(e) = client.put("/sync", "4", None).await {
+        anyhow::ensure!(Instant::now() < until, "the synced client is stuck: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
