@@ -183,7 +183,7 @@ async fn an_instance_keeps_its_lease_through_quorum_loss() -> anyhow::Result<()>
     let (a, b) = (leader, (leader + 1) % 3);
     cluster.kill(a);
     cluster.kill(b);
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     cluster.restart(a)?;
     cluster.restart(b)?;
     cluster.wait_healthy().await?;

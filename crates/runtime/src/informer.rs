@@ -78,7 +78,8 @@ pub struct InformerConfig {
 }
 
 impl InformerConfig {
-    /// Watches `prefix` with client-go-like defaults (100 ms → 30 s backoff).
+    /// Watches `prefix` with client-go-like defaults (100 ms → 30 s backoff, reset after
+    /// 5 s of a working watch).
     pub fn new(prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         Self {
@@ -86,7 +87,9 @@ impl InformerConfig {
             prefix,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
-            healthy_after: Duration::from_secs(30),
+            // A member failure every few minutes must not find the backoff still grown from
+            // the last one: five healthy seconds are enough to start again from the minimum.
+            healthy_after: Duration::from_secs(5),
             resync_period: None,
         }
     }
