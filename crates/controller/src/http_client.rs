@@ -118,10 +118,9 @@ pub async fn request(
     headers: &[(&str, String)],
     body: &str,
 ) -> std::io::Result<HttpReply> {
-    let addr = addr.trim_start_matches("http://").trim_end_matches('/');
-    let sock = tokio::net::TcpStream::connect(addr).await?;
-    let raw = exchange(sock, method, path, token, headers, body).await?;
-    Ok(parse(&raw))
+    let client = ApiClient::new(addr, &ClientTlsFiles::default())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    client.request(method, path, token, headers, body).await
 }
 
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(

@@ -56,6 +56,11 @@ fn refused<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
     Ok(stderr)
 }
 
+/// `base` followed by `extra`, as owned arguments.
+fn with_extra(base: Vec<&str>, extra: &[&str]) -> Vec<String> {
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
 fn nowhere() -> anyhow::Result<String> {
     Ok(format!("127.0.0.1:{}", ferry_testkit::free_port()?))
 }
@@ -174,15 +179,16 @@ fn agent_refuses_what_no_retry_can_fix() -> anyhow::Result<()> {
     let prefix = prefix.to_str().unwrap_or_default();
     let endpoint = nowhere()?;
     let agent = |extra: &[&str]| {
-        let mut args = vec![
-            "agent",
-            "--nginx-prefix",
-            prefix,
-            "--endpoints",
-            endpoint.as_str(),
-        ];
-        args.extend_from_slice(extra);
-        args.into_iter().map(String::from).collect::<Vec<String>>()
+        with_extra(
+            vec![
+                "agent",
+                "--nginx-prefix",
+                prefix,
+                "--endpoints",
+                endpoint.as_str(),
+            ],
+            extra,
+        )
     };
     // The agent waits for an unreachable store (nginx keeps serving); a malformed endpoint
     // is not unreachable, it is wrong, and waiting would never end.
@@ -266,17 +272,18 @@ fn controller_refuses_bad_names_roots_and_databases_before_connecting() -> anyho
     let tokens = tokens.to_str().unwrap_or_default();
     let endpoint = nowhere()?;
     let controller = |extra: &[&str]| {
-        let mut args = vec![
-            "controller",
-            "--tokens",
-            tokens,
-            "--listen",
-            "127.0.0.1:0",
-            "--endpoints",
-            endpoint.as_str(),
-        ];
-        args.extend_from_slice(extra);
-        args.into_iter().map(String::from).collect::<Vec<String>>()
+        with_extra(
+            vec![
+                "controller",
+                "--tokens",
+                tokens,
+                "--listen",
+                "127.0.0.1:0",
+                "--endpoints",
+                endpoint.as_str(),
+            ],
+            extra,
+        )
     };
     refused(
         &controller(&["--root", "ingress"]),
@@ -300,11 +307,7 @@ fn controller_refuses_bad_names_roots_and_databases_before_connecting() -> anyho
 
 #[test]
 fn config_refuses_bad_api_addresses_names_and_non_api_answers() -> anyhow::Result<()> {
-    let config = |extra: &[&str]| {
-        let mut args = vec!["config", "--token", "t"];
-        args.extend_from_slice(extra);
-        args.into_iter().map(String::from).collect::<Vec<String>>()
-    };
+    let config = |extra: &[&str]| with_extra(vec!["config", "--token", "t"], extra);
     refused(
         &config(&["list", "--env", "prod", "--api", "http://127.0.0.1:1/api"]),
         &[],

@@ -67,6 +67,23 @@ async fn hold(
     Ok(())
 }
 
+/// `web/a1` announced through every member, and its lease.
+async fn announce_web_a1(
+    cluster: &EtcdCluster,
+) -> anyhow::Result<(ferry_registry::Announcement, i64)> {
+    let client = ferry_client::connect(&cluster.connect_config()).await?;
+    let announcement = announce(
+        client,
+        quick(),
+        Instance::new("web", "a1", "127.0.0.1:8080"),
+    )
+    .await?;
+    match announcement.state() {
+        AnnounceState::Live { lease } => Ok((announcement, lease)),
+        other => anyhow::bail!("not live: {other:?}"),
+    }
+}
+
 async fn wait_live(announcement: &ferry_registry::Announcement, lease: i64) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(20);
     while announcement.state() != (AnnounceState::Live { lease }) {
@@ -114,16 +131,7 @@ async fn listing_works_whichever_member_is_down() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_outlives_member_kills_and_pauses_on_its_first_lease() -> anyhow::Result<()> {
     let mut cluster = EtcdCluster::start(3).await?;
-    let client = ferry_client::connect(&cluster.connect_config()).await?;
-    let announcement = announce(
-        client,
-        quick(),
-        Instance::new("web", "a1", "127.0.0.1:8080"),
-    )
-    .await?;
-    let AnnounceState::Live { lease } = announcement.state() else {
-        anyhow::bail!("not live: {:?}", announcement.state());
-    };
+    let (announcement, lease) = announce_web_a1(&cluster).await?;
     let watcher = ferry_client::connect(&cluster.connect_config()).await?;
     let mut discovery = Discovery::start(watcher, "/services", Some("web")).await?;
     assert_eq!(
@@ -168,16 +176,7 @@ async fn an_instance_outlives_member_kills_and_pauses_on_its_first_lease() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_keeps_its_lease_through_quorum_loss() -> anyhow::Result<()> {
     let mut cluster = EtcdCluster::start(3).await?;
-    let client = ferry_client::connect(&cluster.connect_config()).await?;
-    let announcement = announce(
-        client,
-        quick(),
-        Instance::new("web", "a1", "127.0.0.1:8080"),
-    )
-    .await?;
-    let AnnounceState::Live { lease } = announcement.state() else {
-        anyhow::bail!("not live: {:?}", announcement.state());
-    };
+    let (announcement, lease) = announce_web_a1(&cluster).await?;
     // Two of three down: no quorum, so no lease can expire and nothing can be written.
     let leader = cluster.leader().await?;
     let (a, b) = (leader, (leader + 1) % 3);
