@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod node;
 pub mod replica;
 pub mod service;
 pub mod store;
@@ -31,6 +32,7 @@ pub mod proto {
     tonic::include_proto!("hellorpc");
 }
 
+pub use node::{Node, NodeConfig};
 pub use replica::{Change, Replica};
 pub use service::SyncService;
 pub use store::Entry;

@@ -188,11 +188,64 @@ impl Replica {
         changed
     }
 
+    /// Pulls every entry (tombstones included) from the peer at `addr` and merges it: the
+    /// bootstrap snapshot and one anti-entropy round. Returns how many entries changed here.
+    pub async fn pull_from(&self, addr: &str) -> Result<usize, tonic::Status> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let response = SyncClient::new(channel)
+            .max_decoding_message_size(1 << 30)
+            .get_all(SyncRequest {
+                data: vec![],
+                include_deleted: true,
+            })
+            .await?
+            .into_inner();
+        let mut changed = 0;
+        for d in response.data {
+            let entries = d
+                .data
+                .into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .chain(d.deleted.into_iter().map(|k| (k, None)));
+            for (key, value) in entries {
+                let Some(version) = d
+                    .versions
+                    .get(&key)
+                    .and_then(|v| v.parse::<Timestamp>().ok())
+                else {
+                    continue;
+                };
+                if self.merge(d.r#type, &key, value, version) {
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The peers' addresses.
+    pub fn peers(&self) -> Vec<String> {
+        self.inner
+            .peers
+            .lock()
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
     fn fan_out(&self, data: SyncData) {
         let peers = self.inner.peers.lock().clone();
         for (addr, mut client) in peers {
             let request = SyncRequest {
                 data: vec![data.clone()],
+                include_deleted: false,
             };
             tokio::spawn(async move {
                 let mut last = String::new();

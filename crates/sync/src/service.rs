@@ -36,7 +36,12 @@ impl SyncService {
     }
 }
 
-fn entries_of(replica: &Replica, ty: i32, keys: Option<Vec<&String>>) -> SyncData {
+fn entries_of(
+    replica: &Replica,
+    ty: i32,
+    keys: Option<Vec<&String>>,
+    include_deleted: bool,
+) -> SyncData {
     let mut out = SyncData {
         r#type: ty,
         ..Default::default()
@@ -46,9 +51,16 @@ fn entries_of(replica: &Replica, ty: i32, keys: Option<Vec<&String>>) -> SyncDat
         if keys.as_ref().is_some_and(|k| !k.contains(&&key)) {
             continue;
         }
-        if let Some(value) = entry.value {
-            out.versions.insert(key.clone(), entry.version.to_string());
-            out.data.insert(key, value);
+        match entry.value {
+            Some(value) => {
+                out.versions.insert(key.clone(), entry.version.to_string());
+                out.data.insert(key, value);
+            }
+            None if include_deleted => {
+                out.versions.insert(key.clone(), entry.version.to_string());
+                out.deleted.push(key);
+            }
+            None => {}
         }
     }
     out
@@ -92,7 +104,14 @@ impl Sync for SyncService {
             .into_inner()
             .data
             .iter()
-            .map(|d| entries_of(&self.replica, d.r#type, Some(d.data.keys().collect())))
+            .map(|d| {
+                entries_of(
+                    &self.replica,
+                    d.r#type,
+                    Some(d.data.keys().collect()),
+                    false,
+                )
+            })
             .collect();
         Ok(Response::new(SyncResponse { data }))
     }
@@ -162,7 +181,7 @@ impl Sync for SyncService {
         };
         let data = types
             .into_iter()
-            .map(|ty| entries_of(&self.replica, ty, None))
+            .map(|ty| entries_of(&self.replica, ty, None, request.include_deleted))
             .collect();
         Ok(Response::new(SyncResponse { data }))
     }

@@ -99,7 +99,12 @@ async fn a_client_of_the_original_protocol_works_unchanged() -> anyhow::Result<(
         .collect(),
         ..Default::default()
     };
-    client.set(SyncRequest { data: vec![write] }).await?;
+    client
+        .set(SyncRequest {
+            data: vec![write],
+            ..Default::default()
+        })
+        .await?;
     eventually("the client's write on every replica", || {
         replicas.iter().all(|r| r.values(7).len() == 2)
     })
@@ -116,7 +121,10 @@ async fn a_client_of_the_original_protocol_works_unchanged() -> anyhow::Result<(
         ..Default::default()
     };
     let got = client
-        .get(SyncRequest { data: vec![asked] })
+        .get(SyncRequest {
+            data: vec![asked],
+            ..Default::default()
+        })
         .await?
         .into_inner();
     assert_eq!(got.data.len(), 1);
@@ -127,7 +135,10 @@ async fn a_client_of_the_original_protocol_works_unchanged() -> anyhow::Result<(
     })
     .await?;
     let all = client
-        .get_all(SyncRequest { data: vec![] })
+        .get_all(SyncRequest {
+            data: vec![],
+            ..Default::default()
+        })
         .await?
         .into_inner();
     let types: Vec<i32> = all.data.iter().map(|d| d.r#type).collect();
@@ -144,7 +155,10 @@ async fn a_client_of_the_original_protocol_works_unchanged() -> anyhow::Result<(
         ..Default::default()
     };
     let err = client
-        .set(SyncRequest { data: vec![bad] })
+        .set(SyncRequest {
+            data: vec![bad],
+            ..Default::default()
+        })
         .await
         .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);

@@ -7,6 +7,7 @@ mod controller;
 mod registry;
 mod render;
 mod store;
+mod sync;
 mod token;
 mod up;
 
@@ -41,6 +42,9 @@ enum Command {
     Up(up::UpArgs),
     /// Manage configurations through the controller's API.
     Config(config::ConfigArgs),
+    /// Run a peer-sync replica: an in-memory cache kept in step with the service's other
+    /// replicas over gRPC (hellorpc.Sync), with a REST API.
+    Sync(sync::SyncArgs),
     /// Make API tokens for the controller's token file.
     Token(token::TokenArgs),
     /// Benchmark any etcd v3 endpoint (the embedded store or etcd) with etcd's workloads.
@@ -60,6 +64,7 @@ impl Cli {
             Command::Config(args) => args.run().await,
             Command::Bench(args) => args.run().await,
             Command::Token(args) => args.run().await,
+            Command::Sync(args) => args.run().await,
         }
     }
 }

@@ -1,0 +1,230 @@
+//! `ferry sync`: one peer-sync replica as a process, with a REST face for its cache.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use clap::Args;
+use ferry_client::ConnectionArgs;
+use ferry_sync::service::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use ferry_sync::{Node, NodeConfig};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Arguments of `ferry sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The registry service the replicas share.
+    #[arg(long)]
+    service: String,
+    /// This replica's id, unique in the service.
+    #[arg(long)]
+    id: String,
+    /// Where the gRPC service (hellorpc.Sync) listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    grpc_listen: SocketAddr,
+    /// Where the REST API listens.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    http_listen: SocketAddr,
+    /// Registry prefix.
+    #[arg(long, default_value = ferry_registry::DEFAULT_PREFIX)]
+    registry_prefix: String,
+    /// How often to pull from a random peer.
+    #[arg(long, default_value = "30s", value_parser = ferry_client::args::positive_duration)]
+    anti_entropy_interval: Duration,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+type Shared = Arc<Node>;
+
+/// A refused request: its status and a JSON `{"error": …}` body.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal(status, message.into())
+}
+
+fn cache_type(text: &str) -> Result<i32, Refusal> {
+    text.parse::<i32>().map_err(|_| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("type {text:?} is not a 32-bit integer"),
+        )
+    })
+}
+
+fn check_key(key: &str) -> Result<(), Refusal> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("a key must be 1 to {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn ready(node: &Node) -> Result<(), Refusal> {
+    if node.is_ready() {
+        Ok(())
+    } else {
+        Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bootstrapping from the peers; reads are served once complete",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    value: String,
+}
+
+async fn get_one(
+    State(node): State<Shared>,
+    Path((ty, key)): Path<(String, String)>,
+) -> Result<Response, Refusal> {
+    let ty = cache_type(&ty)?;
+    ready(&node)?;
+    match node.replica.entry(ty, &key) {
+        Some(entry) if entry.value.is_some() => Ok(Json(json!({
+            "type": ty, "key": key, "value": entry.value, "version": entry.version.to_string(),
+        }))
+        .into_response()),
+        _ => Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("no key {key:?} in type {ty}"),
+        )),
+    }
+}
+
+async fn put_one(
+    State(node): State<Shared>,
+    Path((ty, key)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let ty = cache_type(&ty)?;
+    check_key(&key)?;
+    let body: PutBody = serde_json::from_slice(&body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"value\": \"…\"}}: {e}"),
+        )
+    })?;
+    if body.value.len() > MAX_VALUE_BYTES {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the value is over {MAX_VALUE_BYTES} bytes"),
+        ));
+    }
+    let version = node.replica.set(ty, &key, &body.value);
+    Ok(Json(json!({ "type": ty, "key": key, "version": version.to_string() })).into_response())
+}
+
+async fn delete_one(
+    State(node): State<Shared>,
+    Path((ty, key)): Path<(String, String)>,
+) -> Result<Response, Refusal> {
+    let ty = cache_type(&ty)?;
+    check_key(&key)?;
+    let version = node.replica.delete(ty, &key);
+    Ok(
+        Json(json!({ "type": ty, "key": key, "version": version.to_string(), "deleted": true }))
+            .into_response(),
+    )
+}
+
+async fn get_type(State(node): State<Shared>, Path(ty): Path<String>) -> Result<Response, Refusal> {
+    let ty = cache_type(&ty)?;
+    ready(&node)?;
+    Ok(Json(json!({ "type": ty, "entries": node.replica.values(ty) })).into_response())
+}
+
+async fn readyz(State(node): State<Shared>) -> Result<&'static str, Refusal> {
+    ready(&node)?;
+    Ok("ready")
+}
+
+async fn metrics(State(node): State<Shared>) -> String {
+    let entries: usize = node
+        .replica
+        .types()
+        .into_iter()
+        .map(|t| node.replica.values(t).len())
+        .sum();
+    format!(
+        "# HELP ferry_sync_entries Live entries in this replica.\n# TYPE ferry_sync_entries gauge\nferry_sync_entries {entries}\n\
+         # HELP ferry_sync_peers Peers writes are sent to.\n# TYPE ferry_sync_peers gauge\nferry_sync_peers {}\n\
+         # HELP ferry_sync_ready Whether bootstrap is done.\n# TYPE ferry_sync_ready gauge\nferry_sync_ready {}\n",
+        node.replica.peers().len(),
+        u8::from(node.is_ready())
+    )
+}
+
+impl SyncArgs {
+    /// Runs until SIGINT/SIGTERM.
+    pub async fn run(self) -> anyhow::Result<()> {
+        if !ferry_registry::valid_name(&self.service) || !ferry_registry::valid_name(&self.id) {
+            anyhow::bail!(
+                "--service {:?} and --id {:?} must be 1 to 253 letters, digits, '-', '_' or '.'",
+                self.service,
+                self.id
+            );
+        }
+        let client = self.connection.connect().await?;
+        let http = tokio::net::TcpListener::bind(self.http_listen)
+            .await
+            .with_context(|| format!("--http-listen {}", self.http_listen))?;
+        let node = Arc::new(
+            ferry_sync::node::start(
+                client,
+                NodeConfig {
+                    service: self.service,
+                    id: self.id,
+                    grpc_listen: self.grpc_listen,
+                    registry_prefix: self.registry_prefix,
+                    anti_entropy_interval: self.anti_entropy_interval,
+                },
+            )
+            .await
+            .context("starting the replica")?,
+        );
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .route("/v1/cache/{ty}", get(get_type))
+            .route(
+                "/v1/cache/{ty}/{key}",
+                get(get_one).put(put_one).delete(delete_one),
+            )
+            .with_state(node.clone());
+        println!(
+            "sync replica: gRPC on {}, REST on http://{}",
+            node.grpc_addr,
+            http.local_addr()?
+        );
+        tokio::select! {
+            result = axum::serve(http, app) => result.context("serving the REST API")?,
+            _ = super::shutdown_signal() => {}
+        }
+        if let Ok(node) = Arc::try_unwrap(node) {
+            node.stop().await;
+        }
+        Ok(())
+    }
+}
