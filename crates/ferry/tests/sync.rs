@@ -182,5 +182,23 @@ async fn replicas_converge_through_kills_pauses_and_deletes(server: &Server) -> 
         map.insert("during".into(), "pause".into());
     }
     all_equal(&replicas, &expected).await?;
+    // The counters say what happened: writes fanned out from r1, r3 bootstrapped.
+    let metrics = |r: &Replica| {
+        let http = r.http.clone();
+        async move {
+            ferry_controller::http_client::request(&http, "GET", "/metrics", None, &[], "")
+                .await
+                .map(|reply| reply.body)
+        }
+    };
+    let r1 = metrics(&replicas[0]).await?;
+    assert!(r1.contains("ferry_sync_ready 1"), "{r1}");
+    assert!(
+        !r1.contains("ferry_sync_fanout_delivered_total 0\n"),
+        "{r1}"
+    );
+    let r3 = metrics(&replicas[2]).await?;
+    assert!(!r3.contains("ferry_sync_bootstrap_seconds 0\n"), "{r3}");
+    assert!(r3.contains("ferry_sync_entries 10"), "{r3}");
     Ok(())
 }

@@ -33,6 +33,6 @@ pub mod proto {
 }
 
 pub use node::{Node, NodeConfig};
-pub use replica::{Change, Replica};
+pub use replica::{Change, Replica, SyncMetrics};
 pub use service::SyncService;
 pub use store::Entry;

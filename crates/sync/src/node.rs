@@ -146,11 +146,16 @@ pub async fn start(client: etcd_client::Client, config: NodeConfig) -> Result<No
         let interval = config.anti_entropy_interval;
         tokio::spawn(async move {
             // Bootstrap: the longest-running peer's snapshot, then one more round, then ready.
+            let started = std::time::Instant::now();
             if let Some(peer) = oldest_peer {
                 let mut delay = Duration::from_millis(100);
                 loop {
                     match replica.pull_from(&peer).await {
                         Ok(n) => {
+                            replica
+                                .metrics()
+                                .anti_entropy_repaired
+                                .fetch_add(n as u64, Ordering::Relaxed);
                             tracing::info!(%peer, entries = n, "bootstrapped from the longest-running peer");
                             break;
                         }
@@ -166,6 +171,11 @@ pub async fn start(client: etcd_client::Client, config: NodeConfig) -> Result<No
                 }
                 anti_entropy_round(&replica).await;
             }
+            let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            replica
+                .metrics()
+                .bootstrap_millis
+                .store(millis.max(1), Ordering::Relaxed);
             ready.store(true, Ordering::Release);
             loop {
                 let jitter = rand::random_range(0.8..1.2);
@@ -190,7 +200,18 @@ async fn anti_entropy_round(replica: &Replica) {
         return;
     }
     let peer = &peers[rand::random_range(0..peers.len())];
-    match replica.pull_from(peer).await {
+    replica
+        .metrics()
+        .anti_entropy_rounds
+        .fetch_add(1, Ordering::Relaxed);
+    let result = replica.pull_from(peer).await;
+    if let Ok(n) = &result {
+        replica
+            .metrics()
+            .anti_entropy_repaired
+            .fetch_add(*n as u64, Ordering::Relaxed);
+    }
+    match result {
         Ok(0) => tracing::debug!(%peer, "anti-entropy: in step"),
         Ok(n) => tracing::info!(%peer, repaired = n, "anti-entropy repaired entries"),
         Err(e) => tracing::debug!(%peer, error = %e, "anti-entropy round failed"),

@@ -1,6 +1,7 @@
 //! One replica: the versioned map, the clock that stamps its writes, and the fan-out that
 //! sends every local write to the other replicas.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,25 @@ pub struct Change {
     pub version: Timestamp,
 }
 
+/// Counters of the replica's traffic with its peers (Prometheus counters when exported).
+#[derive(Debug, Default)]
+pub struct SyncMetrics {
+    /// Writes delivered to a peer by fan-out.
+    pub fanout_delivered: AtomicU64,
+    /// Fan-outs to a peer that gave up after every attempt (left to anti-entropy).
+    pub fanout_failed: AtomicU64,
+    /// Total time from a local write to its delivery at a peer, in microseconds.
+    pub fanout_micros_total: AtomicU64,
+    /// Anti-entropy rounds run.
+    pub anti_entropy_rounds: AtomicU64,
+    /// Entries anti-entropy (and bootstrap) changed here.
+    pub anti_entropy_repaired: AtomicU64,
+    /// How long the bootstrap took, in milliseconds (0 until it is done).
+    pub bootstrap_millis: AtomicU64,
+}
+
 struct Inner {
+    metrics: SyncMetrics,
     hlc: HLC,
     store: Mutex<Store>,
     peers: Mutex<Vec<(String, SyncClient<Channel>)>>,
@@ -59,6 +78,7 @@ impl Replica {
         let (changes, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Inner {
+                metrics: SyncMetrics::default(),
                 hlc: uhlc::HLCBuilder::new().build(),
                 store: Mutex::new(Store::default()),
                 peers: Mutex::new(Vec::new()),
@@ -230,6 +250,11 @@ impl Replica {
         Ok(changed)
     }
 
+    /// The replica's counters.
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.inner.metrics
+    }
+
     /// The peers' addresses.
     pub fn peers(&self) -> Vec<String> {
         self.inner
@@ -242,7 +267,9 @@ impl Replica {
 
     fn fan_out(&self, data: SyncData) {
         let peers = self.inner.peers.lock().clone();
+        let started = std::time::Instant::now();
         for (addr, mut client) in peers {
+            let inner = self.inner.clone();
             let request = SyncRequest {
                 data: vec![data.clone()],
                 include_deleted: false,
@@ -251,11 +278,24 @@ impl Replica {
                 let mut last = String::new();
                 for delay in FANOUT_DELAYS {
                     match client.set(request.clone()).await {
-                        Ok(_) => return,
+                        Ok(_) => {
+                            let micros =
+                                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                            inner
+                                .metrics
+                                .fanout_delivered
+                                .fetch_add(1, Ordering::Relaxed);
+                            inner
+                                .metrics
+                                .fanout_micros_total
+                                .fetch_add(micros, Ordering::Relaxed);
+                            return;
+                        }
                         Err(e) => last = e.to_string(),
                     }
                     tokio::time::sleep(delay).await;
                 }
+                inner.metrics.fanout_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(peer = %addr, error = %last, "fan-out gave up; anti-entropy will repair the peer");
             });
         }

@@ -160,19 +160,78 @@ async fn readyz(State(node): State<Shared>) -> Result<&'static str, Refusal> {
 }
 
 async fn metrics(State(node): State<Shared>) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
     let entries: usize = node
         .replica
         .types()
         .into_iter()
         .map(|t| node.replica.values(t).len())
         .sum();
-    format!(
-        "# HELP ferry_sync_entries Live entries in this replica.\n# TYPE ferry_sync_entries gauge\nferry_sync_entries {entries}\n\
-         # HELP ferry_sync_peers Peers writes are sent to.\n# TYPE ferry_sync_peers gauge\nferry_sync_peers {}\n\
-         # HELP ferry_sync_ready Whether bootstrap is done.\n# TYPE ferry_sync_ready gauge\nferry_sync_ready {}\n",
-        node.replica.peers().len(),
-        u8::from(node.is_ready())
-    )
+    let m = node.replica.metrics();
+    let delivered = m.fanout_delivered.load(Relaxed);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "ferry_sync_entries",
+        "gauge",
+        "Live entries in this replica.",
+        entries as f64,
+    );
+    metric(
+        "ferry_sync_peers",
+        "gauge",
+        "Peers writes are sent to.",
+        node.replica.peers().len() as f64,
+    );
+    metric(
+        "ferry_sync_ready",
+        "gauge",
+        "Whether bootstrap is done.",
+        f64::from(u8::from(node.is_ready())),
+    );
+    metric(
+        "ferry_sync_fanout_delivered_total",
+        "counter",
+        "Writes delivered to a peer by fan-out.",
+        delivered as f64,
+    );
+    metric(
+        "ferry_sync_fanout_failed_total",
+        "counter",
+        "Fan-outs that gave up after every attempt.",
+        m.fanout_failed.load(Relaxed) as f64,
+    );
+    metric(
+        "ferry_sync_fanout_seconds_sum",
+        "counter",
+        "Time from a local write to its delivery at a peer, summed.",
+        m.fanout_micros_total.load(Relaxed) as f64 / 1e6,
+    );
+    metric(
+        "ferry_sync_anti_entropy_rounds_total",
+        "counter",
+        "Anti-entropy rounds run.",
+        m.anti_entropy_rounds.load(Relaxed) as f64,
+    );
+    metric(
+        "ferry_sync_anti_entropy_repaired_total",
+        "counter",
+        "Entries that bootstrap and anti-entropy changed here.",
+        m.anti_entropy_repaired.load(Relaxed) as f64,
+    );
+    metric(
+        "ferry_sync_bootstrap_seconds",
+        "gauge",
+        "How long the bootstrap took.",
+        m.bootstrap_millis.load(Relaxed) as f64 / 1e3,
+    );
+    out
 }
 
 impl SyncArgs {
