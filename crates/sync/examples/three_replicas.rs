@@ -16,12 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for replica in &replicas {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         addrs.push(listener.local_addr()?.to_string());
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(SyncService::new(replica.clone()).server())
-                .serve_with_incoming(incoming),
-        );
+        tokio::spawn(SyncService::new(replica.clone()).serve(listener));
     }
     for (i, replica) in replicas.iter().enumerate() {
         let others: Vec<String> = addrs

@@ -10,10 +10,8 @@
 //! use ferry_sync::{Replica, SyncService};
 //! let replica = Replica::new();
 //! replica.set_peers(&["127.0.0.1:7001".to_string(), "127.0.0.1:7002".to_string()]);
-//! let server = tonic::transport::Server::builder()
-//!     .add_service(SyncService::new(replica.clone()).server())
-//!     .serve("127.0.0.1:7000".parse()?);
-//! tokio::spawn(server);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7000").await?;
+//! tokio::spawn(SyncService::new(replica.clone()).serve(listener));
 //! replica.set(1, "greeting", "hello");
 //! assert_eq!(replica.get(1, "greeting").as_deref(), Some("hello"));
 //! # Ok(()) }

@@ -90,12 +90,7 @@ pub async fn start(client: etcd_client::Client, config: NodeConfig) -> Result<No
     let server = {
         let replica = replica.clone();
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(SyncService::new(replica).server())
-                .serve_with_incoming(incoming)
-                .await
-            {
+            if let Err(e) = SyncService::new(replica).serve(listener).await {
                 tracing::error!(error = %e, "sync gRPC server stopped");
             }
         })

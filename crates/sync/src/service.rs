@@ -34,6 +34,18 @@ impl SyncService {
     pub fn server(self) -> crate::proto::sync_server::SyncServer<Self> {
         crate::proto::sync_server::SyncServer::new(self)
     }
+
+    /// Serves on `listener` until the connection is dropped or the task aborted.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), tonic::transport::Error> {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .add_service(self.server())
+            .serve_with_incoming(incoming)
+            .await
+    }
 }
 
 fn entries_of(

@@ -11,12 +11,7 @@ use ferry_sync::{Replica, SyncService};
 async fn serve(replica: Replica) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(SyncService::new(replica).server())
-            .serve_with_incoming(incoming),
-    );
+    tokio::spawn(SyncService::new(replica).serve(listener));
     Ok(addr)
 }
 
