@@ -1,7 +1,10 @@
 //! `ferry sync` replicas as processes, finding each other through the registry on
 //! `ferry store` and on a real etcd 3.4: a write on one is readable on all, bad input changes
 //! nothing, a killed replica restarted later bootstraps to the others' state (deletes
-//! included), a paused one is repaired by anti-entropy.
+//! included), a paused one is repaired by anti-entropy; five replicas agree after a join
+//! under a steady write load, a kill -9 mid fan-out and concurrent writes to one key (every
+//! acknowledged write present or superseded by a higher version); deletes made while a
+//! replica is paused past the tombstone grace are not undone when it returns.
 
 mod common;
 
@@ -14,6 +17,8 @@ use serde_json::Value;
 
 against_both!(&[];
     replicas_converge_through_kills_pauses_and_deletes,
+    five_replicas_agree_after_a_join_under_load_a_kill_and_concurrent_writes,
+    deletes_during_a_pause_past_the_grace_are_not_undone,
 );
 
 struct Replica {
@@ -24,6 +29,10 @@ struct Replica {
 
 impl Replica {
     fn start(endpoint: &str, id: &str) -> anyhow::Result<Self> {
+        Self::start_with(endpoint, id, &[])
+    }
+
+    fn start_with(endpoint: &str, id: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let http = format!("127.0.0.1:{}", ferry_testkit::free_port()?);
         let args: Vec<String> = [
             "sync",
@@ -39,6 +48,7 @@ impl Replica {
             "1s",
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         let proc = Proc(spawn(&args)?);
@@ -69,6 +79,30 @@ impl Replica {
             anyhow::ensure!(Instant::now() < until, "replica {} never ready", self.http);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let reply =
+            ferry_controller::http_client::request(&self.http, "GET", "/metrics", None, &[], "")
+                .await?;
+        reply
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no metric {name} in {}", reply.body))
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.proc.0.id().to_string();
+        anyhow::ensure!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()?
+                .success(),
+            "kill {signal} {pid}"
+        );
+        Ok(())
     }
 
     async fn entries(&self) -> anyhow::Result<Value> {
@@ -200,5 +234,168 @@ async fn replicas_converge_through_kills_pauses_and_deletes(server: &Server) -> 
     let r3 = metrics(&replicas[2]).await?;
     assert!(!r3.contains("ferry_sync_bootstrap_seconds 0\n"), "{r3}");
     assert!(r3.contains("ferry_sync_entries 10"), "{r3}");
+    Ok(())
+}
+
+/// A write the replica acknowledged: the key, the value (`None`: deleted) and its version.
+#[derive(Debug, Clone)]
+struct Ack {
+    key: String,
+    value: Option<String>,
+    version: uhlc::Timestamp,
+}
+
+/// PUTs (or DELETEs, with `None`) and returns the acknowledgement, or `None` when refused or
+/// unreachable.
+async fn write(http: &str, key: &str, value: Option<&str>) -> Option<Ack> {
+    let (method, body) = match value {
+        Some(v) => ("PUT", serde_json::json!({ "value": v }).to_string()),
+        None => ("DELETE", String::new()),
+    };
+    let path = format!("/v1/cache/1/{key}");
+    let reply = ferry_controller::http_client::request(http, method, &path, None, &[], &body)
+        .await
+        .ok()?;
+    if reply.status != 200 {
+        return None;
+    }
+    let answer: Value = serde_json::from_str(&reply.body).ok()?;
+    let version = answer["version"].as_str()?.parse().ok()?;
+    Some(Ack {
+        key: key.to_string(),
+        value: value.map(str::to_string),
+        version,
+    })
+}
+
+/// The map every replica must end with: per key, the acknowledged write with the highest
+/// version (so each acknowledged write is present or superseded by a higher version).
+fn expected_from(acks: &[Ack]) -> Value {
+    let mut newest: std::collections::BTreeMap<&str, &Ack> = Default::default();
+    for ack in acks {
+        let slot = newest.entry(&ack.key).or_insert(ack);
+        if ack.version > slot.version {
+            *slot = ack;
+        }
+    }
+    newest
+        .into_iter()
+        .filter_map(|(k, a)| a.value.clone().map(|v| (k.to_string(), Value::from(v))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Writes on the given replicas in turn until `stop`: new keys, and three keys written again
+/// and again from different replicas; returns what was acknowledged.
+fn steady_load(
+    https: Vec<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<Ack>> {
+    tokio::spawn(async move {
+        let mut acks = Vec::new();
+        let mut i = 0usize;
+        while !*stop.borrow() {
+            let http = &https[i % https.len()];
+            let key = if i % 4 == 0 {
+                format!("shared{}", i % 3)
+            } else {
+                format!("w{i}")
+            };
+            if let Some(ack) = write(http, &key, Some(&format!("v{i}"))).await {
+                acks.push(ack);
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        acks
+    })
+}
+
+async fn five_replicas_agree_after_a_join_under_load_a_kill_and_concurrent_writes(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let endpoint = server.endpoint();
+    let mut replicas = Vec::new();
+    for id in ["r1", "r2", "r3", "r4"] {
+        let r = Replica::start(&endpoint, id)?;
+        r.wait_ready().await?;
+        replicas.push(r);
+    }
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // r2 is killed mid-load: writes it acknowledged must survive it.
+    let load = steady_load(replicas.iter().map(|r| r.http.clone()).collect(), stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A fifth replica joins while writes keep coming.
+    let joining = Replica::start(&endpoint, "r5")?;
+    joining.wait_ready().await?;
+    replicas.push(joining);
+    replicas[1].proc.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The same key written on two replicas at the same moment.
+    let (a, b) = tokio::join!(
+        write(&replicas[0].http, "race", Some("from-r1")),
+        write(&replicas[2].http, "race", Some("from-r3")),
+    );
+    replicas[1].restart()?;
+    replicas[1].wait_ready().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_tx.send_replace(true);
+    let mut acks = load.await?;
+    anyhow::ensure!(acks.len() > 100, "only {} writes acknowledged", acks.len());
+    acks.extend(a.into_iter().chain(b));
+    anyhow::ensure!(
+        acks.iter().filter(|a| a.key == "race").count() == 2,
+        "both racing writes acknowledged"
+    );
+    let expected = expected_from(&acks);
+    all_equal(&replicas, &expected).await?;
+    Ok(())
+}
+
+async fn deletes_during_a_pause_past_the_grace_are_not_undone(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let endpoint = server.endpoint();
+    let grace = ["--tombstone-grace", "4s"];
+    let mut replicas = Vec::new();
+    for id in ["r1", "r2", "r3"] {
+        let r = Replica::start_with(&endpoint, id, &grace)?;
+        r.wait_ready().await?;
+        replicas.push(r);
+    }
+    let mut acks = Vec::new();
+    for i in 0..10 {
+        acks.extend(write(&replicas[0].http, &format!("k{i}"), Some("v")).await);
+    }
+    all_equal(&replicas, &expected_from(&acks)).await?;
+    // r3 stops answering (a partition) with every key; the others delete half of them and
+    // write new ones, and collect the tombstones once the grace has passed.
+    replicas[2].signal("-STOP")?;
+    for i in 0..5 {
+        acks.extend(write(&replicas[1].http, &format!("k{i}"), None).await);
+    }
+    acks.extend(write(&replicas[0].http, "after", Some("pause")).await);
+    let until = Instant::now() + Duration::from_secs(30);
+    for r in &replicas[..2] {
+        while r.metric("ferry_sync_tombstones").await? > 0.0
+            || r.metric("ferry_sync_tombstones_collected_total").await? < 5.0
+        {
+            anyhow::ensure!(Instant::now() < until, "tombstones never collected");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    replicas[2].signal("-CONT")?;
+    // r3 finds it was out of touch for longer than the grace, resyncs in full, and the
+    // deleted keys it still held never come back anywhere.
+    let expected = expected_from(&acks);
+    all_equal(&replicas, &expected).await?;
+    let until = Instant::now() + Duration::from_secs(20);
+    while replicas[2].metric("ferry_sync_full_resyncs_total").await? < 1.0 {
+        anyhow::ensure!(Instant::now() < until, "r3 never resynced");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several more anti-entropy rounds: still nothing deleted returns.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    all_equal(&replicas, &expected).await?;
     Ok(())
 }

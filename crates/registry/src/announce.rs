@@ -1,8 +1,10 @@
 //! Announcing an instance: one lease, kept alive, re-announced if it is lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, PutOptions};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -51,6 +53,9 @@ pub enum AnnounceState {
 /// A running announcement; [`Announcement::stop`] deregisters.
 pub struct Announcement {
     key: String,
+    prefix: String,
+    /// The record as registered now; a re-registration after a lost lease writes this one.
+    value: Arc<Mutex<Vec<u8>>>,
     state: watch::Receiver<AnnounceState>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -94,17 +99,21 @@ pub async fn announce(
     let lease = register(&mut client, &key, &value, config.ttl).await?;
     let (state_tx, state) = watch::channel(AnnounceState::Live { lease });
     let (stop, stopped) = watch::channel(false);
+    let value = Arc::new(Mutex::new(value));
+    let prefix = config.prefix.clone();
     let task = tokio::spawn(keep_registered(
         client.clone(),
         config,
         key.clone(),
-        value,
+        value.clone(),
         lease,
         state_tx,
         stopped,
     ));
     Ok(Announcement {
         key,
+        prefix,
+        value,
         state,
         stop,
         task,
@@ -147,7 +156,7 @@ async fn keep_registered(
     mut client: Client,
     config: AnnounceConfig,
     key: String,
-    value: Vec<u8>,
+    value: Arc<Mutex<Vec<u8>>>,
     mut lease: i64,
     state: watch::Sender<AnnounceState>,
     mut stopped: watch::Receiver<bool>,
@@ -181,7 +190,8 @@ async fn keep_registered(
             }
         }
         loop {
-            match register(&mut client, &key, &value, config.ttl).await {
+            let current = value.lock().clone();
+            match register(&mut client, &key, &current, config.ttl).await {
                 Ok(new_lease) => {
                     lease = new_lease;
                     backoff = Duration::from_millis(100);
@@ -266,6 +276,39 @@ impl Announcement {
             .await
             .map_err(|_| RegistryError::Stopped("announcement task ended".into()))?;
         Ok(self.state())
+    }
+
+    /// Replaces the registered record (new labels, a new version) under the same key and
+    /// lease; a later re-registration writes the new record. The service and id cannot
+    /// change: they make the key.
+    pub async fn update(&mut self, instance: &Instance) -> Result<(), RegistryError> {
+        instance.validate()?;
+        if instance.key(&self.prefix) != self.key {
+            return Err(RegistryError::Invalid {
+                what: "instance",
+                reason: format!(
+                    "{} is not the announced {}",
+                    instance.key(&self.prefix),
+                    self.key
+                ),
+            });
+        }
+        let value = serde_json::to_vec(instance).map_err(|e| RegistryError::Invalid {
+            what: "instance",
+            reason: e.to_string(),
+        })?;
+        *self.value.lock() = value.clone();
+        if let AnnounceState::Live { lease } = self.state() {
+            self.client
+                .put(
+                    self.key.as_str(),
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+                .await
+                .map_err(RegistryError::store(format!("updating {}", self.key)))?;
+        }
+        Ok(())
     }
 
     /// Deregisters: revokes the lease, so the key disappears at once.

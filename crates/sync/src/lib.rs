@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod anti_entropy;
 pub mod node;
 pub mod replica;
 pub mod service;
@@ -31,6 +32,6 @@ pub mod proto {
 }
 
 pub use node::{Node, NodeConfig};
-pub use replica::{Change, Replica, SyncMetrics};
+pub use replica::{Change, Replica, ReplicaConfig, SyncMetrics};
 pub use service::SyncService;
 pub use store::Entry;

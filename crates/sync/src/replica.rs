@@ -1,18 +1,22 @@
 //! One replica: the versioned map, the clock that stamps its writes, and the fan-out that
 //! sends every local write to the other replicas.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tonic::transport::{Channel, Endpoint};
-use uhlc::{Timestamp, HLC};
+use uhlc::{Timestamp, HLC, NTP64};
 
 use crate::proto::sync_client::SyncClient;
 use crate::proto::{SyncData, SyncRequest};
 use crate::store::{Entry, Store};
+
+/// How long tombstones are kept by default before they are collected.
+pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(3600);
 
 /// How a write is sent to a peer: attempts and the delays between them. A peer that stays
 /// unreachable is left to anti-entropy, never to an unbounded queue.
@@ -21,6 +25,10 @@ const FANOUT_DELAYS: [Duration; 3] = [
     Duration::from_millis(300),
     Duration::from_millis(900),
 ];
+
+/// How long a client's write waits for a peer to hold it too before it is acknowledged
+/// with this replica's copy only.
+pub const REPLICATION_WAIT: Duration = Duration::from_secs(1);
 
 /// A change to the map, as subscribers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,9 +58,38 @@ pub struct SyncMetrics {
     pub anti_entropy_repaired: AtomicU64,
     /// How long the bootstrap took, in milliseconds (0 until it is done).
     pub bootstrap_millis: AtomicU64,
+    /// Tombstones collected after the grace period.
+    pub tombstones_collected: AtomicU64,
+    /// Full resyncs after being out of touch for longer than the grace period.
+    pub full_resyncs: AtomicU64,
+}
+
+/// How a replica behaves.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// How long a tombstone is kept before it is collected; a replica that has not completed
+    /// an anti-entropy round for this long is out of touch and resyncs in full.
+    pub tombstone_grace: Duration,
+    /// Whether the replica starts ready (a standalone replica) or joining (it serves reads
+    /// and snapshots only once [`Replica::set_ready`] says so).
+    pub ready: bool,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self {
+            tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
+            ready: true,
+        }
+    }
 }
 
 struct Inner {
+    config: ReplicaConfig,
+    ready: AtomicBool,
+    /// When the last anti-entropy round (or bootstrap) completed, or when the replica last
+    /// had no peer to be in touch with.
+    last_contact: Mutex<Instant>,
     metrics: SyncMetrics,
     hlc: HLC,
     store: Mutex<Store>,
@@ -73,11 +110,20 @@ impl Default for Replica {
 }
 
 impl Replica {
-    /// An empty replica with a fresh clock (a random replica id inside every version).
+    /// An empty, ready replica with a fresh clock (a random replica id inside every
+    /// version) and the default tombstone grace.
     pub fn new() -> Self {
+        Self::with_config(ReplicaConfig::default())
+    }
+
+    /// An empty replica configured by `config`.
+    pub fn with_config(config: ReplicaConfig) -> Self {
         let (changes, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Inner {
+                ready: AtomicBool::new(config.ready),
+                config,
+                last_contact: Mutex::new(Instant::now()),
                 metrics: SyncMetrics::default(),
                 hlc: uhlc::HLCBuilder::new().build(),
                 store: Mutex::new(Store::default()),
@@ -85,6 +131,97 @@ impl Replica {
                 changes,
             }),
         }
+    }
+
+    /// Whether the replica is ready: bootstrapped, so its reads are complete and peers may
+    /// copy from it.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the replica ready (or not, during a full resync).
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Release);
+    }
+
+    /// Records a completed exchange with a peer (or that there is no peer to be in touch
+    /// with).
+    pub fn touch(&self) {
+        *self.inner.last_contact.lock() = Instant::now();
+    }
+
+    /// Whether the replica has been out of touch for longer than the tombstone grace: peers
+    /// may have collected deletes it never saw, so its older entries cannot be trusted and
+    /// it must resync in full rather than merge (or serve) them.
+    pub fn is_stale(&self) -> bool {
+        self.inner.last_contact.lock().elapsed() > self.inner.config.tombstone_grace
+    }
+
+    /// Whether the replica is ready and in touch: only then does it serve reads, and may
+    /// peers copy from it.
+    pub fn is_current(&self) -> bool {
+        self.is_ready() && !self.is_stale()
+    }
+
+    /// The replica's id (the id inside every version it stamps).
+    pub fn id(&self) -> String {
+        self.inner.hlc.get_id().to_string()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.inner.config
+    }
+
+    /// The clock's time minus the tombstone grace: deletes older than this are collected.
+    fn horizon(&self) -> NTP64 {
+        let now = uhlc::system_time_clock();
+        let grace = NTP64::from(self.inner.config.tombstone_grace);
+        if now > grace {
+            now - grace
+        } else {
+            NTP64(0)
+        }
+    }
+
+    /// Collects tombstones older than the grace period; returns how many.
+    pub fn collect_tombstones(&self) -> usize {
+        let horizon = self.horizon();
+        let n = self.inner.store.lock().collect_tombstones(horizon);
+        self.inner
+            .metrics
+            .tombstones_collected
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// The first step of a full resync: drops every entry older than the grace period (the
+    /// peers' snapshot brings back those still alive) and keeps newer ones, which no
+    /// collected delete can supersede. Returns how many were dropped.
+    pub fn drop_entries_older_than_grace(&self) -> usize {
+        let horizon = self.horizon();
+        self.inner.store.lock().retain_newer_than(horizon)
+    }
+
+    /// The hash buckets' digests.
+    pub fn digests(&self) -> Vec<u64> {
+        self.inner.store.lock().digests().to_vec()
+    }
+
+    /// Every entry in the given buckets.
+    pub fn bucket_entries(&self, buckets: &BTreeSet<usize>) -> Vec<(i32, String, Entry)> {
+        self.inner.store.lock().bucket_entries(buckets)
+    }
+
+    /// Up to `limit` entries of `ty` after the key `after`, in key order.
+    pub fn chunk(&self, ty: i32, after: Option<&str>, limit: usize) -> Vec<(String, Entry)> {
+        self.inner.store.lock().chunk(ty, after, limit)
+    }
+
+    /// How many live values and tombstones the replica holds.
+    pub fn len(&self) -> (usize, usize) {
+        let store = self.inner.store.lock();
+        (store.len(), store.tombstone_count())
     }
 
     /// Replaces the peers writes are sent to (`host:port` of their gRPC service).
@@ -157,6 +294,34 @@ impl Replica {
 
     /// Several writes of one type, each under its own new version, sent to peers together.
     pub fn write(&self, ty: i32, writes: Vec<(String, Option<String>)>) -> Vec<Timestamp> {
+        self.write_tracked(ty, writes).0
+    }
+
+    /// Like [`Replica::write`], but returns once a peer also holds the writes (or `wait` has
+    /// passed, or there is no peer), with how many replicas hold them: a write acknowledged
+    /// with 2 or more survives this replica's crash right after the acknowledgement.
+    pub async fn write_replicated(
+        &self,
+        ty: i32,
+        writes: Vec<(String, Option<String>)>,
+        wait: Duration,
+    ) -> (Vec<Timestamp>, usize) {
+        let (versions, mut delivered, peers) = self.write_tracked(ty, writes);
+        if peers == 0 {
+            return (versions, 1);
+        }
+        let copies = match tokio::time::timeout(wait, delivered.recv()).await {
+            Ok(Some(())) => 2,
+            _ => 1,
+        };
+        (versions, copies)
+    }
+
+    fn write_tracked(
+        &self,
+        ty: i32,
+        writes: Vec<(String, Option<String>)>,
+    ) -> (Vec<Timestamp>, mpsc::Receiver<()>, usize) {
         let mut versions = Vec::with_capacity(writes.len());
         let mut out = SyncData {
             r#type: ty,
@@ -174,8 +339,8 @@ impl Replica {
             }
             versions.push(version);
         }
-        self.fan_out(out);
-        versions
+        let (delivered, peers) = self.fan_out(out);
+        (versions, delivered, peers)
     }
 
     /// Merges an entry written elsewhere (a peer's fan-out, a snapshot); returns whether it
@@ -208,48 +373,6 @@ impl Replica {
         changed
     }
 
-    /// Pulls every entry (tombstones included) from the peer at `addr` and merges it: the
-    /// bootstrap snapshot and one anti-entropy round. Returns how many entries changed here.
-    pub async fn pull_from(&self, addr: &str) -> Result<usize, tonic::Status> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let response = SyncClient::new(channel)
-            .max_decoding_message_size(1 << 30)
-            .get_all(SyncRequest {
-                data: vec![],
-                include_deleted: true,
-            })
-            .await?
-            .into_inner();
-        let mut changed = 0;
-        for d in response.data {
-            let entries = d
-                .data
-                .into_iter()
-                .map(|(k, v)| (k, Some(v)))
-                .chain(d.deleted.into_iter().map(|k| (k, None)));
-            for (key, value) in entries {
-                let Some(version) = d
-                    .versions
-                    .get(&key)
-                    .and_then(|v| v.parse::<Timestamp>().ok())
-                else {
-                    continue;
-                };
-                if self.merge(d.r#type, &key, value, version) {
-                    changed += 1;
-                }
-            }
-        }
-        Ok(changed)
-    }
-
     /// The replica's counters.
     pub fn metrics(&self) -> &SyncMetrics {
         &self.inner.metrics
@@ -265,39 +388,48 @@ impl Replica {
             .collect()
     }
 
-    fn fan_out(&self, data: SyncData) {
+    /// Sends `data` to every peer in the background; the receiver hears of each delivery.
+    fn fan_out(&self, data: SyncData) -> (mpsc::Receiver<()>, usize) {
         let peers = self.inner.peers.lock().clone();
-        let started = std::time::Instant::now();
+        let count = peers.len();
+        let (delivered, deliveries) = mpsc::channel(count.max(1));
+        let started = Instant::now();
         for (addr, mut client) in peers {
-            let inner = self.inner.clone();
+            let delivered = delivered.clone();
             let request = SyncRequest {
                 data: vec![data.clone()],
                 include_deleted: false,
             };
+            let replica = self.clone();
             tokio::spawn(async move {
+                let metrics = &replica.inner.metrics;
                 let mut last = String::new();
                 for delay in FANOUT_DELAYS {
+                    if replica.is_stale() {
+                        // Paused past the grace mid fan-out: the peer may have collected a
+                        // delete of this key since; anti-entropy after the resync decides.
+                        last = "this replica is out of touch".into();
+                        break;
+                    }
                     match client.set(request.clone()).await {
                         Ok(_) => {
                             let micros =
                                 u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                            inner
-                                .metrics
-                                .fanout_delivered
-                                .fetch_add(1, Ordering::Relaxed);
-                            inner
-                                .metrics
+                            metrics.fanout_delivered.fetch_add(1, Ordering::Relaxed);
+                            metrics
                                 .fanout_micros_total
                                 .fetch_add(micros, Ordering::Relaxed);
+                            let _ = delivered.try_send(());
                             return;
                         }
                         Err(e) => last = e.to_string(),
                     }
                     tokio::time::sleep(delay).await;
                 }
-                inner.metrics.fanout_failed.fetch_add(1, Ordering::Relaxed);
+                metrics.fanout_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(peer = %addr, error = %last, "fan-out gave up; anti-entropy will repair the peer");
             });
         }
+        (deliveries, count)
     }
 }

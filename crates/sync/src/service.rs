@@ -3,15 +3,25 @@
 //! versions is a peer's fan-out (or a ferry-aware client): merged, never sent on again, so
 //! writes do not circle between replicas.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
 use std::str::FromStr;
 
 use tonic::{Request, Response, Status};
 use uhlc::Timestamp;
 
+use crate::anti_entropy::message_of;
 use crate::proto::sync_server::Sync;
-use crate::proto::{SyncData, SyncRequest, SyncResponse};
-use crate::replica::Replica;
+use crate::proto::{
+    DigestRequest, DigestResponse, PullRequest, SnapshotRequest, SyncData, SyncRequest,
+    SyncResponse,
+};
+use crate::replica::{Replica, REPLICATION_WAIT};
+use crate::store::BUCKETS;
+
+/// Entries per snapshot message unless the client asks otherwise, and the most it may ask.
+const SNAPSHOT_CHUNK: usize = 1000;
+const MAX_SNAPSHOT_CHUNK: usize = 10_000;
 
 /// The longest key and value accepted.
 pub const MAX_KEY_BYTES: usize = 4096;
@@ -54,28 +64,27 @@ fn entries_of(
     keys: Option<Vec<&String>>,
     include_deleted: bool,
 ) -> SyncData {
-    let mut out = SyncData {
-        r#type: ty,
-        ..Default::default()
-    };
-    let all = replica.entries(ty);
-    for (key, entry) in all {
-        if keys.as_ref().is_some_and(|k| !k.contains(&&key)) {
-            continue;
-        }
-        match entry.value {
-            Some(value) => {
-                out.versions.insert(key.clone(), entry.version.to_string());
-                out.data.insert(key, value);
-            }
-            None if include_deleted => {
-                out.versions.insert(key.clone(), entry.version.to_string());
-                out.deleted.push(key);
-            }
-            None => {}
+    let entries = replica.entries(ty).into_iter().filter(|(key, entry)| {
+        keys.as_ref().is_none_or(|k| k.contains(&key)) && (include_deleted || entry.value.is_some())
+    });
+    message_of(ty, entries)
+}
+
+impl SyncService {
+    /// Reads are served, and peers copy, only from a ready replica that is in touch: a
+    /// joining one may still miss entries, an out-of-touch one may hold values whose deletes
+    /// the others have already collected.
+    fn check_current(&self) -> Result<(), Status> {
+        if self.replica.is_current() {
+            Ok(())
+        } else if self.replica.is_ready() {
+            Err(Status::unavailable(
+                "this replica is out of touch and resyncing",
+            ))
+        } else {
+            Err(Status::unavailable("this replica is still bootstrapping"))
         }
     }
-    out
 }
 
 /// Checks a Set's entries before anything is applied: one bad entry refuses the request.
@@ -112,6 +121,7 @@ fn check(data: &[SyncData]) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Sync for SyncService {
     async fn get(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
+        self.check_current()?;
         let data = request
             .into_inner()
             .data
@@ -165,7 +175,12 @@ impl Sync for SyncService {
             }
             if !fresh.is_empty() {
                 let keys: Vec<(String, Option<String>)> = fresh.clone();
-                let versions = self.replica.write(d.r#type, fresh);
+                // A client's write is acknowledged once a peer holds it too (when one
+                // answers), so it survives this replica's crash right after the answer.
+                let (versions, _) = self
+                    .replica
+                    .write_replicated(d.r#type, fresh, REPLICATION_WAIT)
+                    .await;
                 for ((key, value), version) in keys.into_iter().zip(versions) {
                     out.versions.insert(key.clone(), version.to_string());
                     match value {
@@ -185,6 +200,7 @@ impl Sync for SyncService {
         &self,
         request: Request<SyncRequest>,
     ) -> Result<Response<SyncResponse>, Status> {
+        self.check_current()?;
         let request = request.into_inner();
         let types: Vec<i32> = if request.data.is_empty() {
             self.replica.types()
@@ -194,6 +210,80 @@ impl Sync for SyncService {
         let data = types
             .into_iter()
             .map(|ty| entries_of(&self.replica, ty, None, request.include_deleted))
+            .collect();
+        Ok(Response::new(SyncResponse { data }))
+    }
+
+    type SnapshotStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<SyncData, Status>> + Send + 'static>>;
+
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.check_current()?;
+        let chunk = match request.into_inner().chunk_entries {
+            0 => SNAPSHOT_CHUNK,
+            n => (n as usize).min(MAX_SNAPSHOT_CHUNK),
+        };
+        let replica = self.replica.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // Chunk by chunk, so the map is never held while a slow peer reads; writes during
+        // the stream reach the newcomer by fan-out, and merging is order-independent.
+        tokio::spawn(async move {
+            for ty in replica.types() {
+                let mut after: Option<String> = None;
+                loop {
+                    let entries = replica.chunk(ty, after.as_deref(), chunk);
+                    let Some((last, _)) = entries.last() else {
+                        break;
+                    };
+                    after = Some(last.clone());
+                    let full = entries.len() == chunk;
+                    if tx.send(Ok(message_of(ty, entries))).await.is_err() {
+                        return;
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn digest(
+        &self,
+        _request: Request<DigestRequest>,
+    ) -> Result<Response<DigestResponse>, Status> {
+        self.check_current()?;
+        Ok(Response::new(DigestResponse {
+            buckets: self.replica.digests(),
+            replica: self.replica.id(),
+        }))
+    }
+
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<SyncResponse>, Status> {
+        self.check_current()?;
+        let mut buckets = BTreeSet::new();
+        for b in request.into_inner().buckets {
+            let b = b as usize;
+            if b >= BUCKETS {
+                return Err(Status::invalid_argument(format!(
+                    "bucket {b}: there are {BUCKETS} buckets"
+                )));
+            }
+            buckets.insert(b);
+        }
+        let mut by_type: HashMap<i32, Vec<(String, crate::store::Entry)>> = HashMap::new();
+        for (ty, key, entry) in self.replica.bucket_entries(&buckets) {
+            by_type.entry(ty).or_default().push((key, entry));
+        }
+        let data = by_type
+            .into_iter()
+            .map(|(ty, entries)| message_of(ty, entries))
             .collect();
         Ok(Response::new(SyncResponse { data }))
     }

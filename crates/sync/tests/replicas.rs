@@ -165,3 +165,91 @@ async fn a_client_of_the_original_protocol_works_unchanged() -> anyhow::Result<(
     assert_eq!(replicas[0].get(7, "a").as_deref(), Some("1"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_round_repairs_both_sides_and_a_snapshot_copies_everything() -> anyhow::Result<()>
+{
+    use ferry_sync::anti_entropy::{round, snapshot_from};
+    use ferry_sync::proto::DigestRequest;
+    use ferry_sync::ReplicaConfig;
+
+    // Two replicas that never heard of each other: every write missed the other.
+    let a = Replica::new();
+    let b = Replica::new();
+    let a_addr = serve(a.clone()).await?;
+    let b_addr = serve(b.clone()).await?;
+    for i in 0..3000 {
+        a.set(1, &format!("k{i}"), "from-a");
+    }
+    a.delete(1, "k5");
+    b.set(1, "k7", "newer-on-b");
+    b.set(2, "only-b", "x");
+    b.delete(2, "deleted-on-b");
+    assert_ne!(a.digests(), b.digests());
+    let outcome = round(&a, &b_addr).await?;
+    assert!(outcome.repaired_here >= 3, "{outcome:?}");
+    assert!(outcome.pushed >= 2999, "{outcome:?}");
+    assert_eq!(a.digests(), b.digests());
+    for ty in [1, 2] {
+        assert_eq!(a.entries(ty), b.entries(ty));
+    }
+    assert_eq!(b.get(1, "k7").as_deref(), Some("newer-on-b"));
+    assert_eq!(b.get(1, "k5"), None);
+    assert!(b.entry(1, "k5").is_some(), "the tombstone travelled");
+    // In step now: the next round compares digests only.
+    assert_eq!(round(&b, &a_addr).await?.buckets_differing, 0);
+
+    // A joining replica copies everything, tombstones included, by the streamed snapshot;
+    // until it is ready it serves neither reads nor peers.
+    let joining = Replica::with_config(ReplicaConfig {
+        ready: false,
+        ..ReplicaConfig::default()
+    });
+    let joining_addr = serve(joining.clone()).await?;
+    let mut client = SyncClient::connect(format!("http://{joining_addr}")).await?;
+    let refused = client
+        .get_all(SyncRequest::default())
+        .await
+        .expect_err("not ready");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    let refused = client
+        .digest(DigestRequest {})
+        .await
+        .expect_err("not ready");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(snapshot_from(&a, &joining_addr).await.is_err());
+    let copied = snapshot_from(&joining, &a_addr).await?;
+    assert_eq!(
+        copied,
+        3000 + 2,
+        "type 1: 3000 keys (one a tombstone); type 2: two"
+    );
+    assert_eq!(joining.digests(), a.digests());
+    joining.set_ready(true);
+    assert_eq!(
+        client
+            .get_all(SyncRequest::default())
+            .await?
+            .into_inner()
+            .data
+            .len(),
+        2
+    );
+
+    // A replica out of touch for longer than the grace refuses to be copied from.
+    let stale = Replica::with_config(ReplicaConfig {
+        tombstone_grace: Duration::from_millis(200),
+        ready: true,
+    });
+    let stale_addr = serve(stale.clone()).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(stale.is_stale());
+    let mut client = SyncClient::connect(format!("http://{stale_addr}")).await?;
+    let refused = client.digest(DigestRequest {}).await.expect_err("stale");
+    assert!(
+        refused.message().contains("out of touch"),
+        "{}",
+        refused.message()
+    );
+    Ok(())
+}

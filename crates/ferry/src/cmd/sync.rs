@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use clap::Args;
 use ferry_client::ConnectionArgs;
+use ferry_sync::replica::REPLICATION_WAIT;
 use ferry_sync::service::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use ferry_sync::{Node, NodeConfig};
 use serde::Deserialize;
@@ -36,9 +37,13 @@ pub struct SyncArgs {
     /// Registry prefix.
     #[arg(long, default_value = ferry_registry::DEFAULT_PREFIX)]
     registry_prefix: String,
-    /// How often to pull from a random peer.
+    /// How often to compare digests with a random peer (jittered by ±20 %).
     #[arg(long, default_value = "30s", value_parser = ferry_client::args::positive_duration)]
     anti_entropy_interval: Duration,
+    /// How long deletes are remembered; a replica out of touch for longer resyncs in full.
+    /// Must be more than twice the anti-entropy interval.
+    #[arg(long, default_value = "1h", value_parser = ferry_client::args::positive_duration)]
+    tombstone_grace: Duration,
     #[command(flatten)]
     connection: ConnectionArgs,
 }
@@ -78,8 +83,13 @@ fn check_key(key: &str) -> Result<(), Refusal> {
 }
 
 fn ready(node: &Node) -> Result<(), Refusal> {
-    if node.is_ready() {
+    if node.replica.is_current() {
         Ok(())
+    } else if node.is_ready() {
+        Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "out of touch for longer than the tombstone grace; resyncing from the peers",
+        ))
     } else {
         Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -131,8 +141,15 @@ async fn put_one(
             format!("the value is over {MAX_VALUE_BYTES} bytes"),
         ));
     }
-    let version = node.replica.set(ty, &key, &body.value);
-    Ok(Json(json!({ "type": ty, "key": key, "version": version.to_string() })).into_response())
+    let (versions, replicas) = node
+        .replica
+        .write_replicated(ty, vec![(key.clone(), Some(body.value))], REPLICATION_WAIT)
+        .await;
+    let version = versions.first().map(ToString::to_string);
+    Ok(
+        Json(json!({ "type": ty, "key": key, "version": version, "replicas": replicas }))
+            .into_response(),
+    )
 }
 
 async fn delete_one(
@@ -141,11 +158,15 @@ async fn delete_one(
 ) -> Result<Response, Refusal> {
     let ty = cache_type(&ty)?;
     check_key(&key)?;
-    let version = node.replica.delete(ty, &key);
-    Ok(
-        Json(json!({ "type": ty, "key": key, "version": version.to_string(), "deleted": true }))
-            .into_response(),
-    )
+    let (versions, replicas) = node
+        .replica
+        .write_replicated(ty, vec![(key.clone(), None)], REPLICATION_WAIT)
+        .await;
+    let version = versions.first().map(ToString::to_string);
+    Ok(Json(json!({
+        "type": ty, "key": key, "version": version, "deleted": true, "replicas": replicas,
+    }))
+    .into_response())
 }
 
 async fn get_type(State(node): State<Shared>, Path(ty): Path<String>) -> Result<Response, Refusal> {
@@ -162,12 +183,7 @@ async fn readyz(State(node): State<Shared>) -> Result<&'static str, Refusal> {
 async fn metrics(State(node): State<Shared>) -> String {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
-    let entries: usize = node
-        .replica
-        .types()
-        .into_iter()
-        .map(|t| node.replica.values(t).len())
-        .sum();
+    let (entries, tombstones) = node.replica.len();
     let m = node.replica.metrics();
     let delivered = m.fanout_delivered.load(Relaxed);
     let mut out = String::new();
@@ -182,6 +198,24 @@ async fn metrics(State(node): State<Shared>) -> String {
         "gauge",
         "Live entries in this replica.",
         entries as f64,
+    );
+    metric(
+        "ferry_sync_tombstones",
+        "gauge",
+        "Deletes kept until the tombstone grace has passed.",
+        tombstones as f64,
+    );
+    metric(
+        "ferry_sync_tombstones_collected_total",
+        "counter",
+        "Tombstones collected after the grace.",
+        m.tombstones_collected.load(Relaxed) as f64,
+    );
+    metric(
+        "ferry_sync_full_resyncs_total",
+        "counter",
+        "Full resyncs after being out of touch for longer than the tombstone grace.",
+        m.full_resyncs.load(Relaxed) as f64,
     );
     metric(
         "ferry_sync_peers",
@@ -244,23 +278,25 @@ impl SyncArgs {
                 self.id
             );
         }
+        let config = NodeConfig {
+            service: self.service,
+            id: self.id,
+            grpc_listen: self.grpc_listen,
+            registry_prefix: self.registry_prefix,
+            anti_entropy_interval: self.anti_entropy_interval,
+            tombstone_grace: self.tombstone_grace,
+        };
+        config
+            .validate()
+            .context("--anti-entropy-interval and --tombstone-grace")?;
         let client = self.connection.connect().await?;
         let http = tokio::net::TcpListener::bind(self.http_listen)
             .await
             .with_context(|| format!("--http-listen {}", self.http_listen))?;
         let node = Arc::new(
-            ferry_sync::node::start(
-                client,
-                NodeConfig {
-                    service: self.service,
-                    id: self.id,
-                    grpc_listen: self.grpc_listen,
-                    registry_prefix: self.registry_prefix,
-                    anti_entropy_interval: self.anti_entropy_interval,
-                },
-            )
-            .await
-            .context("starting the replica")?,
+            ferry_sync::node::start(client, config)
+                .await
+                .context("starting the replica")?,
         );
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
