@@ -115,27 +115,76 @@ impl Replica {
 fn spawn(args: &[String]) -> anyhow::Result<std::process::Child> {
     Ok(Command::new(ferry_bin())
         .args(args)
-        .env("FERRY_LOG", "warn")
+        .env(
+            "FERRY_LOG",
+            std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()?)
 }
 
 async fn all_equal(replicas: &[Replica], expected: &Value) -> anyhow::Result<()> {
+    all_agree(replicas, expected, &Default::default()).await
+}
+
+/// Waits until every replica holds the same map, which is `expected` but for the
+/// `unacknowledged` keys (written without an answer: the write may or may not have been
+/// applied, but all replicas must agree on it).
+async fn all_agree(
+    replicas: &[Replica],
+    expected: &Value,
+    unacknowledged: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let mut seen = Vec::new();
         for r in replicas {
             seen.push(r.entries().await.unwrap_or(Value::Null));
         }
-        if seen.iter().all(|s| s == expected) {
+        let without_unacknowledged = |v: &Value| -> Value {
+            let mut v = v.clone();
+            if let Some(map) = v.as_object_mut() {
+                map.retain(|k, _| !unacknowledged.contains(k));
+            }
+            v
+        };
+        let expected = &without_unacknowledged(expected);
+        if seen.windows(2).all(|w| w[0] == w[1])
+            && seen.iter().all(|s| without_unacknowledged(s) == *expected)
+        {
             return Ok(());
         }
-        anyhow::ensure!(
-            Instant::now() < until,
-            "replicas differ: {seen:?}, want {expected}"
-        );
+        if Instant::now() > until {
+            let differences: Vec<String> = seen
+                .iter()
+                .zip(replicas)
+                .map(|(s, r)| {
+                    format!(
+                        "{}: against the expected map: {}; against the first replica: {}",
+                        r.http,
+                        difference(&without_unacknowledged(s), expected),
+                        difference(s, &seen[0])
+                    )
+                })
+                .collect();
+            anyhow::bail!("replicas differ: {differences:?}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The keys where `seen` and `expected` differ, with both values (short, for failures).
+fn difference(seen: &Value, expected: &Value) -> String {
+    let (Some(seen), Some(expected)) = (seen.as_object(), expected.as_object()) else {
+        return format!("{seen} instead of a map");
+    };
+    let keys: std::collections::BTreeSet<&String> = seen.keys().chain(expected.keys()).collect();
+    keys.into_iter()
+        .filter(|k| seen.get(*k) != expected.get(*k))
+        .take(10)
+        .map(|k| format!("{k}: {:?} (want {:?})", seen.get(k), expected.get(k)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn replicas_converge_through_kills_pauses_and_deletes(server: &Server) -> anyhow::Result<()> {
@@ -243,6 +292,8 @@ struct Ack {
     key: String,
     value: Option<String>,
     version: uhlc::Timestamp,
+    /// How many replicas held it when it was acknowledged.
+    replicas: u64,
 }
 
 /// PUTs (or DELETEs, with `None`) and returns the acknowledgement, or `None` when refused or
@@ -265,6 +316,7 @@ async fn write(http: &str, key: &str, value: Option<&str>) -> Option<Ack> {
         key: key.to_string(),
         value: value.map(str::to_string),
         version,
+        replicas: answer["replicas"].as_u64()?,
     })
 }
 
@@ -286,13 +338,15 @@ fn expected_from(acks: &[Ack]) -> Value {
 }
 
 /// Writes on the given replicas in turn until `stop`: new keys, and three keys written again
-/// and again from different replicas; returns what was acknowledged.
+/// and again from different replicas; returns what was acknowledged, and the keys of writes
+/// whose answer never came.
 fn steady_load(
     https: Vec<String>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Vec<Ack>> {
+) -> tokio::task::JoinHandle<(Vec<Ack>, Vec<String>)> {
     tokio::spawn(async move {
         let mut acks = Vec::new();
+        let mut unanswered = Vec::new();
         let mut i = 0usize;
         while !*stop.borrow() {
             let http = &https[i % https.len()];
@@ -301,13 +355,14 @@ fn steady_load(
             } else {
                 format!("w{i}")
             };
-            if let Some(ack) = write(http, &key, Some(&format!("v{i}"))).await {
-                acks.push(ack);
+            match write(http, &key, Some(&format!("v{i}"))).await {
+                Some(ack) => acks.push(ack),
+                None => unanswered.push(key),
             }
             i += 1;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        acks
+        (acks, unanswered)
     })
 }
 
@@ -329,7 +384,46 @@ async fn five_replicas_agree_after_a_join_under_load_a_kill_and_concurrent_write
     let joining = Replica::start(&endpoint, "r5")?;
     joining.wait_ready().await?;
     replicas.push(joining);
+    // r2 is killed in the middle of a burst of writes on it: each one it acknowledged was
+    // held by a peer by then.
+    let (stop_burst, burst_stop) = tokio::sync::watch::channel(false);
+    let burst: Vec<_> = (0..8)
+        .map(|t| {
+            let http = replicas[1].http.clone();
+            let stop = burst_stop.clone();
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                let mut attempted = Vec::new();
+                let mut i = 0;
+                while !*stop.borrow() {
+                    let key = format!("burst{t}-{i}");
+                    match write(&http, &key, Some("b")).await {
+                        Some(ack) => acks.push(ack),
+                        None => attempted.push(key),
+                    }
+                    i += 1;
+                }
+                (acks, attempted)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     replicas[1].proc.kill9();
+    stop_burst.send_replace(true);
+    let mut burst_acks = Vec::new();
+    let mut unacknowledged = std::collections::BTreeSet::new();
+    for task in burst {
+        let (acks, attempted) = task.await?;
+        burst_acks.extend(acks);
+        unacknowledged.extend(attempted);
+    }
+    // Every peer was up: each write on r2 was acknowledged once another replica held it.
+    anyhow::ensure!(
+        burst_acks.iter().all(|a| a.replicas >= 2),
+        "acknowledged with one copy: {:?}",
+        burst_acks.iter().filter(|a| a.replicas < 2).take(3).collect::<Vec<_>>()
+    );
+    anyhow::ensure!(burst_acks.len() > 10, "only {} burst writes", burst_acks.len());
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The same key written on two replicas at the same moment.
     let (a, b) = tokio::join!(
@@ -340,15 +434,17 @@ async fn five_replicas_agree_after_a_join_under_load_a_kill_and_concurrent_write
     replicas[1].wait_ready().await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop_tx.send_replace(true);
-    let mut acks = load.await?;
+    let (mut acks, unanswered) = load.await?;
     anyhow::ensure!(acks.len() > 100, "only {} writes acknowledged", acks.len());
     acks.extend(a.into_iter().chain(b));
+    acks.extend(burst_acks);
     anyhow::ensure!(
         acks.iter().filter(|a| a.key == "race").count() == 2,
         "both racing writes acknowledged"
     );
+    unacknowledged.extend(unanswered);
     let expected = expected_from(&acks);
-    all_equal(&replicas, &expected).await?;
+    all_agree(&replicas, &expected, &unacknowledged).await?;
     Ok(())
 }
 
@@ -368,9 +464,15 @@ async fn deletes_during_a_pause_past_the_grace_are_not_undone(
         acks.extend(write(&replicas[0].http, &format!("k{i}"), Some("v")).await);
     }
     all_equal(&replicas, &expected_from(&acks)).await?;
-    // r3 stops answering (a partition) with every key; the others delete half of them and
-    // write new ones, and collect the tombstones once the grace has passed.
+    // r3 stops answering (a partition) holding every key. Once its registration has expired
+    // the others no longer send it anything (as when packets are dropped): they delete half
+    // of the keys and write a new one, and collect the tombstones once the grace has passed.
     replicas[2].signal("-STOP")?;
+    let until = Instant::now() + Duration::from_secs(30);
+    while replicas[0].metric("ferry_sync_peers").await? > 1.0 {
+        anyhow::ensure!(Instant::now() < until, "r3's registration never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for i in 0..5 {
         acks.extend(write(&replicas[1].http, &format!("k{i}"), None).await);
     }
