@@ -4,7 +4,8 @@
 #
 #   1. purges every Debian package that scripts/install-deps.sh manages, and whatever apt
 #      installed only for them (autoremove), so no earlier hand install can hide a missing
-#      install step. The C toolchain stays: a machine with a Rust toolchain has it.
+#      install step, and the Python packages it installs with pip. The C toolchain and
+#      python3 stay: every machine of this kind has them.
 #   2. clones the committed HEAD into a temp dir and builds with an empty cargo target dir;
 #   3. runs `scripts/demo.sh` (non-interactive: it exits once every rollout is complete) and
 #      `scripts/test.sh` from that clone.
@@ -36,6 +37,9 @@ if [ ${#installed[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get purge -y -qq "${installed[@]}" >/dev/null
 fi
 DEBIAN_FRONTEND=noninteractive $sudo apt-get autoremove --purge -y -qq >/dev/null
+mapfile -t pip_managed < <("$repo/scripts/install-deps.sh" --pip-packages)
+echo "check-fresh: uninstalling with pip: ${pip_managed[*]}" >&2
+python3 -m pip uninstall --quiet --yes "${pip_managed[@]}" >/dev/null 2>&1 || true
 
 # A dependency that was once installed by hand (postgresql-15 beside the postgresql
 # metapackage, say) is not auto-removed: purge whatever still owns a file the checks use.

@@ -15,10 +15,12 @@
 #   scripts/install-deps.sh --packages --purgeable
 #                                      the same without the C toolchain, which a machine with
 #                                      a Rust toolchain always has (what check-fresh.sh purges)
+#   scripts/install-deps.sh --pip-packages
+#                                      print the Python packages it installs with pip
 set -euo pipefail
 
 # capability -> the Debian packages that provide it (the order is the order of the checks).
-capabilities=(protoc cc etcd etcdctl nginx mariadb postgresql)
+capabilities=(protoc cc etcd etcdctl nginx mariadb postgresql redis pip grpcio)
 declare -A packages=(
   [protoc]="protobuf-compiler libprotobuf-dev"
   [cc]="gcc libc6-dev"
@@ -27,9 +29,17 @@ declare -A packages=(
   [nginx]="nginx-light"
   [mariadb]="mariadb-server mariadb-client"
   [postgresql]="postgresql"
+  [redis]="redis-server"
+  [pip]="python3 python3-pip"
+  [grpcio]=""
 )
-# Capabilities every machine with a Rust toolchain already has (rustc links with cc).
-toolchain=(cc)
+# capability -> the PyPI packages that provide it (installed with python3's pip).
+declare -A pip_packages=(
+  [grpcio]="grpcio grpcio-tools"
+)
+# Capabilities every machine of this kind already has and check-fresh must not purge: rustc
+# links with cc, and the system depends on python3.
+toolchain=(cc pip)
 declare -A explain=(
   [protoc]="protoc compiles a .proto that imports google/protobuf/descriptor.proto (etcd-client's and ferry's build scripts)"
   [cc]="a C compiler links a program (ring and libsqlite3-sys build C code)"
@@ -38,6 +48,9 @@ declare -A explain=(
   [nginx]="nginx at /usr/sbin/nginx with the ssl, proxy and upstream modules validates a config (agents, demo)"
   [mariadb]="/usr/sbin/mariadbd, mariadb-install-db and the mariadb client (SQL tests)"
   [postgresql]="initdb and postgres under /usr/lib/postgresql/*/bin and a postgres user (SQL tests)"
+  [redis]="redis-server and redis-cli run (the peer sync benchmark's Redis primary and replicas)"
+  [pip]="python3 runs pip (the Python packages below)"
+  [grpcio]="python3 imports grpc and generates a client with grpc_tools.protoc (the peer sync interoperability test)"
 )
 
 work=$(mktemp -d)
@@ -120,6 +133,27 @@ check_postgresql() {
   return 1
 }
 
+check_redis() {
+  redis-server --version >/dev/null 2>&1 && redis-cli --version >/dev/null 2>&1
+}
+
+check_pip() {
+  python3 -m pip --version >/dev/null 2>&1
+}
+
+check_grpcio() {
+  mkdir -p "$work/grpc"
+  cat >"$work/grpc/probe.proto" <<'EOF'
+syntax = "proto3";
+package probe;
+service Probe { rpc Ping(Empty) returns (Empty); }
+message Empty {}
+EOF
+  python3 -m grpc_tools.protoc -I "$work/grpc" --python_out="$work/grpc" --grpc_python_out="$work/grpc" \
+    "$work/grpc/probe.proto" >/dev/null 2>&1 &&
+    (cd "$work/grpc" && python3 -c "import grpc, probe_pb2, probe_pb2_grpc") >/dev/null 2>&1
+}
+
 failing() {
   local cap
   for cap in "${capabilities[@]}"; do
@@ -128,12 +162,18 @@ failing() {
 }
 
 case "${1:-}" in
+  --pip-packages)
+    for cap in "${!pip_packages[@]}"; do
+      echo "${pip_packages[$cap]}"
+    done | tr ' ' '\n'
+    exit 0
+    ;;
   --packages)
     for cap in "${capabilities[@]}"; do
       if [ "${2:-}" = --purgeable ] && [[ " ${toolchain[*]} " == *" $cap "* ]]; then
         continue
       fi
-      echo "${packages[$cap]}"
+      if [ -n "${packages[$cap]}" ]; then echo "${packages[$cap]}"; fi
     done | tr ' ' '\n'
     exit 0
     ;;
@@ -152,7 +192,7 @@ fi
 report() {
   local cap
   for cap in "$@"; do
-    echo "install-deps: missing: ${explain[$cap]}; package(s): ${packages[$cap]}" >&2
+    echo "install-deps: missing: ${explain[$cap]}; package(s): ${packages[$cap]}${pip_packages[$cap]:+(pip) ${pip_packages[$cap]}}" >&2
   done
 }
 
@@ -172,15 +212,30 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 to_install=()
+to_pip=()
 for cap in "${missing[@]}"; do
   read -r -a pkgs <<<"${packages[$cap]}"
   to_install+=("${pkgs[@]}")
+  read -r -a pkgs <<<"${pip_packages[$cap]:-}"
+  to_pip+=("${pkgs[@]}")
 done
-echo "install-deps: installing ${to_install[*]}" >&2
-$sudo apt-get update -qq
-# Recommends are off so that what the checks need is exactly what is listed above.
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${to_install[@]}" >/dev/null
-# The packages may start their system services; ferry's tests start their own servers.
+if [ ${#to_install[@]} -ne 0 ]; then
+  echo "install-deps: installing ${to_install[*]}" >&2
+  $sudo apt-get update -qq
+  # Recommends are off so that what the checks need is exactly what is listed above.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${to_install[@]}" >/dev/null
+  # The packages may start their system services; ferry's tests start their own servers.
+fi
+if [ ${#to_pip[@]} -ne 0 ]; then
+  echo "install-deps: installing with pip: ${to_pip[*]}" >&2
+  pip_flags=(--quiet --disable-pip-version-check)
+  # Debian's own python3 refuses pip installs outside a virtualenv (PEP 668) unless told.
+  stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+  if [ -e "$stdlib/EXTERNALLY-MANAGED" ]; then
+    pip_flags+=(--break-system-packages)
+  fi
+  python3 -m pip install "${pip_flags[@]}" "${to_pip[@]}" >/dev/null
+fi
 
 mapfile -t still < <(failing)
 if [ ${#still[@]} -ne 0 ]; then

@@ -421,9 +421,17 @@ async fn five_replicas_agree_after_a_join_under_load_a_kill_and_concurrent_write
     anyhow::ensure!(
         burst_acks.iter().all(|a| a.replicas >= 2),
         "acknowledged with one copy: {:?}",
-        burst_acks.iter().filter(|a| a.replicas < 2).take(3).collect::<Vec<_>>()
+        burst_acks
+            .iter()
+            .filter(|a| a.replicas < 2)
+            .take(3)
+            .collect::<Vec<_>>()
     );
-    anyhow::ensure!(burst_acks.len() > 10, "only {} burst writes", burst_acks.len());
+    anyhow::ensure!(
+        burst_acks.len() > 10,
+        "only {} burst writes",
+        burst_acks.len()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The same key written on two replicas at the same moment.
     let (a, b) = tokio::join!(
@@ -499,5 +507,76 @@ async fn deletes_during_a_pause_past_the_grace_are_not_undone(
     // Several more anti-entropy rounds: still nothing deleted returns.
     tokio::time::sleep(Duration::from_secs(3)).await;
     all_equal(&replicas, &expected).await?;
+    Ok(())
+}
+
+/// A client generated from the original `.proto` by another gRPC implementation (Python's
+/// grpcio-tools, which `scripts/install-deps.sh` installs) calls Set, Get and GetAll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_of_the_original_proto_works_unchanged() -> anyhow::Result<()> {
+    let server = common::start(common::Kind::Ferry, &[]).await?;
+    let endpoint = server.endpoint();
+    let grpc = format!("127.0.0.1:{}", ferry_testkit::free_port()?);
+    let r1 = Replica::start_with(&endpoint, "r1", &["--grpc-listen", &grpc])?;
+    r1.wait_ready().await?;
+    let r2 = Replica::start(&endpoint, "r2")?;
+    r2.wait_ready().await?;
+    let (status, _) = r2
+        .call("PUT", "/v1/cache/4/other", r#"{"value":"x"}"#)
+        .await?;
+    assert_eq!(status, 200);
+    // Type 4 has reached r1 before the client asks for every type.
+    let until = Instant::now() + Duration::from_secs(10);
+    while r1.call("GET", "/v1/cache/4/other", "").await?.0 != 200 {
+        anyhow::ensure!(Instant::now() < until, "type 4 never reached r1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = tempfile::tempdir()?;
+    let client = fixtures.join("sync_client.py");
+    let run = Command::new("python3")
+        .arg(&client)
+        .arg(&fixtures)
+        .arg(out.path())
+        .arg(&grpc)
+        .output()
+        .map_err(|e| anyhow::anyhow!("python3: {e}; run scripts/install-deps.sh"))?;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    anyhow::ensure!(
+        !stderr.contains("No module named"),
+        "Python's gRPC packages are missing ({stderr}); run scripts/install-deps.sh, which installs grpcio and grpcio-tools"
+    );
+    anyhow::ensure!(run.status.success(), "the Python client failed: {stderr}");
+    let got: Value = serde_json::from_slice(&run.stdout)?;
+    assert_eq!(
+        got["get"],
+        serde_json::json!([{"type": 3, "data": {"a": "1"}}]),
+        "Get returns the requested keys that exist"
+    );
+    assert_eq!(
+        got["get_all"],
+        serde_json::json!([
+            {"type": 3, "data": {"a": "1", "b": "2"}},
+            {"type": 4, "data": {"other": "x"}},
+        ]),
+        "GetAll with no type returns every type"
+    );
+    assert_eq!(
+        got["get_all_type"],
+        serde_json::json!([{"type": 3, "data": {"a": "1", "b": "2"}}])
+    );
+    // The client's Set was stamped by r1 and fanned out.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = r2.call("GET", "/v1/cache/3", "").await?;
+        if status == 200 && body["entries"] == serde_json::json!({"a": "1", "b": "2"}) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "the Python client's Set never reached r2: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
