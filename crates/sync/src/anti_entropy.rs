@@ -5,19 +5,18 @@
 use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 use uhlc::Timestamp;
 
+use crate::fanout::{batches, request_of, Outgoing};
 use crate::proto::sync_client::SyncClient;
-use crate::proto::{DigestRequest, PullRequest, SnapshotRequest, SyncData, SyncRequest};
+use crate::proto::{DigestRequest, PullRequest, SnapshotRequest, SyncData};
 use crate::replica::Replica;
 use crate::store::{Entry, BUCKETS};
 
-/// Entries per message when pushing repairs back to a peer.
-const PUSH_CHUNK: usize = 1000;
 /// How long one message of a snapshot may take to arrive.
 const SNAPSHOT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest message accepted from a peer (a pull of many large values).
@@ -168,25 +167,27 @@ pub async fn round(replica: &Replica, addr: &str) -> Result<RoundOutcome, Status
             their_versions.insert((ty, key), version);
         }
     }
-    let mut push: HashMap<i32, Vec<(String, Entry)>> = HashMap::new();
-    for (ty, key, entry) in replica.bucket_entries(&differing) {
-        let newer = their_versions
-            .get(&(ty, key.clone()))
-            .is_none_or(|theirs| *theirs < entry.version);
-        if newer {
-            push.entry(ty).or_default().push((key, entry));
-        }
-    }
-    for (ty, entries) in push {
-        for chunk in entries.chunks(PUSH_CHUNK) {
-            outcome.pushed += chunk.len();
-            client
-                .set(SyncRequest {
-                    data: vec![message_of(ty, chunk.iter().cloned())],
-                    include_deleted: false,
-                })
-                .await?;
-        }
+    let now = Instant::now();
+    let push: Vec<Outgoing> = replica
+        .bucket_entries(&differing)
+        .into_iter()
+        .filter(|(ty, key, entry)| {
+            their_versions
+                .get(&(*ty, key.clone()))
+                .is_none_or(|theirs| *theirs < entry.version)
+        })
+        .map(|(ty, key, entry)| Outgoing {
+            ty,
+            key,
+            value: entry.value,
+            version: entry.version,
+            written: now,
+            delivered: None,
+        })
+        .collect();
+    for batch in batches(&push) {
+        client.set(request_of(batch)).await?;
+        outcome.pushed += batch.len();
     }
     replica
         .metrics()

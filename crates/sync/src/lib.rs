@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod anti_entropy;
+mod fanout;
 pub mod node;
 pub mod replica;
 pub mod service;

@@ -3,28 +3,18 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc};
-use tonic::transport::{Channel, Endpoint};
 use uhlc::{Timestamp, HLC, NTP64};
 
-use crate::proto::sync_client::SyncClient;
-use crate::proto::{SyncData, SyncRequest};
+use crate::fanout::{Delivery, Outgoing, PeerLink};
 use crate::store::{Entry, Store};
 
 /// How long tombstones are kept by default before they are collected.
 pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(3600);
-
-/// How a write is sent to a peer: attempts and the delays between them. A peer that stays
-/// unreachable is left to anti-entropy, never to an unbounded queue.
-const FANOUT_DELAYS: [Duration; 3] = [
-    Duration::from_millis(100),
-    Duration::from_millis(300),
-    Duration::from_millis(900),
-];
 
 /// How long a client's write waits for a peer to hold it too before it is acknowledged
 /// with this replica's copy only.
@@ -93,7 +83,7 @@ struct Inner {
     metrics: SyncMetrics,
     hlc: HLC,
     store: Mutex<Store>,
-    peers: Mutex<Vec<(String, SyncClient<Channel>)>>,
+    peers: Mutex<Vec<PeerLink>>,
     changes: broadcast::Sender<Change>,
 }
 
@@ -224,27 +214,28 @@ impl Replica {
         (store.len(), store.tombstone_count())
     }
 
-    /// Replaces the peers writes are sent to (`host:port` of their gRPC service).
+    /// Replaces the peers writes are sent to (`host:port` of their gRPC service). Call it
+    /// within a Tokio runtime: each new peer gets a sender task.
     pub fn set_peers(&self, addrs: &[String]) {
         let mut peers = self.inner.peers.lock();
-        let mut next = Vec::new();
+        let mut current: Vec<PeerLink> = std::mem::take(&mut *peers);
         for addr in addrs {
-            if let Some(existing) = peers.iter().find(|(a, _)| a == addr) {
-                next.push(existing.clone());
+            if peers.iter().any(|p| &p.addr == addr) {
                 continue;
             }
-            match Endpoint::from_shared(format!("http://{addr}")) {
-                Ok(endpoint) => {
-                    let channel = endpoint
-                        .connect_timeout(Duration::from_secs(1))
-                        .timeout(Duration::from_secs(2))
-                        .connect_lazy();
-                    next.push((addr.clone(), SyncClient::new(channel)));
-                }
+            if let Some(i) = current.iter().position(|p| &p.addr == addr) {
+                peers.push(current.swap_remove(i));
+                continue;
+            }
+            match PeerLink::new(addr, self.downgrade()) {
+                Ok(link) => peers.push(link),
                 Err(e) => tracing::warn!(peer = %addr, error = %e, "not a peer address; ignored"),
             }
         }
-        *peers = next;
+    }
+
+    fn downgrade(&self) -> WeakReplica {
+        WeakReplica(Arc::downgrade(&self.inner))
     }
 
     /// The live value of `key` in `ty`.
@@ -322,25 +313,36 @@ impl Replica {
         ty: i32,
         writes: Vec<(String, Option<String>)>,
     ) -> (Vec<Timestamp>, mpsc::Receiver<()>, usize) {
+        let peers = self.inner.peers.lock();
+        let (done, delivered) = mpsc::channel(peers.len().max(1));
+        let deliveries: Vec<Arc<Delivery>> = peers
+            .iter()
+            .map(|_| Delivery::new(writes.len(), done.clone()))
+            .collect();
+        let written = Instant::now();
         let mut versions = Vec::with_capacity(writes.len());
-        let mut out = SyncData {
-            r#type: ty,
-            ..Default::default()
-        };
         for (key, value) in writes {
             let version = self.inner.hlc.new_timestamp();
             self.apply(ty, &key, value.clone(), version);
-            out.versions.insert(key.clone(), version.to_string());
-            match value {
-                Some(v) => {
-                    out.data.insert(key, v);
+            for (peer, delivery) in peers.iter().zip(&deliveries) {
+                let queued = peer.send(Outgoing {
+                    ty,
+                    key: key.clone(),
+                    value: value.clone(),
+                    version,
+                    written,
+                    delivered: Some(delivery.clone()),
+                });
+                if !queued {
+                    self.inner
+                        .metrics
+                        .fanout_failed
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-                None => out.deleted.push(key),
             }
             versions.push(version);
         }
-        let (delivered, peers) = self.fan_out(out);
-        (versions, delivered, peers)
+        (versions, delivered, peers.len())
     }
 
     /// Merges an entry written elsewhere (a peer's fan-out, a snapshot); returns whether it
@@ -384,52 +386,17 @@ impl Replica {
             .peers
             .lock()
             .iter()
-            .map(|(a, _)| a.clone())
+            .map(|p| p.addr.clone())
             .collect()
     }
+}
 
-    /// Sends `data` to every peer in the background; the receiver hears of each delivery.
-    fn fan_out(&self, data: SyncData) -> (mpsc::Receiver<()>, usize) {
-        let peers = self.inner.peers.lock().clone();
-        let count = peers.len();
-        let (delivered, deliveries) = mpsc::channel(count.max(1));
-        let started = Instant::now();
-        for (addr, mut client) in peers {
-            let delivered = delivered.clone();
-            let request = SyncRequest {
-                data: vec![data.clone()],
-                include_deleted: false,
-            };
-            let replica = self.clone();
-            tokio::spawn(async move {
-                let metrics = &replica.inner.metrics;
-                let mut last = String::new();
-                for delay in FANOUT_DELAYS {
-                    if replica.is_stale() {
-                        // Paused past the grace mid fan-out: the peer may have collected a
-                        // delete of this key since; anti-entropy after the resync decides.
-                        last = "this replica is out of touch".into();
-                        break;
-                    }
-                    match client.set(request.clone()).await {
-                        Ok(_) => {
-                            let micros =
-                                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                            metrics.fanout_delivered.fetch_add(1, Ordering::Relaxed);
-                            metrics
-                                .fanout_micros_total
-                                .fetch_add(micros, Ordering::Relaxed);
-                            let _ = delivered.try_send(());
-                            return;
-                        }
-                        Err(e) => last = e.to_string(),
-                    }
-                    tokio::time::sleep(delay).await;
-                }
-                metrics.fanout_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %addr, error = %last, "fan-out gave up; anti-entropy will repair the peer");
-            });
-        }
-        (deliveries, count)
+/// A replica that may be gone: what a peer's sender task holds, so that dropping the last
+/// handle of a replica ends its tasks.
+pub(crate) struct WeakReplica(Weak<Inner>);
+
+impl WeakReplica {
+    pub(crate) fn upgrade(&self) -> Option<Replica> {
+        self.0.upgrade().map(|inner| Replica { inner })
     }
 }

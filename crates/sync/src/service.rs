@@ -27,6 +27,8 @@ const MAX_SNAPSHOT_CHUNK: usize = 10_000;
 pub const MAX_KEY_BYTES: usize = 4096;
 /// The largest value accepted.
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// The largest request accepted.
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
 
 /// `hellorpc.Sync` served by a replica.
 #[derive(Clone)]
@@ -42,7 +44,11 @@ impl SyncService {
 
     /// The tonic server for this service.
     pub fn server(self) -> crate::proto::sync_server::SyncServer<Self> {
+        // A batch of fan-out or anti-entropy holds up to 4 MiB of keys and values, and a
+        // client's Set may carry several values of up to 1 MiB each.
         crate::proto::sync_server::SyncServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(usize::MAX)
     }
 
     /// Serves on `listener` until the connection is dropped or the task aborted.
