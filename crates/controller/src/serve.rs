@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::ConnectInfo;
+use axum::serve::ListenerExt;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -14,7 +15,15 @@ use tokio::net::TcpListener;
 pub async fn serve(listener: TcpListener, app: Router, tls: Option<tokio_rustls::TlsAcceptor>) {
     let Some(acceptor) = tls else {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, service).await {
+        if let Err(e) = axum::serve(
+            listener.tap_io(|tcp| {
+                // Small answers leave at once instead of waiting for a delayed ACK.
+                let _ = tcp.set_nodelay(true);
+            }),
+            service,
+        )
+        .await
+        {
             tracing::error!(error = %e, "API server stopped");
         }
         return;

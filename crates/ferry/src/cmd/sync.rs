@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use clap::Args;
 use ferry_client::ConnectionArgs;
@@ -314,7 +315,7 @@ impl SyncArgs {
             http.local_addr()?
         );
         tokio::select! {
-            result = axum::serve(http, app) => result.context("serving the REST API")?,
+            result = axum::serve(http.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), app) => result.context("serving the REST API")?,
             _ = super::shutdown_signal() => {}
         }
         if let Ok(node) = Arc::try_unwrap(node) {
