@@ -13,8 +13,8 @@ use uhlc::Timestamp;
 
 use crate::fanout::{batches, request_of, Outgoing};
 use crate::proto::sync_client::SyncClient;
-use crate::proto::{DigestRequest, PullRequest, SnapshotRequest, SyncData};
-use crate::replica::Replica;
+use crate::proto::{DigestRequest, DigestResponse, PullRequest, SnapshotRequest, SyncData};
+use crate::replica::{Replica, Watermark};
 use crate::store::{Entry, BUCKETS};
 
 /// How long one message of a snapshot may take to arrive.
@@ -26,7 +26,7 @@ const MAX_MESSAGE_BYTES: usize = 1 << 30;
 /// many entries).
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long the digest (the first, small request of a round) may take.
+/// How long a digest (a round's small first request) may take.
 const DIGEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A client of the peer at `addr`, on its own connection: fan-out's shared connections have
@@ -48,7 +48,7 @@ async fn connect(addr: &str, timeout: Option<Duration>) -> Result<SyncClient<Cha
 /// What one digest round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RoundOutcome {
-    /// Buckets whose digests differed.
+    /// Buckets whose digests differed (after the delta exchange, when there was one).
     pub buckets_differing: usize,
     /// Entries changed here by the peer's.
     pub repaired_here: usize,
@@ -119,45 +119,32 @@ pub async fn snapshot_from(replica: &Replica, addr: &str) -> Result<usize, Statu
     Ok(changed)
 }
 
-/// One anti-entropy round with the peer at `addr`: compares digests, pulls the buckets that
-/// differ and merges them, then pushes back the entries of those buckets the peer lacks or
-/// holds older. Marks the replica in touch when it completes.
-pub async fn round(replica: &Replica, addr: &str) -> Result<RoundOutcome, Status> {
-    let mut client = connect(addr, Some(ROUND_TIMEOUT)).await?;
-    replica
-        .metrics()
-        .anti_entropy_rounds
-        .fetch_add(1, Ordering::Relaxed);
-    // A paused peer accepts connections and never answers: the digest, which is small,
-    // must not hold the round for longer than this.
-    let theirs = tokio::time::timeout(DIGEST_TIMEOUT, client.digest(DigestRequest {}))
+/// The peer's digests, checked; a paused peer accepts connections and never answers, so the
+/// digest, which is small, must not hold the round for long.
+async fn digest_of(client: &mut SyncClient<Channel>, addr: &str) -> Result<DigestResponse, Status> {
+    let digest = tokio::time::timeout(DIGEST_TIMEOUT, client.digest(DigestRequest {}))
         .await
         .map_err(|_| Status::deadline_exceeded(format!("{addr} did not answer the digest")))??
-        .into_inner()
-        .buckets;
-    if theirs.len() != BUCKETS {
+        .into_inner();
+    if digest.buckets.len() != BUCKETS {
         return Err(Status::failed_precondition(format!(
             "{addr} sent {} bucket digests, {BUCKETS} expected",
-            theirs.len()
+            digest.buckets.len()
         )));
     }
-    let ours = replica.digests();
-    let differing: BTreeSet<usize> = (0..BUCKETS).filter(|&b| ours[b] != theirs[b]).collect();
-    let mut outcome = RoundOutcome {
-        buckets_differing: differing.len(),
-        ..RoundOutcome::default()
-    };
-    if differing.is_empty() {
-        replica.touch();
-        return Ok(outcome);
-    }
-    let pulled = client
-        .pull(PullRequest {
-            buckets: differing.iter().map(|&b| b as u32).collect(),
-        })
-        .await?
-        .into_inner();
-    let mut their_versions: HashMap<(i32, String), Timestamp> = HashMap::new();
+    Ok(digest)
+}
+
+/// Pulls entries (a delta or buckets) and merges them; returns the peer's versions of what
+/// it sent.
+async fn pull_and_merge(
+    replica: &Replica,
+    client: &mut SyncClient<Channel>,
+    request: PullRequest,
+    outcome: &mut RoundOutcome,
+) -> Result<HashMap<(i32, String), Timestamp>, Status> {
+    let pulled = client.pull(request).await?.into_inner();
+    let mut their_versions = HashMap::new();
     for d in pulled.data {
         let ty = d.r#type;
         for (key, value, version) in entries_of(d) {
@@ -167,9 +154,18 @@ pub async fn round(replica: &Replica, addr: &str) -> Result<RoundOutcome, Status
             their_versions.insert((ty, key), version);
         }
     }
+    Ok(their_versions)
+}
+
+/// Pushes `ours` to the peer, but for the entries it sent at the same or a higher version.
+async fn push(
+    client: &mut SyncClient<Channel>,
+    ours: Vec<(i32, String, Entry)>,
+    their_versions: &HashMap<(i32, String), Timestamp>,
+    outcome: &mut RoundOutcome,
+) -> Result<(), Status> {
     let now = Instant::now();
-    let push: Vec<Outgoing> = replica
-        .bucket_entries(&differing)
+    let writes: Vec<Outgoing> = ours
         .into_iter()
         .filter(|(ty, key, entry)| {
             their_versions
@@ -185,10 +181,77 @@ pub async fn round(replica: &Replica, addr: &str) -> Result<RoundOutcome, Status
             delivered: None,
         })
         .collect();
-    for batch in batches(&push) {
+    for batch in batches(&writes) {
         client.set(request_of(batch)).await?;
         outcome.pushed += batch.len();
     }
+    Ok(())
+}
+
+/// One anti-entropy round with the peer at `addr`. Equal digests end it. Otherwise, when an
+/// earlier round with the same peer left a watermark, both sides first exchange what
+/// changed since (a delta, proportional to the writes missed, not to the map); then the
+/// buckets whose digests still differ are pulled, merged, and the peer's older or missing
+/// entries in them pushed back. Marks the replica in touch when it completes.
+pub async fn round(replica: &Replica, addr: &str) -> Result<RoundOutcome, Status> {
+    let mut client = connect(addr, Some(ROUND_TIMEOUT)).await?;
+    replica
+        .metrics()
+        .anti_entropy_rounds
+        .fetch_add(1, Ordering::Relaxed);
+    // Our number first: a change here during the round is then sent again next time,
+    // never skipped.
+    let our_seq = replica.seq();
+    let mut theirs = digest_of(&mut client, addr).await?;
+    let mut outcome = RoundOutcome::default();
+    let differing = |theirs: &DigestResponse| -> BTreeSet<usize> {
+        let ours = replica.digests();
+        (0..BUCKETS)
+            .filter(|&b| ours[b] != theirs.buckets[b])
+            .collect()
+    };
+    let mut buckets = differing(&theirs);
+    if !buckets.is_empty() {
+        if let Some(mark) = replica
+            .watermark(addr)
+            .filter(|m| m.peer_id == theirs.replica)
+        {
+            let delta = PullRequest {
+                buckets: vec![],
+                delta: true,
+                after_seq: mark.their_seq,
+            };
+            let their_versions = pull_and_merge(replica, &mut client, delta, &mut outcome).await?;
+            let ours = replica.changed_after(mark.our_seq);
+            push(&mut client, ours, &their_versions, &mut outcome).await?;
+            theirs = digest_of(&mut client, addr).await?;
+            buckets = differing(&theirs);
+        }
+    }
+    outcome.buckets_differing = buckets.len();
+    if !buckets.is_empty() {
+        let request = PullRequest {
+            buckets: buckets.iter().map(|&b| b as u32).collect(),
+            delta: false,
+            after_seq: 0,
+        };
+        let their_versions = pull_and_merge(replica, &mut client, request, &mut outcome).await?;
+        push(
+            &mut client,
+            replica.bucket_entries(&buckets),
+            &their_versions,
+            &mut outcome,
+        )
+        .await?;
+    }
+    replica.set_watermark(
+        addr,
+        Watermark {
+            peer_id: theirs.replica,
+            their_seq: theirs.seq,
+            our_seq,
+        },
+    );
     replica
         .metrics()
         .anti_entropy_repaired

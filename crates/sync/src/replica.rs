@@ -1,7 +1,7 @@
 //! One replica: the versioned map, the clock that stamps its writes, and the fan-out that
 //! sends every local write to the other replicas.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -84,6 +84,8 @@ struct Inner {
     hlc: HLC,
     store: Mutex<Store>,
     peers: Mutex<Vec<PeerLink>>,
+    /// Per peer address, where the last completed round left both sides.
+    watermarks: Mutex<HashMap<String, Watermark>>,
     changes: broadcast::Sender<Change>,
 }
 
@@ -118,6 +120,7 @@ impl Replica {
                 hlc: uhlc::HLCBuilder::new().build(),
                 store: Mutex::new(Store::default()),
                 peers: Mutex::new(Vec::new()),
+                watermarks: Mutex::new(HashMap::new()),
                 changes,
             }),
         }
@@ -191,6 +194,28 @@ impl Replica {
     pub fn drop_entries_older_than_grace(&self) -> usize {
         let horizon = self.horizon();
         self.inner.store.lock().retain_newer_than(horizon)
+    }
+
+    /// The sequence number of the latest change here.
+    pub fn seq(&self) -> u64 {
+        self.inner.store.lock().seq()
+    }
+
+    /// Every entry that changed here after sequence number `after`.
+    pub fn changed_after(&self, after: u64) -> Vec<(i32, String, Entry)> {
+        self.inner.store.lock().changed_after(after)
+    }
+
+    /// What this replica knew of the peer at `addr` after their last round.
+    pub(crate) fn watermark(&self, addr: &str) -> Option<Watermark> {
+        self.inner.watermarks.lock().get(addr).cloned()
+    }
+
+    pub(crate) fn set_watermark(&self, addr: &str, watermark: Watermark) {
+        self.inner
+            .watermarks
+            .lock()
+            .insert(addr.to_string(), watermark);
     }
 
     /// The hash buckets' digests.
@@ -389,6 +414,18 @@ impl Replica {
             .map(|p| p.addr.clone())
             .collect()
     }
+}
+
+/// Where a completed anti-entropy round left a pair of replicas: the next round exchanges
+/// only what changed on either side since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Watermark {
+    /// The peer's id at the time (a restarted peer has a new one, and new numbers).
+    pub peer_id: String,
+    /// Every change at the peer up to this number was reflected here.
+    pub their_seq: u64,
+    /// Every change here up to this number was reflected at the peer.
+    pub our_seq: u64,
 }
 
 /// A replica that may be gone: what a peer's sender task holds, so that dropping the last

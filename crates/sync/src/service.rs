@@ -268,16 +268,43 @@ impl Sync for SyncService {
         _request: Request<DigestRequest>,
     ) -> Result<Response<DigestResponse>, Status> {
         self.check_current()?;
+        // The number first: a change between the two is then in the digests and may be
+        // pulled again, never skipped.
+        let seq = self.replica.seq();
         Ok(Response::new(DigestResponse {
             buckets: self.replica.digests(),
             replica: self.replica.id(),
+            seq,
         }))
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<SyncResponse>, Status> {
         self.check_current()?;
+        let request = request.into_inner();
+        let entries = if request.delta {
+            self.replica.changed_after(request.after_seq)
+        } else {
+            self.bucket_entries(request.buckets)?
+        };
+        let mut by_type: HashMap<i32, Vec<(String, crate::store::Entry)>> = HashMap::new();
+        for (ty, key, entry) in entries {
+            by_type.entry(ty).or_default().push((key, entry));
+        }
+        let data = by_type
+            .into_iter()
+            .map(|(ty, entries)| message_of(ty, entries))
+            .collect();
+        Ok(Response::new(SyncResponse { data }))
+    }
+}
+
+impl SyncService {
+    fn bucket_entries(
+        &self,
+        requested: Vec<u32>,
+    ) -> Result<Vec<(i32, String, crate::store::Entry)>, Status> {
         let mut buckets = BTreeSet::new();
-        for b in request.into_inner().buckets {
+        for b in requested {
             let b = b as usize;
             if b >= BUCKETS {
                 return Err(Status::invalid_argument(format!(
@@ -286,14 +313,6 @@ impl Sync for SyncService {
             }
             buckets.insert(b);
         }
-        let mut by_type: HashMap<i32, Vec<(String, crate::store::Entry)>> = HashMap::new();
-        for (ty, key, entry) in self.replica.bucket_entries(&buckets) {
-            by_type.entry(ty).or_default().push((key, entry));
-        }
-        let data = by_type
-            .into_iter()
-            .map(|(ty, entries)| message_of(ty, entries))
-            .collect();
-        Ok(Response::new(SyncResponse { data }))
+        Ok(self.replica.bucket_entries(&buckets))
     }
 }

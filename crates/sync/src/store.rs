@@ -36,6 +36,12 @@ pub struct Store {
     /// still removes an older value).
     horizon: NTP64,
     live: usize,
+    /// Counts changes here (in arrival order, whoever wrote them): anti-entropy asks a peer
+    /// for what changed after the sequence number it saw last, instead of whole buckets.
+    seq: u64,
+    /// The sequence number of each key's last change, and the keys by it.
+    seq_of: HashMap<(i32, String), u64>,
+    changes: BTreeMap<u64, (i32, String)>,
 }
 
 impl Default for Store {
@@ -46,6 +52,9 @@ impl Default for Store {
             tombstones: BTreeSet::new(),
             horizon: NTP64(0),
             live: 0,
+            seq: 0,
+            seq_of: HashMap::new(),
+            changes: BTreeMap::new(),
         }
     }
 }
@@ -87,6 +96,10 @@ impl Store {
             return self.remove(ty, key).is_some();
         }
         self.remove(ty, key);
+        self.seq += 1;
+        let id = (ty, key.to_string());
+        self.changes.insert(self.seq, id.clone());
+        self.seq_of.insert(id, self.seq);
         let bucket = bucket_of(ty, key);
         self.digests[bucket] =
             self.digests[bucket].wrapping_add(fingerprint(ty, key, &entry.version));
@@ -107,6 +120,9 @@ impl Store {
         let old = map.remove(key)?;
         if map.is_empty() {
             self.types.remove(&ty);
+        }
+        if let Some(seq) = self.seq_of.remove(&(ty, key.to_string())) {
+            self.changes.remove(&seq);
         }
         let bucket = bucket_of(ty, key);
         self.digests[bucket] =
@@ -151,6 +167,21 @@ impl Store {
             self.remove(*ty, key);
         }
         old.len()
+    }
+
+    /// The sequence number of the latest change here.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Every entry that changed here after sequence number `after`, oldest change first.
+    pub fn changed_after(&self, after: u64) -> Vec<(i32, String, Entry)> {
+        self.changes
+            .range(after + 1..)
+            .filter_map(|(_, (ty, key))| {
+                self.entry(*ty, key).map(|e| (*ty, key.clone(), e.clone()))
+            })
+            .collect()
     }
 
     /// The live value of a key.
@@ -345,6 +376,32 @@ mod tests {
         assert_eq!(s.types(), vec![3]);
         assert_eq!(s.get(3, "new"), Some("v"));
         assert_eq!(s.tombstone_count(), 0);
+    }
+
+    #[test]
+    fn changes_are_listed_by_arrival_once_per_key() {
+        let mut s = Store::default();
+        s.merge(1, "a", put("1", 50, 1));
+        let mark = s.seq();
+        s.merge(1, "b", put("1", 10, 1)); // an old version arriving late still counts
+        s.merge(1, "a", put("2", 60, 1));
+        s.merge(1, "a", put("stale", 40, 1)); // refused: no change
+        let changed: Vec<String> = s
+            .changed_after(mark)
+            .into_iter()
+            .map(|(_, k, _)| k)
+            .collect();
+        assert_eq!(changed, ["b", "a"]);
+        assert_eq!(s.changed_after(s.seq()).len(), 0);
+        s.merge(1, "b", delete(70, 1));
+        s.collect_tombstones(NTP64(100));
+        assert_eq!(
+            s.changed_after(0)
+                .into_iter()
+                .map(|(_, k, _)| k)
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
     }
 
     #[test]

@@ -198,6 +198,18 @@ async fn a_digest_round_repairs_both_sides_and_a_snapshot_copies_everything() ->
     assert!(b.entry(1, "k5").is_some(), "the tombstone travelled");
     // In step now: the next round compares digests only.
     assert_eq!(round(&b, &a_addr).await?.buckets_differing, 0);
+    // Writes b made that a missed (no fan-out between them): a's next round with b asks
+    // only for what changed at b since their last round, and the buckets then agree.
+    for i in 0..500 {
+        b.set(3, &format!("missed{i}"), "x");
+    }
+    let outcome = round(&a, &b_addr).await?;
+    assert_eq!(outcome.repaired_here, 500, "{outcome:?}");
+    assert_eq!(
+        outcome.buckets_differing, 0,
+        "the delta was enough: {outcome:?}"
+    );
+    assert_eq!(a.digests(), b.digests());
 
     // A joining replica copies everything, tombstones included, by the streamed snapshot;
     // until it is ready it serves neither reads nor peers.
@@ -221,8 +233,8 @@ async fn a_digest_round_repairs_both_sides_and_a_snapshot_copies_everything() ->
     let copied = snapshot_from(&joining, &a_addr).await?;
     assert_eq!(
         copied,
-        3000 + 2,
-        "type 1: 3000 keys (one a tombstone); type 2: two"
+        3000 + 2 + 500,
+        "type 1: 3000 keys (one a tombstone); type 2: two; type 3: 500"
     );
     assert_eq!(joining.digests(), a.digests());
     joining.set_ready(true);
@@ -233,7 +245,7 @@ async fn a_digest_round_repairs_both_sides_and_a_snapshot_copies_everything() ->
             .into_inner()
             .data
             .len(),
-        2
+        3
     );
 
     // A replica out of touch for longer than the grace refuses to be copied from.
