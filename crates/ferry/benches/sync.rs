@@ -469,6 +469,7 @@ async fn ferry_bootstrap_and_repair(entries: usize) -> anyhow::Result<Recovery> 
         + DigestResponse {
             buckets: source.digests(),
             replica: source.id(),
+            seq: source.seq(),
         }
         .encoded_len();
     println!(
