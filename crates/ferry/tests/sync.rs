@@ -350,7 +350,7 @@ fn steady_load(
         let mut i = 0usize;
         while !*stop.borrow() {
             let http = &https[i % https.len()];
-            let key = if i % 4 == 0 {
+            let key = if i.is_multiple_of(4) {
                 format!("shared{}", i % 3)
             } else {
                 format!("w{i}")
