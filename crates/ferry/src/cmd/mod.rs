@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod cluster;
 mod config;
 mod controller;
 mod registry;
@@ -45,6 +46,11 @@ enum Command {
     /// Run a peer-sync replica: an in-memory cache kept in step with the service's other
     /// replicas over gRPC (hellorpc.Sync), with a REST API.
     Sync(sync::SyncArgs),
+    /// The etcd operator: keeps each declared etcd cluster at its spec (members as local
+    /// processes).
+    Operator(cluster::OperatorArgs),
+    /// Declare etcd clusters for the operator and read their status.
+    Cluster(cluster::ClusterArgs),
     /// Make API tokens for the controller's token file.
     Token(token::TokenArgs),
     /// Benchmark any etcd v3 endpoint (the embedded store or etcd) with etcd's workloads.
@@ -65,6 +71,8 @@ impl Cli {
             Command::Bench(args) => args.run().await,
             Command::Token(args) => args.run().await,
             Command::Sync(args) => args.run().await,
+            Command::Operator(args) => args.run().await,
+            Command::Cluster(args) => args.run().await,
         }
     }
 }

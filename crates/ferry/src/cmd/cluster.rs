@@ -1,0 +1,227 @@
+//! `ferry operator` and `ferry cluster`: the etcd operator, and the commands that declare
+//! clusters and read their status from the management store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand};
+use ferry_client::ConnectionArgs;
+use ferry_operator::{ClusterSpec, ClusterStatus, Keys, LocalProcesses, OperatorConfig};
+
+/// Arguments of `ferry operator`.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// Prefix of the operator's keys in the management store.
+    #[arg(long, default_value = ferry_operator::DEFAULT_PREFIX)]
+    prefix: String,
+    /// How often each cluster is reconciled.
+    #[arg(long, default_value = "1s", value_parser = ferry_client::args::positive_duration)]
+    interval: Duration,
+    /// This operator's name in the leader election (default: host name and pid).
+    #[arg(long)]
+    identity: Option<String>,
+}
+
+impl OperatorArgs {
+    /// Runs the operator until SIGINT/SIGTERM (the clusters keep running).
+    pub async fn run(self) -> anyhow::Result<()> {
+        check_prefix(&self.prefix)?;
+        let store = self.connection.connect().await?;
+        let identity = self
+            .identity
+            .unwrap_or_else(|| format!("operator-{}", std::process::id()));
+        let config = OperatorConfig {
+            prefix: self.prefix,
+            interval: self.interval,
+            identity,
+        };
+        tokio::select! {
+            result = ferry_operator::run(store, Arc::new(LocalProcesses::new()), config) => {
+                result.context("operator")?
+            }
+            _ = super::shutdown_signal() => {}
+        }
+        Ok(())
+    }
+}
+
+fn check_prefix(prefix: &str) -> anyhow::Result<()> {
+    if !prefix.starts_with('/') || prefix.chars().any(char::is_control) {
+        return Err(anyhow!("--prefix {prefix:?} must start with '/'"));
+    }
+    Ok(())
+}
+
+/// Arguments of `ferry cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    action: ClusterAction,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// Prefix of the operator's keys in the management store.
+    #[arg(long, default_value = ferry_operator::DEFAULT_PREFIX, global = true)]
+    prefix: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Declare (or change) a cluster from a JSON spec file (`-` for stdin).
+    Apply {
+        /// The spec file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Print a cluster's spec.
+    Get {
+        /// The cluster.
+        name: String,
+    },
+    /// List the declared clusters.
+    List,
+    /// Delete a cluster's spec: the operator stops its members (their data stays).
+    Delete {
+        /// The cluster.
+        name: String,
+    },
+    /// Print a cluster's members, conditions, operation in progress and events.
+    Status {
+        /// The cluster.
+        name: String,
+        /// `text` or `json`.
+        #[arg(short = 'o', long = "output", default_value = "text")]
+        output: String,
+        /// Keep printing as the status changes.
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+impl ClusterArgs {
+    /// Runs the chosen action.
+    pub async fn run(self) -> anyhow::Result<()> {
+        check_prefix(&self.prefix)?;
+        let keys = Keys::new(&self.prefix);
+        let name_ok = |name: &str| -> anyhow::Result<()> {
+            if ferry_registry::valid_name(name) {
+                Ok(())
+            } else {
+                Err(anyhow!(
+                    "{name:?} is not a cluster name (letters, digits, '-', '_', '.')"
+                ))
+            }
+        };
+        match self.action {
+            ClusterAction::Apply { file } => {
+                let bytes = if file.as_os_str() == "-" {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                        .context("reading the spec from stdin")?;
+                    buf
+                } else {
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+                };
+                let spec = ClusterSpec::parse(&bytes)
+                    .map_err(|e| anyhow!("{}: invalid spec: {e}", file.display()))?;
+                let mut store = self.connection.connect().await?;
+                let value = serde_json::to_vec_pretty(&spec)?;
+                store
+                    .put(keys.spec(&spec.name), value, None)
+                    .await
+                    .context("writing the spec")?;
+                println!("cluster {} applied (size {})", spec.name, spec.size);
+            }
+            ClusterAction::Get { name } => {
+                name_ok(&name)?;
+                let mut store = self.connection.connect().await?;
+                let response = store.get(keys.spec(&name), None).await?;
+                let kv = response
+                    .kvs()
+                    .first()
+                    .ok_or_else(|| anyhow!("no cluster {name:?}"))?;
+                println!("{}", String::from_utf8_lossy(kv.value()));
+            }
+            ClusterAction::List => {
+                let store = self.connection.connect().await?;
+                for spec in ferry_operator::operator::load_specs(&store, &keys).await? {
+                    println!("{}\tsize {}", spec.name, spec.size);
+                }
+            }
+            ClusterAction::Delete { name } => {
+                name_ok(&name)?;
+                let mut store = self.connection.connect().await?;
+                let deleted = store.delete(keys.spec(&name), None).await?.deleted();
+                if deleted == 0 {
+                    return Err(anyhow!("no cluster {name:?}"));
+                }
+                println!("cluster {name} deleted; the operator stops its members");
+            }
+            ClusterAction::Status {
+                name,
+                output,
+                watch,
+            } => {
+                name_ok(&name)?;
+                if output != "text" && output != "json" {
+                    return Err(anyhow!("-o {output:?}: use text or json"));
+                }
+                let mut store = self.connection.connect().await?;
+                let mut last = None;
+                loop {
+                    let response = store.get(keys.status(&name), None).await?;
+                    let status = match response.kvs().first() {
+                        Some(kv) => Some(
+                            serde_json::from_slice::<ClusterStatus>(kv.value())
+                                .with_context(|| format!("the status of {name} does not decode"))?,
+                        ),
+                        None => None,
+                    };
+                    if status != last {
+                        match &status {
+                            Some(s) if output == "json" => {
+                                println!("{}", serde_json::to_string(s)?)
+                            }
+                            Some(s) => print_status(s),
+                            None if !watch => {
+                                return Err(anyhow!(
+                                    "no status for cluster {name:?} (is the operator running?)"
+                                ))
+                            }
+                            None => {}
+                        }
+                        last = status;
+                    }
+                    if !watch {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn print_status(s: &ClusterStatus) {
+    println!("cluster {} (size {})", s.name, s.size);
+    for c in &s.conditions {
+        println!("  {:<12} {:<5} {}", c.kind, c.status, c.message);
+    }
+    if !s.operation.is_empty() {
+        println!("  operation: {}", s.operation);
+    }
+    println!("  NAME                ID                CLIENT URL              HEALTHY LEADER LEARNER REVISION DB SIZE");
+    for m in &s.members {
+        println!(
+            "  {:<19} {:<17} {:<23} {:<7} {:<6} {:<7} {:<8} {}",
+            m.name, m.id, m.client_url, m.healthy, m.leader, m.learner, m.revision, m.db_size
+        );
+    }
+    for e in s.events.iter().rev().take(10).rev() {
+        println!("  event {}: {}", e.time, e.message);
+    }
+}

@@ -1,0 +1,345 @@
+//! `ferry operator` keeping real etcd 3.4 clusters (local processes) at their spec, with the
+//! management store on `ferry store`: scale 1 → 3 → 5 → 3 → 1 under a write load with no
+//! acknowledged write lost and removed members' data wiped; a member killed with -9 replaced
+//! after the grace, one paused for less than the grace kept; a shrink refused while a member
+//! is down; a bad spec refused with the field named.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::ingress::Proc;
+use common::{ferry_bin, Kind};
+use ferry_operator::ClusterStatus;
+
+struct Operator {
+    store: common::Server,
+    _operator: Proc,
+    dir: tempfile::TempDir,
+}
+
+impl Operator {
+    async fn start() -> anyhow::Result<Self> {
+        let store = common::start(Kind::Ferry, &[]).await?;
+        let operator = Proc(
+            Command::new(ferry_bin())
+                .args([
+                    "operator",
+                    "--endpoints",
+                    &store.endpoint(),
+                    "--interval",
+                    "300ms",
+                ])
+                .env("FERRY_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        Ok(Self {
+            store,
+            _operator: operator,
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    fn data_root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn cluster(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(ferry_bin())
+            .arg("cluster")
+            .args(args)
+            .args(["--endpoints", &self.store.endpoint()])
+            .output()?)
+    }
+
+    fn apply(&self, size: usize, grace: &str) -> anyhow::Result<()> {
+        let etcd = ferry_testkit::etcd_binary()?;
+        let spec = serde_json::json!({
+            "name": "main",
+            "size": size,
+            "etcd": {"binary": etcd, "flags": ["--log-level=error"]},
+            "data_root": self.data_root(),
+            "failure_grace": grace,
+        });
+        let file = self.dir.path().join("spec.json");
+        std::fs::write(&file, spec.to_string())?;
+        let out = self.cluster(&["apply", "-f", &file.display().to_string()])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    fn status(&self) -> Option<ClusterStatus> {
+        let out = self.cluster(&["status", "main", "-o", "json"]).ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Waits until `size` healthy voters and nothing in progress.
+    async fn wait_at_spec(&self, size: usize) -> anyhow::Result<ClusterStatus> {
+        self.wait_for(&format!("{size} healthy voters at spec"), |s| {
+            s.size == size
+                && s.members.len() == size
+                && s.members.iter().all(|m| m.healthy && !m.learner)
+                && s.condition("Available")
+                && !s.condition("Progressing")
+        })
+        .await
+    }
+
+    async fn wait_for(
+        &self,
+        what: &str,
+        check: impl Fn(&ClusterStatus) -> bool,
+    ) -> anyhow::Result<ClusterStatus> {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = self.status();
+            if let Some(s) = &status {
+                if check(s) {
+                    return Ok(s.clone());
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "never {what}; last status: {}",
+                status
+                    .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default())
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    fn member_dirs(&self) -> usize {
+        std::fs::read_dir(self.data_root().join("main"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    fn pid_of(&self, member: &str) -> anyhow::Result<String> {
+        let path = self.data_root().join("main").join(member).join("etcd.pid");
+        Ok(std::fs::read_to_string(path)?.trim().to_string())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        // The members are detached from the operator on purpose: stop them by their pids.
+        if let Ok(dirs) = std::fs::read_dir(self.data_root().join("main")) {
+            for dir in dirs.flatten() {
+                if let Ok(pid) = std::fs::read_to_string(dir.path().join("etcd.pid")) {
+                    let pid = pid.trim().to_string();
+                    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+                    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                }
+            }
+        }
+    }
+}
+
+/// Writes keys one after another to the cluster's current endpoints until `stop`; returns the
+/// acknowledged ones.
+fn write_load(store: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut client: Option<etcd_client::Client> = None;
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            if client.is_none() {
+                if let Some(urls) = endpoints(&store).await {
+                    let options =
+                        etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(2));
+                    client = etcd_client::Client::connect(urls, Some(options)).await.ok();
+                }
+            }
+            let Some(c) = client.as_mut() else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let key = format!("/load/{i:06}");
+            match c.put(key.as_str(), "v", None).await {
+                Ok(_) => {
+                    acked.push(key);
+                    i += 1;
+                }
+                Err(_) => client = None,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        acked
+    })
+}
+
+async fn endpoints(store: &str) -> Option<Vec<String>> {
+    let out = Command::new(ferry_bin())
+        .args([
+            "cluster",
+            "status",
+            "main",
+            "-o",
+            "json",
+            "--endpoints",
+            store,
+        ])
+        .output()
+        .ok()?;
+    let status: ClusterStatus = serde_json::from_slice(&out.stdout).ok()?;
+    let urls = status.endpoints();
+    (!urls.is_empty()).then_some(urls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_one_three_five_three_one_under_load_loses_no_write() -> anyhow::Result<()> {
+    let op = Operator::start().await?;
+    op.apply(1, "30s")?;
+    op.wait_at_spec(1).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = write_load(op.store.endpoint(), stop.clone());
+    for size in [3, 5, 3, 1] {
+        op.apply(size, "30s")?;
+        op.wait_at_spec(size).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = load.await?;
+    anyhow::ensure!(acked.len() > 50, "only {} writes acknowledged", acked.len());
+    let status = op.wait_at_spec(1).await?;
+    let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
+    let stored = client
+        .get(
+            "/load/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await?;
+    let keys: std::collections::HashSet<String> = stored
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|k| !keys.contains(*k)).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    // Every removed member's data was wiped: one member directory is left.
+    assert_eq!(op.member_dirs(), 1);
+    // The events tell the story.
+    let events: Vec<&str> = status.events.iter().map(|e| e.message.as_str()).collect();
+    assert!(events.iter().any(|e| e.contains("promoted")), "{events:?}");
+    assert!(events.iter().any(|e| e.contains("wiped")), "{events:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_is_replaced_after_the_grace_a_paused_one_is_not() -> anyhow::Result<()> {
+    let op = Operator::start().await?;
+    op.apply(3, "4s")?;
+    let before = op.wait_at_spec(3).await?;
+    let names = |s: &ClusterStatus| -> Vec<String> {
+        let mut n: Vec<String> = s.members.iter().map(|m| m.name.clone()).collect();
+        n.sort();
+        n
+    };
+    // Paused for less than the grace: a slow member, not a failed one.
+    let paused = &before.members[0].name;
+    let pid = op.pid_of(paused)?;
+    Command::new("kill").args(["-STOP", &pid]).status()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Command::new("kill").args(["-CONT", &pid]).status()?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after_pause = op.wait_at_spec(3).await?;
+    assert_eq!(
+        names(&after_pause),
+        names(&before),
+        "a short pause replaced a member"
+    );
+
+    // kill -9: replaced by a new member once the grace has passed; its data is wiped.
+    let victim = before.members[1].name.clone();
+    let pid = op.pid_of(&victim)?;
+    Command::new("kill").args(["-KILL", &pid]).status()?;
+    let replaced = op
+        .wait_for("the killed member replaced", |s| {
+            s.members.len() == 3
+                && !s.members.iter().any(|m| m.name == victim)
+                && s.members.iter().all(|m| m.healthy && !m.learner)
+                && !s.condition("Progressing")
+        })
+        .await?;
+    assert!(!op.data_root().join("main").join(&victim).exists());
+    assert!(
+        replaced
+            .events
+            .iter()
+            .any(|e| e.message.contains("unhealthy for longer")),
+        "{:?}",
+        replaced.events
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shrink_is_refused_while_a_member_is_down() -> anyhow::Result<()> {
+    let op = Operator::start().await?;
+    op.apply(3, "10m")?;
+    let before = op.wait_at_spec(3).await?;
+    let down = before.members[2].name.clone();
+    Command::new("kill")
+        .args(["-KILL", &op.pid_of(&down)?])
+        .status()?;
+    op.apply(1, "10m")?;
+    let refused = op
+        .wait_for("the shrink refused", |s| s.operation.starts_with("refused"))
+        .await?;
+    assert!(refused.operation.contains(&down), "{}", refused.operation);
+    assert!(refused.condition("Degraded"));
+    // Still three members in the list: nothing was removed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = op.status().ok_or_else(|| anyhow::anyhow!("no status"))?;
+    assert_eq!(still.members.len(), 3, "{still:?}");
+    Ok(())
+}
+
+#[test]
+fn a_bad_spec_is_refused_naming_the_field_and_nothing_is_stored() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("spec.json");
+    for (spec, field) in [
+        (
+            r#"{"name": "main", "size": 4, "etcd": {"binary": "/usr/bin/etcd"}, "data_root": "/d"}"#,
+            "size",
+        ),
+        (
+            r#"{"name": "main", "size": 3, "etcd": {"binary": "etcd"}, "data_root": "/d"}"#,
+            "etcd.binary",
+        ),
+        (
+            r#"{"name": "main", "size": 3, "etcd": {"binary": "/e", "flags": ["--name=x"]}, "data_root": "/d"}"#,
+            "etcd.flags[0]",
+        ),
+    ] {
+        std::fs::write(&file, spec)?;
+        // Refused before any connection: the endpoint does not even exist.
+        let out = Command::new(ferry_bin())
+            .args(["cluster", "apply", "-f"])
+            .arg(&file)
+            .args(["--endpoints", "127.0.0.1:1"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(&format!("invalid spec: {field}")),
+            "{stderr}"
+        );
+    }
+    Ok(())
+}

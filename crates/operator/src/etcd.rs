@@ -1,0 +1,131 @@
+//! Talking to a managed cluster: one client per member for per-member calls (status, move
+//! leader), a client over the voters for membership changes, every call bounded by a
+//! timeout (etcd waits for membership changes without a deadline of its own).
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, Member, MemberAddOptions};
+
+/// How long one call to a managed cluster may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A call to a managed cluster that failed: the message says which and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct EtcdCallError(pub String);
+
+impl EtcdCallError {
+    /// Whether etcd refused to promote a learner that has not caught up yet.
+    pub fn learner_not_ready(&self) -> bool {
+        self.0.contains("in sync with leader")
+    }
+}
+
+async fn bounded<T>(
+    what: &str,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdCallError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(EtcdCallError(format!("{what}: {e}"))),
+        Err(_) => Err(EtcdCallError(format!(
+            "{what}: no answer within {CALL_TIMEOUT:?}"
+        ))),
+    }
+}
+
+async fn client(urls: &[String]) -> Result<Client, EtcdCallError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_timeout(CALL_TIMEOUT);
+    bounded(
+        &format!("connecting to {}", urls.join(",")),
+        Client::connect(urls, Some(options)),
+    )
+    .await
+}
+
+/// What one member says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberHealth {
+    /// Its id.
+    pub id: u64,
+    /// The leader it knows (0: none).
+    pub leader: u64,
+    /// Its store revision.
+    pub revision: i64,
+    /// Its database size.
+    pub db_size: i64,
+    /// Whether it is a learner.
+    pub learner: bool,
+}
+
+/// Asks the member at `url` for its status; `None` when it does not answer, has no leader
+/// or reports an error.
+pub async fn health(url: &str) -> Option<MemberHealth> {
+    let mut c = client(&[url.to_string()]).await.ok()?;
+    let status = tokio::time::timeout(Duration::from_secs(1), c.status())
+        .await
+        .ok()?
+        .ok()?;
+    if status.leader() == 0 || !status.errors().is_empty() {
+        return None;
+    }
+    let header = status.header()?;
+    Some(MemberHealth {
+        id: header.member_id(),
+        leader: status.leader(),
+        revision: header.revision(),
+        db_size: status.db_size(),
+        learner: status.is_learner(),
+    })
+}
+
+/// The member list, as the members at `urls` see it.
+pub async fn member_list(urls: &[String]) -> Result<Vec<Member>, EtcdCallError> {
+    let mut c = client(urls).await?;
+    Ok(bounded("listing members", c.member_list())
+        .await?
+        .members()
+        .to_vec())
+}
+
+/// Adds a learner with `peer_url`; returns its id.
+pub async fn add_learner(urls: &[String], peer_url: &str) -> Result<u64, EtcdCallError> {
+    let mut c = client(urls).await?;
+    let response = bounded(
+        &format!("adding a learner at {peer_url}"),
+        c.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner())),
+    )
+    .await?;
+    response
+        .member()
+        .map(|m| m.id())
+        .ok_or_else(|| EtcdCallError("adding a learner: no member in the answer".into()))
+}
+
+/// Promotes the learner `id` to a voting member.
+pub async fn promote(urls: &[String], id: u64) -> Result<(), EtcdCallError> {
+    let mut c = client(urls).await?;
+    bounded(&format!("promoting {id:x}"), c.member_promote(id)).await?;
+    Ok(())
+}
+
+/// Removes the member `id`, asking the members at `urls` (never the one removed).
+pub async fn remove(urls: &[String], id: u64) -> Result<(), EtcdCallError> {
+    let mut c = client(urls).await?;
+    bounded(&format!("removing {id:x}"), c.member_remove(id)).await?;
+    Ok(())
+}
+
+/// Moves leadership from the leader at `leader_url` to `target`.
+pub async fn move_leader(leader_url: &str, target: u64) -> Result<(), EtcdCallError> {
+    let mut c = client(&[leader_url.to_string()]).await?;
+    bounded(
+        &format!("moving leadership to {target:x}"),
+        c.move_leader(target),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,698 @@
+//! One cluster brought one step closer to its spec, following etcd's runtime-reconfiguration
+//! rules: a seed first; growth one learner at a time (recorded before it is added, added,
+//! started, promoted once etcd says it caught up, removed if it never does); shrinking one
+//! member at a time, leadership moved away first, the removed member's data wiped; a member
+//! gone or unhealthy for longer than the grace replaced; and in front of every step a quorum
+//! guard. etcd's member list is the truth; the member records carry what it cannot (ports,
+//! phase), written before each step, so a killed operator finishes the step when it returns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Member};
+use parking_lot::Mutex;
+
+use crate::etcd::{self, MemberHealth};
+use crate::records::{
+    now, ClusterStatus, Condition, Event, Keys, MemberRecord, MemberStatus, Phase, MAX_EVENTS,
+};
+use crate::runtime::{Launch, MemberRuntime, ProcessState};
+use crate::spec::{quorum, ClusterSpec};
+
+/// Why a reconcile pass failed (the next pass tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The management store failed.
+    #[error("management store: {0}")]
+    Store(#[from] etcd_client::Error),
+    /// A record in the management store does not decode.
+    #[error("record {key}: {reason}")]
+    Record {
+        /// Its key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The member runtime failed.
+    #[error("{0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    /// No free port for a new member.
+    #[error("allocating a port: {0}")]
+    Port(std::io::Error),
+}
+
+/// What a pass saw of one recorded member.
+struct Observed {
+    record: MemberRecord,
+    process: ProcessState,
+    health: Option<MemberHealth>,
+    listed: Option<Member>,
+}
+
+/// Reconciles clusters; keeps what must survive between passes (since when a member is
+/// unhealthy, each cluster's recent events).
+pub struct Reconciler {
+    store: Client,
+    keys: Keys,
+    runtime: Arc<dyn MemberRuntime>,
+    unhealthy_since: Mutex<HashMap<String, Instant>>,
+    events: Mutex<HashMap<String, Vec<Event>>>,
+}
+
+fn free_port() -> Result<u16, ReconcileError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(ReconcileError::Port)
+}
+
+impl Reconciler {
+    /// A reconciler writing to the management store `store` under `keys`, running members
+    /// with `runtime`.
+    pub fn new(store: Client, keys: Keys, runtime: Arc<dyn MemberRuntime>) -> Self {
+        Self {
+            store,
+            keys,
+            runtime,
+            unhealthy_since: Mutex::new(HashMap::new()),
+            events: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn event(&self, cluster: &str, message: String) {
+        tracing::info!(cluster, "{message}");
+        let mut events = self.events.lock();
+        let list = events.entry(cluster.to_string()).or_default();
+        // A step retried every pass (etcd refusing an add for a few seconds after a member
+        // started) is one event, not fifty.
+        if list.last().is_some_and(|e| e.message == message) {
+            return;
+        }
+        list.push(Event {
+            time: now(),
+            message,
+        });
+        if list.len() > MAX_EVENTS {
+            let excess = list.len() - MAX_EVENTS;
+            list.drain(..excess);
+        }
+    }
+
+    /// The member records of `cluster`, oldest first.
+    pub async fn records(&self, cluster: &str) -> Result<Vec<MemberRecord>, ReconcileError> {
+        let prefix = self.keys.members(cluster);
+        let response = self
+            .store
+            .clone()
+            .get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let mut records = Vec::new();
+        for kv in response.kvs() {
+            let record: MemberRecord =
+                serde_json::from_slice(kv.value()).map_err(|e| ReconcileError::Record {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    reason: e.to_string(),
+                })?;
+            records.push(record);
+        }
+        records.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+        Ok(records)
+    }
+
+    async fn save(&self, cluster: &str, record: &MemberRecord) -> Result<(), ReconcileError> {
+        let value = serde_json::to_vec(record).map_err(|e| ReconcileError::Record {
+            key: record.name.clone(),
+            reason: e.to_string(),
+        })?;
+        self.store
+            .clone()
+            .put(self.keys.member(cluster, &record.name), value, None)
+            .await?;
+        Ok(())
+    }
+
+    async fn forget(&self, cluster: &str, record: &MemberRecord) -> Result<(), ReconcileError> {
+        self.store
+            .clone()
+            .delete(self.keys.member(cluster, &record.name), None)
+            .await?;
+        Ok(())
+    }
+
+    fn new_record(&self, spec: &ClusterSpec, phase: Phase) -> Result<MemberRecord, ReconcileError> {
+        let client_port = free_port()?;
+        let mut peer_port = free_port()?;
+        while peer_port == client_port {
+            peer_port = free_port()?;
+        }
+        Ok(MemberRecord {
+            name: format!("{}-{:06x}", spec.name, rand::random::<u32>() & 0xff_ffff),
+            id: 0,
+            client_port,
+            peer_port,
+            phase,
+            created: now(),
+            reason: String::new(),
+        })
+    }
+
+    /// Stops every member of a deleted cluster and forgets it (the data dirs stay).
+    pub async fn tear_down(&self, spec: &ClusterSpec) -> Result<(), ReconcileError> {
+        for record in self.records(&spec.name).await? {
+            self.stop(spec, &record);
+            self.forget(&spec.name, &record).await?;
+        }
+        self.store
+            .clone()
+            .delete(self.keys.status(&spec.name), None)
+            .await?;
+        Ok(())
+    }
+
+    /// One pass over `spec`: observe, take at most one step, write the status.
+    pub async fn reconcile(&self, spec: &ClusterSpec) -> Result<ClusterStatus, ReconcileError> {
+        let records = self.records(&spec.name).await?;
+        if records.is_empty() {
+            let seed = self.new_record(spec, Phase::Seed)?;
+            self.save(&spec.name, &seed).await?;
+            self.start(spec, &seed, &[seed.clone()], "new")?;
+            self.event(
+                &spec.name,
+                format!("bootstrapping the cluster with seed {}", seed.name),
+            );
+            return self
+                .write_status(spec, &[], None, "bootstrapping the seed member")
+                .await;
+        }
+        let observed = self.observe(spec, records).await;
+        let voter_urls: Vec<String> = observed
+            .iter()
+            .filter(|o| {
+                matches!(o.record.phase, Phase::Seed | Phase::Voter | Phase::Removing)
+                    && o.health.is_some_and(|h| !h.learner)
+            })
+            .map(|o| o.record.client_url())
+            .collect();
+        let list = if voter_urls.is_empty() {
+            None
+        } else {
+            etcd::member_list(&voter_urls).await.ok()
+        };
+        let Some(list) = list else {
+            // No member answers: restart the ones whose process is gone (a host restart),
+            // never rebuild anything: quorum loss is for a person to decide.
+            let none_healthy = observed.iter().all(|o| o.health.is_none());
+            for o in observed.iter().filter(|_| none_healthy) {
+                if o.process == ProcessState::Gone && o.record.phase != Phase::Removing {
+                    // A seed that never wrote its data starts the cluster again; any other
+                    // member has data, and etcd ignores the initial cluster then.
+                    let (cluster, state) = if o.record.phase == Phase::Seed {
+                        (vec![o.record.clone()], "new")
+                    } else {
+                        (Vec::new(), "existing")
+                    };
+                    self.start(spec, &o.record, &cluster, state)?;
+                    self.event(
+                        &spec.name,
+                        format!("no member answers; restarted {} on its data", o.record.name),
+                    );
+                }
+            }
+            return self
+                .write_status(spec, &observed, None, "waiting for a quorum of members")
+                .await;
+        };
+        let observed: Vec<Observed> = observed
+            .into_iter()
+            .map(|mut o| {
+                o.listed = list
+                    .iter()
+                    .find(|m| m.peer_urls().iter().any(|u| *u == o.record.peer_url()))
+                    .cloned();
+                o
+            })
+            .collect();
+        let operation = self.step(spec, &observed, &list, &voter_urls).await?;
+        self.write_status(spec, &observed, Some(&list), &operation)
+            .await
+    }
+
+    async fn observe(&self, spec: &ClusterSpec, records: Vec<MemberRecord>) -> Vec<Observed> {
+        let mut observed = Vec::new();
+        for record in records {
+            let process = self.runtime.inspect(spec, &record);
+            let health = match process {
+                ProcessState::Running(_) => etcd::health(&record.client_url()).await,
+                ProcessState::Gone => None,
+            };
+            let mut since = self.unhealthy_since.lock();
+            if health.is_some() {
+                since.remove(&record.name);
+            } else {
+                since
+                    .entry(record.name.clone())
+                    .or_insert_with(Instant::now);
+            }
+            observed.push(Observed {
+                record,
+                process,
+                health,
+                listed: None,
+            });
+        }
+        observed
+    }
+
+    fn start(
+        &self,
+        spec: &ClusterSpec,
+        member: &MemberRecord,
+        cluster: &[MemberRecord],
+        state: &'static str,
+    ) -> Result<(), ReconcileError> {
+        let initial_cluster = cluster
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        self.runtime.start(
+            spec,
+            member,
+            &Launch {
+                initial_cluster,
+                state,
+                token: format!("ferry-{}-{}", spec.name, member.name),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Stops a member, off the async workers (it waits for the process to exit).
+    fn stop(&self, spec: &ClusterSpec, member: &MemberRecord) {
+        tokio::task::block_in_place(|| self.runtime.stop(spec, member, Duration::from_secs(10)));
+    }
+
+    fn unhealthy_for(&self, name: &str) -> Duration {
+        self.unhealthy_since
+            .lock()
+            .get(name)
+            .map(Instant::elapsed)
+            .unwrap_or_default()
+    }
+
+    /// Takes at most one step; returns what is in progress (empty when at spec).
+    async fn step(
+        &self,
+        spec: &ClusterSpec,
+        observed: &[Observed],
+        list: &[Member],
+        voter_urls: &[String],
+    ) -> Result<String, ReconcileError> {
+        let cluster = &spec.name;
+        let voters: Vec<&Member> = list.iter().filter(|m| !m.is_learner()).collect();
+        let healthy_voters = observed
+            .iter()
+            .filter(|o| o.health.is_some_and(|h| !h.learner))
+            .filter(|o| o.listed.as_ref().is_some_and(|m| !m.is_learner()))
+            .count();
+        let leader = observed.iter().find_map(|o| o.health.map(|h| h.leader));
+        let learners = list.iter().filter(|m| m.is_learner()).count();
+
+        // Finish what a record says is under way.
+        for o in observed {
+            let mut record = o.record.clone();
+            match (record.phase, &o.listed) {
+                (Phase::Removing, Some(m)) => {
+                    let others: Vec<String> = voter_urls
+                        .iter()
+                        .filter(|u| **u != record.client_url())
+                        .cloned()
+                        .collect();
+                    let removing_voter = !m.is_learner();
+                    if removing_voter
+                        && healthy_voters.saturating_sub(usize::from(o.health.is_some()))
+                            < quorum(voters.len().saturating_sub(1))
+                    {
+                        return Ok(format!(
+                            "refused: removing {} would leave fewer healthy voters than a quorum",
+                            record.name
+                        ));
+                    }
+                    if removing_voter && leader == Some(m.id()) {
+                        if let Some(target) = observed.iter().find(|t| {
+                            t.record.name != record.name
+                                && t.health.is_some_and(|h| !h.learner)
+                                && t.listed.as_ref().is_some_and(|l| !l.is_learner())
+                        }) {
+                            if let Some(id) = target.listed.as_ref().map(Member::id) {
+                                match etcd::move_leader(&record.client_url(), id).await {
+                                    Ok(()) => self.event(
+                                        cluster,
+                                        format!(
+                                            "moved leadership from {} to {}",
+                                            record.name, target.record.name
+                                        ),
+                                    ),
+                                    Err(e) => self.event(cluster, format!("{e}")),
+                                }
+                                return Ok(format!("moving leadership away from {}", record.name));
+                            }
+                        }
+                    }
+                    match etcd::remove(&others, m.id()).await {
+                        Ok(()) => self.event(
+                            cluster,
+                            format!(
+                                "removed {} from the member list ({})",
+                                record.name, record.reason
+                            ),
+                        ),
+                        Err(e) => self.event(cluster, format!("{e}")),
+                    }
+                    return Ok(format!("removing {}", record.name));
+                }
+                (Phase::Removing, None) => {
+                    self.stop(spec, &record);
+                    self.runtime.wipe(spec, &record)?;
+                    self.forget(cluster, &record).await?;
+                    self.event(
+                        cluster,
+                        format!("stopped {} and wiped its data", record.name),
+                    );
+                    return Ok(format!("removed {}", record.name));
+                }
+                (Phase::Adding, None) => {
+                    if learners > 0 {
+                        return Ok("waiting for the learner in progress".into());
+                    }
+                    match etcd::add_learner(voter_urls, &record.peer_url()).await {
+                        Ok(id) => {
+                            record.id = id;
+                            record.phase = Phase::Learner;
+                            self.save(cluster, &record).await?;
+                            self.event(cluster, format!("added {} as a learner", record.name));
+                        }
+                        Err(e) => self.event(cluster, format!("{e}")),
+                    }
+                    return Ok(format!("adding {}", record.name));
+                }
+                (Phase::Adding, Some(m)) => {
+                    // Added before the operator could write it down.
+                    record.id = m.id();
+                    record.phase = Phase::Learner;
+                    self.save(cluster, &record).await?;
+                    return Ok(format!("adding {}", record.name));
+                }
+                (Phase::Learner, Some(m)) => {
+                    if !m.is_learner() {
+                        record.phase = Phase::Voter;
+                        self.save(cluster, &record).await?;
+                        continue;
+                    }
+                    if o.process == ProcessState::Gone {
+                        let mut members: Vec<MemberRecord> = observed
+                            .iter()
+                            .filter(|x| x.listed.is_some())
+                            .map(|x| x.record.clone())
+                            .collect();
+                        members.sort_by(|a, b| a.name.cmp(&b.name));
+                        self.start(spec, &record, &members, "existing")?;
+                        self.event(cluster, format!("started learner {}", record.name));
+                        return Ok(format!("starting learner {}", record.name));
+                    }
+                    if now().saturating_sub(record.created) > spec.learner_timeout.as_secs() {
+                        record.phase = Phase::Removing;
+                        record.reason = "the learner never caught up".into();
+                        self.save(cluster, &record).await?;
+                        self.event(
+                            cluster,
+                            format!(
+                                "learner {} did not catch up within {:?}; removing it",
+                                record.name, spec.learner_timeout
+                            ),
+                        );
+                        return Ok(format!("removing learner {}", record.name));
+                    }
+                    // Promotion adds a voter: the healthy ones plus it must still be a quorum.
+                    if healthy_voters + 1 < quorum(voters.len() + 1) {
+                        return Ok(format!(
+                            "refused: promoting {} would need {} healthy voters, {} are",
+                            record.name,
+                            quorum(voters.len() + 1) - 1,
+                            healthy_voters
+                        ));
+                    }
+                    match etcd::promote(voter_urls, m.id()).await {
+                        Ok(()) => {
+                            record.phase = Phase::Voter;
+                            self.save(cluster, &record).await?;
+                            self.event(
+                                cluster,
+                                format!("promoted {} to a voting member", record.name),
+                            );
+                        }
+                        Err(e) if e.learner_not_ready() => {}
+                        Err(e) => self.event(cluster, format!("{e}")),
+                    }
+                    return Ok(format!("promoting learner {}", record.name));
+                }
+                (Phase::Learner | Phase::Voter | Phase::Seed, None) => {
+                    // Gone from the member list (removed by a step the operator did not
+                    // finish, or by hand): it can never rejoin with its data.
+                    record.phase = Phase::Removing;
+                    record.reason = "not in the member list".into();
+                    self.save(cluster, &record).await?;
+                    return Ok(format!("removing {}", record.name));
+                }
+                (Phase::Seed | Phase::Voter, Some(_)) => {}
+            }
+        }
+
+        // Members in etcd's list that the operator never made (added by hand, or left by a
+        // lost record) are removed, within the quorum guard.
+        if let Some(stray) = list.iter().find(|m| {
+            !observed
+                .iter()
+                .any(|o| o.listed.as_ref().is_some_and(|l| l.id() == m.id()))
+        }) {
+            let urls: Vec<String> = voter_urls.to_vec();
+            if stray.is_learner() || healthy_voters >= quorum(voters.len().saturating_sub(1)) {
+                match etcd::remove(&urls, stray.id()).await {
+                    Ok(()) => self.event(
+                        cluster,
+                        format!(
+                            "removed member {:x} ({}), which the operator did not create",
+                            stray.id(),
+                            stray.name()
+                        ),
+                    ),
+                    Err(e) => self.event(cluster, format!("{e}")),
+                }
+            }
+            return Ok(format!("removing stray member {:x}", stray.id()));
+        }
+
+        // Replace a voter gone or unhealthy for longer than the grace.
+        for o in observed {
+            if o.health.is_none()
+                && o.listed.as_ref().is_some_and(|m| !m.is_learner())
+                && self.unhealthy_for(&o.record.name) > spec.failure_grace
+            {
+                if healthy_voters < quorum(voters.len().saturating_sub(1)) {
+                    return Ok(format!(
+                        "refused: replacing {} would leave fewer healthy voters than a quorum",
+                        o.record.name
+                    ));
+                }
+                let mut record = o.record.clone();
+                record.phase = Phase::Removing;
+                record.reason = format!("unhealthy for longer than {:?}", spec.failure_grace);
+                self.save(cluster, &record).await?;
+                self.event(
+                    cluster,
+                    format!(
+                        "{} has been unhealthy for longer than {:?}; replacing it",
+                        record.name, spec.failure_grace
+                    ),
+                );
+                return Ok(format!("replacing {}", record.name));
+            }
+        }
+
+        if learners > 0 {
+            return Ok("waiting for the learner to catch up".into());
+        }
+        if voters.len() < spec.size {
+            if healthy_voters < quorum(voters.len()) {
+                return Ok("refused: growing needs a quorum of healthy voters".into());
+            }
+            let record = self.new_record(spec, Phase::Adding)?;
+            self.save(cluster, &record).await?;
+            self.event(
+                cluster,
+                format!(
+                    "growing from {} to {}: recorded {}",
+                    voters.len(),
+                    spec.size,
+                    record.name
+                ),
+            );
+            return Ok(format!("adding {}", record.name));
+        }
+        if voters.len() > spec.size {
+            // A cluster that lost a member is not shrunk: with one of three down, leaving
+            // one member would bet everything on the survivor. The failed member recovers
+            // or is replaced first.
+            let unhealthy: Vec<&str> = observed
+                .iter()
+                .filter(|o| {
+                    o.health.is_none() && o.listed.as_ref().is_some_and(|m| !m.is_learner())
+                })
+                .map(|o| o.record.name.as_str())
+                .collect();
+            if !unhealthy.is_empty() {
+                return Ok(format!(
+                    "refused: shrinking waits while a voting member is unhealthy ({}): it recovers or is replaced after {:?}",
+                    unhealthy.join(", "),
+                    spec.failure_grace
+                ));
+            }
+            // Otherwise a follower goes; the leader last.
+            let victim = observed
+                .iter()
+                .filter(|o| o.listed.as_ref().is_some_and(|m| !m.is_learner()))
+                .min_by_key(|o| {
+                    let is_leader = o.listed.as_ref().map(Member::id) == leader;
+                    (
+                        o.health.is_some(),
+                        is_leader,
+                        std::cmp::Reverse(o.record.created),
+                    )
+                });
+            if let Some(victim) = victim {
+                let after = healthy_voters.saturating_sub(usize::from(victim.health.is_some()));
+                if after < quorum(voters.len().saturating_sub(1)) {
+                    return Ok(format!(
+                        "refused: shrinking would leave {after} healthy voters, fewer than a quorum of {}",
+                        voters.len().saturating_sub(1)
+                    ));
+                }
+                let mut record = victim.record.clone();
+                record.phase = Phase::Removing;
+                record.reason = format!("shrinking from {} to {}", voters.len(), spec.size);
+                self.save(cluster, &record).await?;
+                self.event(
+                    cluster,
+                    format!("{}: removing {}", record.reason, record.name),
+                );
+                return Ok(format!("removing {}", record.name));
+            }
+        }
+        Ok(String::new())
+    }
+
+    async fn write_status(
+        &self,
+        spec: &ClusterSpec,
+        observed: &[Observed],
+        list: Option<&[Member]>,
+        operation: &str,
+    ) -> Result<ClusterStatus, ReconcileError> {
+        let mut members = Vec::new();
+        for o in observed {
+            let listed = list.and_then(|l| {
+                l.iter()
+                    .find(|m| m.peer_urls().iter().any(|u| *u == o.record.peer_url()))
+            });
+            members.push(MemberStatus {
+                name: o.record.name.clone(),
+                id: format!("{:x}", listed.map(Member::id).unwrap_or(o.record.id)),
+                client_url: o.record.client_url(),
+                peer_url: o.record.peer_url(),
+                healthy: o.health.is_some(),
+                leader: o.health.is_some_and(|h| h.leader == h.id),
+                learner: listed.is_some_and(Member::is_learner),
+                revision: o.health.map(|h| h.revision).unwrap_or(0),
+                db_size: o.health.map(|h| h.db_size).unwrap_or(0),
+                phase: format!("{:?}", o.record.phase).to_lowercase(),
+            });
+        }
+        let voters = list.map_or(0, |l| l.iter().filter(|m| !m.is_learner()).count());
+        let healthy_voters = members.iter().filter(|m| m.healthy && !m.learner).count();
+        let quorum_ok = list.is_some() && healthy_voters >= quorum(voters);
+        let at_spec = voters == spec.size
+            && healthy_voters == voters
+            && members.len() == voters
+            && operation.is_empty();
+        let condition = |kind: &str, status: bool, message: String| Condition {
+            kind: kind.into(),
+            status,
+            message,
+        };
+        let conditions = vec![
+            condition(
+                "Available",
+                quorum_ok,
+                format!("{healthy_voters} of {voters} voting members healthy"),
+            ),
+            condition(
+                "Progressing",
+                !at_spec,
+                if operation.is_empty() {
+                    format!("{voters} of {} voting members", spec.size)
+                } else {
+                    operation.to_string()
+                },
+            ),
+            condition(
+                "Degraded",
+                healthy_voters < voters || members.iter().any(|m| !m.healthy),
+                format!(
+                    "unhealthy: {}",
+                    members
+                        .iter()
+                        .filter(|m| !m.healthy)
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            condition(
+                "QuorumLost",
+                !quorum_ok,
+                if quorum_ok {
+                    String::new()
+                } else {
+                    "fewer healthy voting members than a quorum; `ferry cluster recover` decides"
+                        .into()
+                },
+            ),
+        ];
+        let status = ClusterStatus {
+            name: spec.name.clone(),
+            size: spec.size,
+            members,
+            conditions,
+            operation: operation.to_string(),
+            events: self
+                .events
+                .lock()
+                .get(&spec.name)
+                .cloned()
+                .unwrap_or_default(),
+            updated: now(),
+        };
+        let value = serde_json::to_vec(&status).map_err(|e| ReconcileError::Record {
+            key: self.keys.status(&spec.name),
+            reason: e.to_string(),
+        })?;
+        self.store
+            .clone()
+            .put(self.keys.status(&spec.name), value, None)
+            .await?;
+        Ok(status)
+    }
+}
