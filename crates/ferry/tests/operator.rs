@@ -18,31 +18,37 @@ use ferry_operator::ClusterStatus;
 
 struct Operator {
     store: common::Server,
-    _operator: Proc,
+    operator: Proc,
     dir: tempfile::TempDir,
+}
+
+fn spawn_operator(store: &common::Server) -> anyhow::Result<Proc> {
+    Ok(Proc(
+        Command::new(ferry_bin())
+            .args(["operator", "--endpoints", &store.endpoint()])
+            .args(["--interval", "300ms"])
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    ))
 }
 
 impl Operator {
     async fn start() -> anyhow::Result<Self> {
         let store = common::start(Kind::Ferry, &[]).await?;
-        let operator = Proc(
-            Command::new(ferry_bin())
-                .args([
-                    "operator",
-                    "--endpoints",
-                    &store.endpoint(),
-                    "--interval",
-                    "300ms",
-                ])
-                .env("FERRY_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()?,
-        );
+        let operator = spawn_operator(&store)?;
         Ok(Self {
             store,
-            _operator: operator,
+            operator,
             dir: tempfile::tempdir()?,
         })
+    }
+
+    /// kill -9 of the operator (its members keep running), then a new one.
+    fn kill_and_restart_operator(&mut self) -> anyhow::Result<()> {
+        self.operator.kill9();
+        self.operator = spawn_operator(&self.store)?;
+        Ok(())
     }
 
     fn data_root(&self) -> PathBuf {
@@ -58,11 +64,17 @@ impl Operator {
     }
 
     fn apply(&self, size: usize, grace: &str) -> anyhow::Result<()> {
+        self.apply_with(size, grace, &[])
+    }
+
+    fn apply_with(&self, size: usize, grace: &str, flags: &[&str]) -> anyhow::Result<()> {
         let etcd = ferry_testkit::etcd_binary()?;
+        let mut all_flags = vec!["--log-level=error"];
+        all_flags.extend(flags);
         let spec = serde_json::json!({
             "name": "main",
             "size": size,
-            "etcd": {"binary": etcd, "flags": ["--log-level=error"]},
+            "etcd": {"binary": etcd, "flags": all_flags},
             "data_root": self.data_root(),
             "failure_grace": grace,
         });
@@ -341,5 +353,96 @@ fn a_bad_spec_is_refused_naming_the_field_and_nothing_is_stored() -> anyhow::Res
             "{stderr}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_mid_add_and_mid_remove_is_finished_by_the_next() -> anyhow::Result<()> {
+    let mut op = Operator::start().await?;
+    op.apply(1, "30s")?;
+    op.wait_at_spec(1).await?;
+    // Killed while growing: a member recorded, added as a learner or being promoted.
+    op.apply(3, "30s")?;
+    op.wait_for("a member being added", |s| s.members.len() > 1)
+        .await?;
+    op.kill_and_restart_operator()?;
+    let grown = op.wait_at_spec(3).await?;
+    // etcd's own member list agrees: three voters, no learner, no stray.
+    let mut client = etcd_client::Client::connect(grown.endpoints(), None).await?;
+    let list = client.member_list().await?;
+    assert_eq!(list.members().len(), 3, "{:?}", list.members());
+    assert!(list.members().iter().all(|m| !m.is_learner()));
+    assert_eq!(op.member_dirs(), 3);
+    // Killed while shrinking.
+    op.apply(1, "30s")?;
+    op.wait_for("a removal under way", |s| {
+        s.operation.contains("remov") || s.operation.contains("leadership")
+    })
+    .await?;
+    op.kill_and_restart_operator()?;
+    let shrunk = op.wait_at_spec(1).await?;
+    let mut client = etcd_client::Client::connect(shrunk.endpoints(), None).await?;
+    assert_eq!(client.member_list().await?.members().len(), 1);
+    assert_eq!(op.member_dirs(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_change_restarts_one_member_at_a_time_and_waits_for_a_down_one(
+) -> anyhow::Result<()> {
+    let op = Operator::start().await?;
+    op.apply(3, "10m")?;
+    let before = op.wait_at_spec(3).await?;
+    let pids: Vec<String> = before
+        .members
+        .iter()
+        .map(|m| op.pid_of(&m.name))
+        .collect::<anyhow::Result<_>>()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = write_load(op.store.endpoint(), stop.clone());
+    op.apply_with(3, "10m", &["--snapshot-count=5000"])?;
+    let after = op
+        .wait_for("every member restarted with the new flags", |s| {
+            s.events
+                .iter()
+                .filter(|e| e.message.contains("rolling change: restarted"))
+                .count()
+                == 3
+                && s.members.iter().all(|m| m.healthy && !m.learner)
+                && !s.condition("Progressing")
+        })
+        .await?;
+    stop.store(true, Ordering::Relaxed);
+    let acked = load.await?;
+    for (member, old) in after.members.iter().zip(&pids) {
+        assert_ne!(
+            &op.pid_of(&member.name)?,
+            old,
+            "{} was not restarted",
+            member.name
+        );
+    }
+    // Same members (a restart, not a replacement), and no acknowledged write lost.
+    assert_eq!(
+        after.members.iter().map(|m| &m.name).collect::<Vec<_>>(),
+        before.members.iter().map(|m| &m.name).collect::<Vec<_>>()
+    );
+    let mut client = etcd_client::Client::connect(after.endpoints(), None).await?;
+    for key in &acked {
+        let found = client.get(key.as_str(), None).await?.kvs().len();
+        assert_eq!(found, 1, "acknowledged {key} lost");
+    }
+    // With a member down, the next change is refused and says why.
+    let down = after.members[0].name.clone();
+    Command::new("kill")
+        .args(["-KILL", &op.pid_of(&down)?])
+        .status()?;
+    op.apply_with(3, "10m", &["--snapshot-count=6000"])?;
+    let refused = op
+        .wait_for("the rolling change refused", |s| {
+            s.operation.starts_with("refused: a rolling change waits")
+        })
+        .await?;
+    assert!(refused.operation.contains(&down), "{}", refused.operation);
     Ok(())
 }

@@ -157,6 +157,7 @@ impl Reconciler {
             phase,
             created: now(),
             reason: String::new(),
+            config: spec.member_config(),
         })
     }
 
@@ -525,6 +526,9 @@ impl Reconciler {
         if learners > 0 {
             return Ok("waiting for the learner to catch up".into());
         }
+        if let Some(step) = self.rolling_change(spec, observed, leader).await? {
+            return Ok(step);
+        }
         if voters.len() < spec.size {
             if healthy_voters < quorum(voters.len()) {
                 return Ok("refused: growing needs a quorum of healthy voters".into());
@@ -592,6 +596,86 @@ impl Reconciler {
             }
         }
         Ok(String::new())
+    }
+
+    /// Restarts one member whose binary or flags differ from the spec's: followers first,
+    /// the leader last after leadership moved away, each only once every voter is healthy.
+    async fn rolling_change(
+        &self,
+        spec: &ClusterSpec,
+        observed: &[Observed],
+        leader: Option<u64>,
+    ) -> Result<Option<String>, ReconcileError> {
+        let cluster = &spec.name;
+        let wanted = spec.member_config();
+        let voters: Vec<&Observed> = observed
+            .iter()
+            .filter(|o| o.listed.as_ref().is_some_and(|m| !m.is_learner()))
+            .collect();
+        let stale: Vec<&&Observed> = voters
+            .iter()
+            .filter(|o| o.record.config != wanted)
+            .collect();
+        if stale.is_empty() {
+            return Ok(None);
+        }
+        let unhealthy: Vec<&&Observed> = voters.iter().filter(|o| o.health.is_none()).collect();
+        if let Some(restarted) = unhealthy.iter().find(|o| o.record.config == wanted) {
+            return Ok(Some(format!(
+                "rolling change: waiting for {} to be healthy",
+                restarted.record.name
+            )));
+        }
+        if !unhealthy.is_empty() {
+            return Ok(Some(format!(
+                "refused: a rolling change waits while a voting member is unhealthy ({})",
+                unhealthy
+                    .iter()
+                    .map(|o| o.record.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let is_leader = |o: &Observed| o.listed.as_ref().map(Member::id) == leader;
+        let Some(target) = stale.iter().min_by_key(|o| is_leader(o)) else {
+            return Ok(None);
+        };
+        if is_leader(target) && voters.len() > 1 {
+            let successor = voters
+                .iter()
+                .filter(|o| o.record.name != target.record.name)
+                .min_by_key(|o| o.record.config != wanted);
+            if let Some(id) = successor.and_then(|o| o.listed.as_ref().map(Member::id)) {
+                match etcd::move_leader(&target.record.client_url(), id).await {
+                    Ok(()) => self.event(
+                        cluster,
+                        format!(
+                            "rolling change: moved leadership away from {}",
+                            target.record.name
+                        ),
+                    ),
+                    Err(e) => self.event(cluster, format!("{e}")),
+                }
+                return Ok(Some(format!(
+                    "rolling change: moving leadership away from {}",
+                    target.record.name
+                )));
+            }
+        }
+        let mut record = target.record.clone();
+        self.stop(spec, &record);
+        self.start(spec, &record, &[], "existing")?;
+        record.config = wanted;
+        self.save(cluster, &record).await?;
+        self.unhealthy_since.lock().remove(&record.name);
+        self.event(
+            cluster,
+            format!(
+                "rolling change: restarted {} with the spec's binary and flags",
+                record.name
+            ),
+        );
+        Ok(Some(format!("rolling change: restarted {}", record.name)))
     }
 
     async fn write_status(

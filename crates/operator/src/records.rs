@@ -94,6 +94,10 @@ pub struct MemberRecord {
     /// Why it is being removed, when it is.
     #[serde(default)]
     pub reason: String,
+    /// The binary and flags it was last started with (the spec's `etcd`, as JSON): a member
+    /// whose configuration differs from the spec's is restarted by a rolling change.
+    #[serde(default)]
+    pub config: String,
 }
 
 impl MemberRecord {

@@ -178,6 +178,11 @@ impl ClusterSpec {
         Ok(())
     }
 
+    /// The binary and flags members run with, as one comparable string.
+    pub fn member_config(&self) -> String {
+        serde_json::to_string(&self.etcd).unwrap_or_default()
+    }
+
     /// Where this cluster's members keep their data.
     pub fn cluster_dir(&self) -> PathBuf {
         self.data_root.join(&self.name)
