@@ -19,14 +19,15 @@ use ferry_operator::ClusterStatus;
 struct Operator {
     store: common::Server,
     operator: Proc,
+    metrics: String,
     dir: tempfile::TempDir,
 }
 
-fn spawn_operator(store: &common::Server) -> anyhow::Result<Proc> {
+fn spawn_operator(store: &common::Server, metrics: &str) -> anyhow::Result<Proc> {
     Ok(Proc(
         Command::new(ferry_bin())
             .args(["operator", "--endpoints", &store.endpoint()])
-            .args(["--interval", "300ms"])
+            .args(["--interval", "300ms", "--metrics-addr", metrics])
             .env("FERRY_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?,
@@ -36,10 +37,12 @@ fn spawn_operator(store: &common::Server) -> anyhow::Result<Proc> {
 impl Operator {
     async fn start() -> anyhow::Result<Self> {
         let store = common::start(Kind::Ferry, &[]).await?;
-        let operator = spawn_operator(&store)?;
+        let metrics = format!("127.0.0.1:{}", ferry_testkit::free_port()?);
+        let operator = spawn_operator(&store, &metrics)?;
         Ok(Self {
             store,
             operator,
+            metrics,
             dir: tempfile::tempdir()?,
         })
     }
@@ -47,7 +50,7 @@ impl Operator {
     /// kill -9 of the operator (its members keep running), then a new one.
     fn kill_and_restart_operator(&mut self) -> anyhow::Result<()> {
         self.operator.kill9();
-        self.operator = spawn_operator(&self.store)?;
+        self.operator = spawn_operator(&self.store, &self.metrics)?;
         Ok(())
     }
 
@@ -288,6 +291,17 @@ async fn a_killed_member_is_replaced_after_the_grace_a_paused_one_is_not() -> an
         })
         .await?;
     assert!(!op.data_root().join("main").join(&victim).exists());
+    let metrics =
+        ferry_controller::http_client::request(&op.metrics, "GET", "/metrics", None, &[], "")
+            .await?
+            .body;
+    for line in [
+        r#"ferry_operator_cluster_healthy_members{cluster="main"} 3"#,
+        r#"ferry_operator_cluster_condition{cluster="main",condition="Available"} 1"#,
+        r#"ferry_operator_cluster_condition{cluster="main",condition="QuorumLost"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "no {line} in {metrics}");
+    }
     assert!(
         replaced
             .events

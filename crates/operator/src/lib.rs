@@ -7,12 +7,14 @@
 #![warn(missing_docs)]
 
 pub mod etcd;
+pub mod metrics;
 pub mod operator;
 pub mod reconcile;
 pub mod records;
 pub mod runtime;
 pub mod spec;
 
+pub use metrics::OperatorMetrics;
 pub use operator::{run, OperatorConfig};
 pub use records::{ClusterStatus, Keys, MemberRecord, MemberStatus, DEFAULT_PREFIX};
 pub use runtime::{LocalProcesses, MemberRuntime};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use etcd_client::{Client, GetOptions};
 use ferry_runtime::Election;
 
+use crate::metrics::OperatorMetrics;
 use crate::reconcile::Reconciler;
 use crate::records::Keys;
 use crate::runtime::MemberRuntime;
@@ -22,6 +23,8 @@ pub struct OperatorConfig {
     pub interval: Duration,
     /// This operator's name in the election.
     pub identity: String,
+    /// Where each pass's status is counted.
+    pub metrics: Arc<OperatorMetrics>,
 }
 
 /// Why the operator stopped.
@@ -61,8 +64,12 @@ pub async fn run(
                 }
             };
             for spec in &specs {
-                if let Err(e) = reconciler.reconcile(spec).await {
-                    tracing::warn!(cluster = %spec.name, error = %e, "reconcile failed; retrying");
+                match reconciler.reconcile(spec).await {
+                    Ok(status) => config.metrics.observe(&status),
+                    Err(e) => {
+                        config.metrics.error(&spec.name);
+                        tracing::warn!(cluster = %spec.name, error = %e, "reconcile failed; retrying");
+                    }
                 }
             }
             let names: BTreeSet<String> = specs.iter().map(|s| s.name.clone()).collect();

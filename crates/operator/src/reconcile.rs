@@ -180,7 +180,7 @@ impl Reconciler {
         if records.is_empty() {
             let seed = self.new_record(spec, Phase::Seed)?;
             self.save(&spec.name, &seed).await?;
-            self.start(spec, &seed, &[seed.clone()], "new")?;
+            self.start(spec, &seed, std::slice::from_ref(&seed), "new")?;
             self.event(
                 &spec.name,
                 format!("bootstrapping the cluster with seed {}", seed.name),

@@ -21,9 +21,12 @@ pub struct OperatorArgs {
     /// How often each cluster is reconciled.
     #[arg(long, default_value = "1s", value_parser = ferry_client::args::positive_duration)]
     interval: Duration,
-    /// This operator's name in the leader election (default: host name and pid).
+    /// This operator's name in the leader election (default: `operator-<pid>`).
     #[arg(long)]
     identity: Option<String>,
+    /// Serve Prometheus metrics (`ferry_operator_*`, per cluster) on this address.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl OperatorArgs {
@@ -34,10 +37,16 @@ impl OperatorArgs {
         let identity = self
             .identity
             .unwrap_or_else(|| format!("operator-{}", std::process::id()));
+        let metrics = Arc::new(ferry_operator::OperatorMetrics::default());
+        if let Some(addr) = self.metrics_addr {
+            let metrics = metrics.clone();
+            super::serve_metrics("--metrics-addr", addr, move || metrics.encode()).await?;
+        }
         let config = OperatorConfig {
             prefix: self.prefix,
             interval: self.interval,
             identity,
+            metrics,
         };
         tokio::select! {
             result = ferry_operator::run(store, Arc::new(LocalProcesses::new()), config) => {
