@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod etcd;
 pub mod metrics;
 pub mod operator;

@@ -65,7 +65,10 @@ pub async fn run(
             };
             for spec in &specs {
                 match reconciler.reconcile(spec).await {
-                    Ok(status) => config.metrics.observe(&status),
+                    Ok(status) => {
+                        config.metrics.observe(&status);
+                        reconciler.backup_if_due(spec, &status).await;
+                    }
                     Err(e) => {
                         config.metrics.error(&spec.name);
                         tracing::warn!(cluster = %spec.name, error = %e, "reconcile failed; retrying");

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, Member};
 use parking_lot::Mutex;
 
+use crate::backup::{self, Backend, BackupInfo};
 use crate::etcd::{self, MemberHealth};
 use crate::records::{
     now, ClusterStatus, Condition, Event, Keys, MemberRecord, MemberStatus, Phase, MAX_EVENTS,
@@ -40,6 +41,9 @@ pub enum ReconcileError {
     /// No free port for a new member.
     #[error("allocating a port: {0}")]
     Port(std::io::Error),
+    /// Restoring a backup failed.
+    #[error("restore: {0}")]
+    Backup(backup::BackupError),
 }
 
 /// What a pass saw of one recorded member.
@@ -58,6 +62,9 @@ pub struct Reconciler {
     runtime: Arc<dyn MemberRuntime>,
     unhealthy_since: Mutex<HashMap<String, Instant>>,
     events: Mutex<HashMap<String, Vec<Event>>>,
+    /// Per cluster, when the next scheduled backup is due (Unix seconds).
+    next_backup: Mutex<HashMap<String, i64>>,
+    last_backup: Mutex<HashMap<String, BackupInfo>>,
 }
 
 fn free_port() -> Result<u16, ReconcileError> {
@@ -77,6 +84,8 @@ impl Reconciler {
             runtime,
             unhealthy_since: Mutex::new(HashMap::new()),
             events: Mutex::new(HashMap::new()),
+            next_backup: Mutex::new(HashMap::new()),
+            last_backup: Mutex::new(HashMap::new()),
         }
     }
 
@@ -179,6 +188,39 @@ impl Reconciler {
         let records = self.records(&spec.name).await?;
         if records.is_empty() {
             let seed = self.new_record(spec, Phase::Seed)?;
+            if let Some(from) = &spec.restore_from {
+                // The seed starts from the backup's data, as a new cluster (new token, new
+                // cluster id); the other members join it as learners.
+                let data = backup::fetch(from).await.map_err(ReconcileError::Backup)?;
+                let work = self.work_dir(spec);
+                std::fs::create_dir_all(&work).map_err(|e| {
+                    ReconcileError::Backup(backup::BackupError::Io {
+                        what: format!("creating {}", work.display()),
+                        source: e,
+                    })
+                })?;
+                let file = work.join("restore.db");
+                std::fs::write(&file, data).map_err(|e| {
+                    ReconcileError::Backup(backup::BackupError::Io {
+                        what: format!("writing {}", file.display()),
+                        source: e,
+                    })
+                })?;
+                backup::restore_into(
+                    spec,
+                    &file,
+                    &self.runtime.data_dir(spec, &seed),
+                    &seed.name,
+                    &seed.peer_url(),
+                    &format!("ferry-{}-{}", spec.name, seed.name),
+                )
+                .map_err(ReconcileError::Backup)?;
+                let _ = std::fs::remove_file(&file);
+                self.event(
+                    &spec.name,
+                    format!("restored {from} into seed {}", seed.name),
+                );
+            }
             self.save(&spec.name, &seed).await?;
             self.start(spec, &seed, std::slice::from_ref(&seed), "new")?;
             self.event(
@@ -289,6 +331,77 @@ impl Reconciler {
             },
         )?;
         Ok(())
+    }
+
+    /// A scratch directory for backups and restores, outside the members' directories.
+    fn work_dir(&self, spec: &ClusterSpec) -> std::path::PathBuf {
+        spec.data_root.join(".ferry-work").join(&spec.name)
+    }
+
+    /// Takes a verified backup now from a healthy member (a follower when there is one),
+    /// applies retention, and records it in the status.
+    pub async fn backup_now(
+        &self,
+        spec: &ClusterSpec,
+        status: &ClusterStatus,
+    ) -> Result<BackupInfo, backup::BackupError> {
+        let policy = spec.backup.as_ref().ok_or_else(|| {
+            backup::BackupError::Url(format!("cluster {} has no backup policy", spec.name))
+        })?;
+        let source = status
+            .members
+            .iter()
+            .filter(|m| m.healthy && !m.learner)
+            .min_by_key(|m| m.leader)
+            .ok_or_else(|| {
+                backup::BackupError::Etcd("no healthy voting member to back up".into())
+            })?;
+        let backend = Backend::open(&policy.url)?;
+        let work = self.work_dir(spec);
+        let info = backup::take(spec, &source.client_url, &backend, &work).await?;
+        let deleted = backend.apply_retention(&spec.name, policy, now()).await?;
+        self.event(
+            &spec.name,
+            format!(
+                "backup {} verified (revision {}, hash {:08x}); {deleted} old backups deleted",
+                info.url, info.revision, info.hash
+            ),
+        );
+        self.last_backup
+            .lock()
+            .insert(spec.name.clone(), info.clone());
+        Ok(info)
+    }
+
+    /// Takes the scheduled backup when it is due and the cluster is available.
+    pub async fn backup_if_due(&self, spec: &ClusterSpec, status: &ClusterStatus) {
+        let Some(policy) = &spec.backup else {
+            return;
+        };
+        let Ok(cron) = policy.cron() else {
+            return;
+        };
+        let now_ts = chrono::Utc::now();
+        let due = {
+            let mut next = self.next_backup.lock();
+            let entry = next.entry(spec.name.clone()).or_insert_with(|| {
+                cron.find_next_occurrence(&now_ts, false)
+                    .map(|t| t.timestamp())
+                    .unwrap_or(i64::MAX)
+            });
+            *entry <= now_ts.timestamp()
+        };
+        if !due || !status.condition("Available") {
+            return;
+        }
+        if let Err(e) = self.backup_now(spec, status).await {
+            self.event(&spec.name, format!("backup failed: {e}"));
+        }
+        let next = cron
+            .find_next_occurrence(&chrono::Utc::now(), false)
+            .map(|t| t.timestamp())
+            .unwrap_or(i64::MAX);
+        self.next_backup.lock().insert(spec.name.clone(), next);
     }
 
     /// Stops a member, off the async workers (it waits for the process to exit).
@@ -767,6 +880,7 @@ impl Reconciler {
                 .get(&spec.name)
                 .cloned()
                 .unwrap_or_default(),
+            last_backup: self.last_backup.lock().get(&spec.name).cloned(),
             updated: now(),
         };
         let value = serde_json::to_vec(&status).map_err(|e| ReconcileError::Record {

@@ -176,6 +176,9 @@ pub struct ClusterStatus {
     pub operation: String,
     /// The latest events, oldest first (at most [`MAX_EVENTS`]).
     pub events: Vec<Event>,
+    /// The latest verified backup this operator took.
+    #[serde(default)]
+    pub last_backup: Option<crate::backup::BackupInfo>,
     /// When the status was written (Unix seconds).
     pub updated: u64,
 }

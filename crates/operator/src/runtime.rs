@@ -75,6 +75,8 @@ pub trait MemberRuntime: Send + Sync {
     fn stop(&self, spec: &ClusterSpec, member: &MemberRecord, grace: Duration);
     /// Deletes `member`'s data, so that it can never rejoin.
     fn wipe(&self, spec: &ClusterSpec, member: &MemberRecord) -> Result<(), RuntimeError>;
+    /// Where `member` keeps its etcd data (a restore writes it before the first start).
+    fn data_dir(&self, spec: &ClusterSpec, member: &MemberRecord) -> PathBuf;
 }
 
 /// etcd processes on this host.
@@ -219,6 +221,10 @@ impl MemberRuntime for LocalProcesses {
         while Instant::now() < until && self.inspect(spec, member) != ProcessState::Gone {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn data_dir(&self, spec: &ClusterSpec, member: &MemberRecord) -> PathBuf {
+        Self::data_dir(spec, member)
     }
 
     fn wipe(&self, spec: &ClusterSpec, member: &MemberRecord) -> Result<(), RuntimeError> {

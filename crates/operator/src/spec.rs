@@ -41,6 +41,79 @@ pub struct ClusterSpec {
     /// How long a new learner may take to catch up before it is removed (Go duration; 2m).
     #[serde(default = "default_learner_timeout", with = "go_duration")]
     pub learner_timeout: Duration,
+    /// Scheduled, verified snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupPolicy>,
+    /// A verified backup (its URL) the cluster starts from instead of an empty store; set by
+    /// `ferry cluster restore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<String>,
+}
+
+/// When snapshots are taken, how many are kept, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupPolicy {
+    /// A cron schedule: five fields, or six with seconds first (`0 3 * * *`, `*/30 * * * * *`).
+    pub schedule: String,
+    /// How many backups to keep (at least 1).
+    pub retain_count: usize,
+    /// Backups older than this are deleted (Go duration), the newest one always kept.
+    #[serde(
+        default,
+        with = "optional_go_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retain_age: Option<Duration>,
+    /// Where backups go: `file:///absolute/dir`.
+    pub url: String,
+}
+
+impl BackupPolicy {
+    /// The parsed schedule.
+    pub fn cron(&self) -> Result<croner::Cron, String> {
+        use std::str::FromStr as _;
+        croner::Cron::from_str(&self.schedule).map_err(|e| e.to_string())
+    }
+}
+
+/// The directory of a `file:///dir` URL.
+pub fn file_url_dir(url: &str) -> Result<PathBuf, String> {
+    let Some(path) = url.strip_prefix("file://") else {
+        return Err(format!(
+            "{url:?}: only file:///absolute/dir backends are built so far"
+        ));
+    };
+    let path = PathBuf::from(path);
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(format!(
+            "{url:?}: the path must be absolute, without . or .."
+        ));
+    }
+    Ok(path)
+}
+
+mod optional_go_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::go_duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| ferry_client::duration::parse(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// The etcd binary and its extra flags.
@@ -52,6 +125,22 @@ pub struct EtcdSpec {
     /// Extra flags, each `--flag=value` (not the ones the operator sets).
     #[serde(default)]
     pub flags: Vec<String>,
+    /// The matching `etcdctl` (snapshot restore and verification); default: the one next to
+    /// `binary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcdctl: Option<PathBuf>,
+}
+
+impl EtcdSpec {
+    /// The `etcdctl` to use.
+    pub fn etcdctl(&self) -> PathBuf {
+        self.etcdctl.clone().unwrap_or_else(|| {
+            self.binary
+                .parent()
+                .map(|dir| dir.join("etcdctl"))
+                .unwrap_or_else(|| PathBuf::from("etcdctl"))
+        })
+    }
 }
 
 fn default_failure_grace() -> Duration {
@@ -175,6 +264,27 @@ impl ClusterSpec {
         if self.learner_timeout < Duration::from_secs(5) {
             return Err(invalid("learner_timeout", "must be at least 5s"));
         }
+        if let Some(etcdctl) = &self.etcd.etcdctl {
+            check_absolute("etcd.etcdctl", etcdctl)?;
+        }
+        if let Some(backup) = &self.backup {
+            backup
+                .cron()
+                .map_err(|e| invalid("backup.schedule", format!("{:?}: {e}", backup.schedule)))?;
+            if backup.retain_count == 0 {
+                return Err(invalid("backup.retain_count", "must be at least 1"));
+            }
+            file_url_dir(&backup.url).map_err(|e| invalid("backup.url", e))?;
+        }
+        if let Some(from) = &self.restore_from {
+            file_url_dir(from).map_err(|e| invalid("restore_from", e))?;
+            if !from.ends_with(".db") {
+                return Err(invalid(
+                    "restore_from",
+                    format!("{from:?} is not a backup (.db)"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -265,6 +375,33 @@ mod tests {
                 .field,
             "size"
         );
+        let backup = |b: &str| base(&format!(r#", "backup": {b}"#));
+        assert_eq!(
+            error_of(&backup(
+                r#"{"schedule": "every day", "retain_count": 3, "url": "file:///b"}"#
+            ))
+            .field,
+            "backup.schedule"
+        );
+        assert_eq!(
+            error_of(&backup(
+                r#"{"schedule": "0 3 * * *", "retain_count": 0, "url": "file:///b"}"#
+            ))
+            .field,
+            "backup.retain_count"
+        );
+        assert_eq!(
+            error_of(&backup(
+                r#"{"schedule": "0 3 * * *", "retain_count": 3, "url": "ftp://b"}"#
+            ))
+            .field,
+            "backup.url"
+        );
+        ClusterSpec::parse(
+            backup(r#"{"schedule": "*/2 * * * * *", "retain_count": 3, "retain_age": "1h", "url": "file:///b"}"#)
+                .as_bytes(),
+        )
+        .expect("seconds-first schedules are accepted");
     }
 
     #[test]

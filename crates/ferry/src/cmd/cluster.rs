@@ -97,6 +97,21 @@ enum ClusterAction {
         /// The cluster.
         name: String,
     },
+    /// Take a verified backup now (into the spec's backup URL) and apply its retention.
+    Backup {
+        /// The cluster.
+        name: String,
+    },
+    /// Create a new cluster from a verified backup (the spec of the cluster it came from,
+    /// renamed): a new cluster token and id, the same keys and values.
+    Restore {
+        /// The backup's URL (`file:///…/<cluster>/<time>-rev<revision>.db`).
+        #[arg(long = "from")]
+        from: String,
+        /// The new cluster's name.
+        #[arg(long)]
+        name: String,
+    },
     /// Print a cluster's members, conditions, operation in progress and events.
     Status {
         /// The cluster.
@@ -169,6 +184,57 @@ impl ClusterArgs {
                 }
                 println!("cluster {name} deleted; the operator stops its members");
             }
+            ClusterAction::Backup { name } => {
+                name_ok(&name)?;
+                let mut store = self.connection.connect().await?;
+                let spec = load_spec(&mut store, &keys, &name).await?;
+                let policy = spec
+                    .backup
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("cluster {name} has no backup policy in its spec"))?;
+                let status = load_status(&mut store, &keys, &name).await?;
+                let source = status
+                    .members
+                    .iter()
+                    .filter(|m| m.healthy && !m.learner)
+                    .min_by_key(|m| m.leader)
+                    .ok_or_else(|| anyhow!("cluster {name} has no healthy voting member"))?;
+                let backend = ferry_operator::backup::Backend::open(&policy.url)?;
+                let work = spec.data_root.join(".ferry-work").join(&spec.name);
+                let info = ferry_operator::backup::take(&spec, &source.client_url, &backend, &work)
+                    .await
+                    .context("taking the backup")?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                backend.apply_retention(&spec.name, policy, now).await?;
+                println!("{}", serde_json::to_string(&info)?);
+            }
+            ClusterAction::Restore { from, name } => {
+                name_ok(&name)?;
+                let info = ferry_operator::backup::info_of(&from)
+                    .await
+                    .with_context(|| format!("--from {from}: not a backup this operator took"))?;
+                let mut store = self.connection.connect().await?;
+                if store.get(keys.spec(&name), None).await?.count() > 0 {
+                    return Err(anyhow!(
+                        "cluster {name:?} exists; restore creates a new cluster"
+                    ));
+                }
+                let mut spec = load_spec(&mut store, &keys, &info.cluster).await?;
+                spec.name = name.clone();
+                spec.restore_from = Some(from.clone());
+                spec.validate()
+                    .map_err(|e| anyhow!("the restored spec: {e}"))?;
+                store
+                    .put(keys.spec(&name), serde_json::to_vec_pretty(&spec)?, None)
+                    .await?;
+                println!(
+                    "cluster {name} created from {from} (revision {}, cluster {})",
+                    info.revision, info.cluster
+                );
+            }
             ClusterAction::Status {
                 name,
                 output,
@@ -215,6 +281,33 @@ impl ClusterArgs {
     }
 }
 
+async fn load_spec(
+    store: &mut etcd_client::Client,
+    keys: &Keys,
+    name: &str,
+) -> anyhow::Result<ClusterSpec> {
+    let response = store.get(keys.spec(name), None).await?;
+    let kv = response
+        .kvs()
+        .first()
+        .ok_or_else(|| anyhow!("no cluster {name:?}"))?;
+    ClusterSpec::parse(kv.value()).map_err(|e| anyhow!("the stored spec of {name}: {e}"))
+}
+
+async fn load_status(
+    store: &mut etcd_client::Client,
+    keys: &Keys,
+    name: &str,
+) -> anyhow::Result<ClusterStatus> {
+    let response = store.get(keys.status(name), None).await?;
+    let kv = response
+        .kvs()
+        .first()
+        .ok_or_else(|| anyhow!("no status for cluster {name:?} (is the operator running?)"))?;
+    serde_json::from_slice(kv.value())
+        .with_context(|| format!("the status of {name} does not decode"))
+}
+
 fn print_status(s: &ClusterStatus) {
     println!("cluster {} (size {})", s.name, s.size);
     for c in &s.conditions {
@@ -222,6 +315,12 @@ fn print_status(s: &ClusterStatus) {
     }
     if !s.operation.is_empty() {
         println!("  operation: {}", s.operation);
+    }
+    if let Some(b) = &s.last_backup {
+        println!(
+            "  last backup: {} (revision {}, at {})",
+            b.url, b.revision, b.time
+        );
     }
     println!("  NAME                ID                CLIENT URL              HEALTHY LEADER LEARNER REVISION DB SIZE");
     for m in &s.members {
