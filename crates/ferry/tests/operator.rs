@@ -573,3 +573,50 @@ async fn scheduled_backups_are_verified_kept_by_count_and_restore_a_new_cluster(
     assert!(!out.status.success());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_lost_for_good_is_quorum_lost_until_a_person_recovers() -> anyhow::Result<()> {
+    let op = Operator::start().await?;
+    op.apply(3, "10m")?;
+    let status = op.wait_at_spec(3).await?;
+    let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
+    for i in 0..20 {
+        client.put(format!("/data/k{i:02}"), "v", None).await?;
+    }
+    // Two members gone for good: processes killed, data lost.
+    for member in &status.members[..2] {
+        Command::new("kill")
+            .args(["-KILL", &op.pid_of(&member.name)?])
+            .status()?;
+        std::fs::remove_dir_all(op.data_root().join("main").join(&member.name).join("data"))?;
+    }
+    op.wait_for("QuorumLost", |s| {
+        s.condition("QuorumLost") && !s.condition("Available")
+    })
+    .await?;
+    // Never fixed silently.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = op.status().ok_or_else(|| anyhow::anyhow!("no status"))?;
+    assert!(still.condition("QuorumLost"), "{still:?}");
+    let out = op.cluster(&["recover", "main"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recovered = op.wait_at_spec(3).await?;
+    assert!(recovered
+        .members
+        .iter()
+        .any(|m| m.name == status.members[2].name));
+    let mut client = etcd_client::Client::connect(recovered.endpoints(), None).await?;
+    let got = client
+        .get("/data/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await?;
+    assert_eq!(got.kvs().len(), 20, "the survivor's data");
+    assert!(recovered
+        .events
+        .iter()
+        .any(|e| e.message.contains("recovered from")));
+    Ok(())
+}

@@ -3,8 +3,8 @@
 //! its key-value hash compared with the source member's at the same revision), then stored
 //! with a metadata record; retention by count and age; restoring a seed's data dir from one.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -82,6 +82,17 @@ pub async fn health(url: &str) -> Option<MemberHealth> {
     })
 }
 
+/// The store revision of the member at `url`, leader or not (a member of a cluster that
+/// lost quorum still answers this).
+pub async fn revision(url: &str) -> Option<i64> {
+    let mut c = client(&[url.to_string()]).await.ok()?;
+    let status = tokio::time::timeout(Duration::from_secs(1), c.status())
+        .await
+        .ok()?
+        .ok()?;
+    status.header().map(|h| h.revision())
+}
+
 /// The member list, as the members at `urls` see it.
 pub async fn member_list(urls: &[String]) -> Result<Vec<Member>, EtcdCallError> {
     let mut c = client(urls).await?;

@@ -64,6 +64,14 @@ pub async fn run(
                 }
             };
             for spec in &specs {
+                if take_recover_request(&store, &keys, &spec.name).await {
+                    match reconciler.recover(spec).await {
+                        Ok(message) => tracing::warn!(cluster = %spec.name, "{message}"),
+                        Err(e) => {
+                            tracing::warn!(cluster = %spec.name, error = %e, "recovery failed")
+                        }
+                    }
+                }
                 match reconciler.reconcile(spec).await {
                     Ok(status) => {
                         config.metrics.observe(&status);
@@ -89,6 +97,15 @@ pub async fn run(
         }
         tracing::warn!("lost leadership; campaigning again");
     }
+}
+
+/// Whether a person asked to recover `cluster` (the request is consumed).
+async fn take_recover_request(store: &Client, keys: &Keys, cluster: &str) -> bool {
+    store
+        .clone()
+        .delete(keys.recover(cluster), None)
+        .await
+        .is_ok_and(|r| r.deleted() > 0)
 }
 
 /// Every stored spec; one that does not decode is skipped and logged.

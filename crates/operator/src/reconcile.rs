@@ -250,7 +250,16 @@ impl Reconciler {
             // never rebuild anything: quorum loss is for a person to decide.
             let none_healthy = observed.iter().all(|o| o.health.is_none());
             for o in observed.iter().filter(|_| none_healthy) {
-                if o.process == ProcessState::Gone && o.record.phase != Phase::Removing {
+                let has_data = self
+                    .runtime
+                    .data_dir(spec, &o.record)
+                    .join("member")
+                    .exists();
+                let restartable = has_data || o.record.phase == Phase::Seed;
+                if o.process == ProcessState::Gone
+                    && o.record.phase != Phase::Removing
+                    && restartable
+                {
                     // A seed that never wrote its data starts the cluster again; any other
                     // member has data, and etcd ignores the initial cluster then.
                     let (cluster, state) = if o.record.phase == Phase::Seed {
@@ -328,9 +337,71 @@ impl Reconciler {
                 initial_cluster,
                 state,
                 token: format!("ferry-{}-{}", spec.name, member.name),
+                force_new_cluster: false,
             },
         )?;
         Ok(())
+    }
+
+    /// Rebuilds a cluster that lost quorum from the surviving member with the highest
+    /// revision: every member stopped, the others' data wiped and records dropped, the
+    /// survivor started once with `--force-new-cluster` (its data, no other member), then
+    /// normally; the next passes grow it back with learners. Only on a person's request.
+    pub async fn recover(&self, spec: &ClusterSpec) -> Result<String, ReconcileError> {
+        let records = self.records(&spec.name).await?;
+        let mut best: Option<(i64, MemberRecord)> = None;
+        for record in &records {
+            if self.runtime.inspect(spec, record) == ProcessState::Gone {
+                continue;
+            }
+            if let Some(revision) = etcd::revision(&record.client_url()).await {
+                if best.as_ref().is_none_or(|(r, _)| revision > *r) {
+                    best = Some((revision, record.clone()));
+                }
+            }
+        }
+        let Some((revision, survivor)) = best else {
+            let message = "recover: no member answers; restore the newest verified backup with `ferry cluster restore`".to_string();
+            self.event(&spec.name, message.clone());
+            return Ok(message);
+        };
+        for record in &records {
+            self.stop(spec, record);
+        }
+        for record in records.iter().filter(|r| r.name != survivor.name) {
+            self.runtime.wipe(spec, record)?;
+            self.forget(&spec.name, record).await?;
+        }
+        self.runtime.start(
+            spec,
+            &survivor,
+            &Launch {
+                initial_cluster: vec![format!("{}={}", survivor.name, survivor.peer_url())],
+                state: "existing",
+                token: format!("ferry-{}-{}", spec.name, survivor.name),
+                force_new_cluster: true,
+            },
+        )?;
+        let until = Instant::now() + Duration::from_secs(30);
+        while etcd::health(&survivor.client_url()).await.is_none() {
+            if Instant::now() > until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Once: a member left running with the flag would drop members again at restart.
+        self.stop(spec, &survivor);
+        self.start(spec, &survivor, std::slice::from_ref(&survivor), "existing")?;
+        let mut record = survivor.clone();
+        record.phase = Phase::Voter;
+        self.save(&spec.name, &record).await?;
+        self.unhealthy_since.lock().clear();
+        let message = format!(
+            "recovered from {} (revision {revision}) as a one-member cluster; growing back to {}",
+            survivor.name, spec.size
+        );
+        self.event(&spec.name, message.clone());
+        Ok(message)
     }
 
     /// A scratch directory for backups and restores, outside the members' directories.
@@ -435,6 +506,16 @@ impl Reconciler {
         let leader = observed.iter().find_map(|o| o.health.map(|h| h.leader));
         let learners = list.iter().filter(|m| m.is_learner()).count();
 
+        // The list describes these records' cluster when it holds one of their ids.
+        let same_cluster = observed
+            .iter()
+            .any(|o| o.record.id != 0 && list.iter().any(|m| m.id() == o.record.id))
+            || observed.iter().all(|o| o.record.id == 0);
+        if !same_cluster {
+            // The answering members are not the cluster these records describe (none of
+            // their ids): removing "strays" or "missing" members would destroy one of them.
+            return Ok("refused: the members that answer are not this cluster's".into());
+        }
         // Finish what a record says is under way.
         for o in observed {
             let mut record = o.record.clone();
@@ -581,7 +662,18 @@ impl Reconciler {
                     self.save(cluster, &record).await?;
                     return Ok(format!("removing {}", record.name));
                 }
-                (Phase::Seed | Phase::Voter, Some(_)) => {}
+                (Phase::Seed, Some(m)) => {
+                    // Bootstrapped: from now on it is a voter like any other (a seed whose
+                    // data is gone is never started as a new cluster again).
+                    record.phase = Phase::Voter;
+                    record.id = m.id();
+                    self.save(cluster, &record).await?;
+                }
+                (Phase::Voter, Some(m)) if record.id != m.id() => {
+                    record.id = m.id();
+                    self.save(cluster, &record).await?;
+                }
+                (Phase::Voter, Some(_)) => {}
             }
         }
 

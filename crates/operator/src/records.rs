@@ -53,6 +53,11 @@ impl Keys {
         format!("{}/status/{cluster}", self.prefix)
     }
 
+    /// A person's request to recover a cluster that lost quorum (`ferry cluster recover`).
+    pub fn recover(&self, cluster: &str) -> String {
+        format!("{}/recover/{cluster}", self.prefix)
+    }
+
     /// The operators' leader election.
     pub fn election(&self) -> String {
         format!("{}/leader", self.prefix)

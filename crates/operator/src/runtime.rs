@@ -58,6 +58,9 @@ pub struct Launch {
     pub state: &'static str,
     /// The cluster token (new clusters).
     pub token: String,
+    /// Start with `--force-new-cluster`: the member keeps its data and drops every other
+    /// member (quorum-loss recovery only).
+    pub force_new_cluster: bool,
 }
 
 /// Runs members.
@@ -169,6 +172,7 @@ impl MemberRuntime for LocalProcesses {
             .arg(format!("--initial-cluster-state={}", launch.state))
             .arg(format!("--initial-cluster-token={}", launch.token))
             .args(&spec.etcd.flags)
+            .args(launch.force_new_cluster.then_some("--force-new-cluster"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err_log)

@@ -112,6 +112,12 @@ enum ClusterAction {
         #[arg(long)]
         name: String,
     },
+    /// Recover a cluster that lost quorum: the operator rebuilds it from the surviving member
+    /// with the highest revision and grows it back (a person's decision, never automatic).
+    Recover {
+        /// The cluster.
+        name: String,
+    },
     /// Print a cluster's members, conditions, operation in progress and events.
     Status {
         /// The cluster.
@@ -234,6 +240,13 @@ impl ClusterArgs {
                     "cluster {name} created from {from} (revision {}, cluster {})",
                     info.revision, info.cluster
                 );
+            }
+            ClusterAction::Recover { name } => {
+                name_ok(&name)?;
+                let mut store = self.connection.connect().await?;
+                load_spec(&mut store, &keys, &name).await?;
+                store.put(keys.recover(&name), "requested", None).await?;
+                println!("recovery of {name} requested; follow it with `ferry cluster status {name} --watch`");
             }
             ClusterAction::Status {
                 name,
