@@ -620,3 +620,93 @@ async fn two_of_three_lost_for_good_is_quorum_lost_until_a_person_recovers() -> 
         .any(|e| e.message.contains("recovered from")));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_mostly_free_space_are_defragmented_leader_last() -> anyhow::Result<()> {
+    let op = Operator::start().await?;
+    let spec = |defrag: bool| {
+        let mut spec = serde_json::json!({
+            "name": "main",
+            "size": 3,
+            "etcd": {"binary": ferry_testkit::etcd_binary()?, "flags": ["--log-level=error"]},
+            "data_root": op.data_root(),
+        });
+        if defrag {
+            spec["defrag"] = serde_json::json!({"free_fraction": 0.3, "min_db_bytes": 1048576});
+        }
+        anyhow::Ok(spec)
+    };
+    op.apply_json(spec(false)?)?;
+    let status = op.wait_at_spec(3).await?;
+    let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
+    let value = "x".repeat(16 * 1024);
+    for i in 0..300 {
+        client
+            .put(format!("/big/{i:03}"), value.as_str(), None)
+            .await?;
+    }
+    let deleted = client
+        .delete(
+            "/big/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await?;
+    let revision = deleted.header().map(|h| h.revision()).unwrap_or(0);
+    client
+        .compact(
+            revision,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await?;
+    // bbolt returns the compacted pages to its free list with the next commits.
+    for i in 0..5 {
+        client.put(format!("/small/{i}"), "v", None).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let grown = op
+        .wait_for("the databases grown", |s| {
+            s.members.iter().all(|m| m.db_size > 4 << 20)
+        })
+        .await?;
+    let leader = grown
+        .members
+        .iter()
+        .find(|m| m.leader)
+        .map(|m| m.name.clone())
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    op.apply_json(spec(true)?)?;
+    let done = op
+        .wait_for("every member defragmented", |s| {
+            s.members.iter().all(|m| m.healthy && m.db_size < 2 << 20)
+                && !s.condition("Progressing")
+        })
+        .await?;
+    let order: Vec<&str> = done
+        .events
+        .iter()
+        .filter(|e| {
+            e.message.starts_with("defragmented") || e.message.contains("moved leadership away")
+        })
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(
+        order
+            .iter()
+            .filter(|e| e.starts_with("defragmented"))
+            .count(),
+        3,
+        "{order:?}"
+    );
+    // The member that led when it started was defragmented only after leadership moved.
+    let moved = order
+        .iter()
+        .position(|e| e.contains(&format!("away from {leader}")));
+    let its_defrag = order
+        .iter()
+        .position(|e| e.starts_with(&format!("defragmented {leader}")));
+    assert!(
+        matches!((moved, its_defrag), (Some(m), Some(d)) if m < d),
+        "{order:?}"
+    );
+    Ok(())
+}

@@ -57,6 +57,8 @@ pub struct MemberHealth {
     pub revision: i64,
     /// Its database size.
     pub db_size: i64,
+    /// The part of the database in use (the rest is free pages a defragmentation returns).
+    pub db_in_use: i64,
     /// Whether it is a learner.
     pub learner: bool,
 }
@@ -78,6 +80,7 @@ pub async fn health(url: &str) -> Option<MemberHealth> {
         leader: status.leader(),
         revision: header.revision(),
         db_size: status.db_size(),
+        db_in_use: status.raft_used_db_size(),
         learner: status.is_learner(),
     })
 }
@@ -128,6 +131,18 @@ pub async fn remove(urls: &[String], id: u64) -> Result<(), EtcdCallError> {
     let mut c = client(urls).await?;
     bounded(&format!("removing {id:x}"), c.member_remove(id)).await?;
     Ok(())
+}
+
+/// Defragments the member at `url` (it blocks that member meanwhile).
+pub async fn defragment(url: &str) -> Result<(), EtcdCallError> {
+    let mut c = client(&[url.to_string()]).await?;
+    match tokio::time::timeout(Duration::from_secs(120), c.defragment()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(EtcdCallError(format!("defragmenting {url}: {e}"))),
+        Err(_) => Err(EtcdCallError(format!(
+            "defragmenting {url}: no answer within 120s"
+        ))),
+    }
 }
 
 /// Moves leadership from the leader at `leader_url` to `target`.

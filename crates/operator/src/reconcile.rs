@@ -734,6 +734,9 @@ impl Reconciler {
         if let Some(step) = self.rolling_change(spec, observed, leader).await? {
             return Ok(step);
         }
+        if let Some(step) = self.defragment(spec, observed, leader).await {
+            return Ok(step);
+        }
         if voters.len() < spec.size {
             if healthy_voters < quorum(voters.len()) {
                 return Ok("refused: growing needs a quorum of healthy voters".into());
@@ -883,6 +886,72 @@ impl Reconciler {
         Ok(Some(format!("rolling change: restarted {}", record.name)))
     }
 
+    /// Defragments one member whose free fraction exceeds the policy's: followers first,
+    /// the leader last after leadership moved away, only while every voter is healthy.
+    async fn defragment(
+        &self,
+        spec: &ClusterSpec,
+        observed: &[Observed],
+        leader: Option<u64>,
+    ) -> Option<String> {
+        let policy = spec.defrag.as_ref()?;
+        let cluster = &spec.name;
+        let voters: Vec<&Observed> = observed
+            .iter()
+            .filter(|o| o.listed.as_ref().is_some_and(|m| !m.is_learner()))
+            .collect();
+        let due = |o: &Observed| {
+            o.health.is_some_and(|h| {
+                let size = h.db_size.max(1) as f64;
+                u64::try_from(h.db_size).unwrap_or(0) > policy.min_db_bytes
+                    && (h.db_size - h.db_in_use) as f64 / size > policy.free_fraction
+            })
+        };
+        let is_leader = |o: &Observed| o.listed.as_ref().map(Member::id) == leader;
+        let target = voters
+            .iter()
+            .filter(|o| due(o))
+            .min_by_key(|o| is_leader(o))?;
+        if voters.iter().any(|o| o.health.is_none()) {
+            return Some(format!(
+                "refused: defragmenting {} waits while a voting member is unhealthy",
+                target.record.name
+            ));
+        }
+        if is_leader(target) && voters.len() > 1 {
+            let successor = voters
+                .iter()
+                .find(|o| o.record.name != target.record.name)?;
+            let id = successor.listed.as_ref().map(Member::id)?;
+            match etcd::move_leader(&target.record.client_url(), id).await {
+                Ok(()) => self.event(
+                    cluster,
+                    format!(
+                        "defragmentation: moved leadership away from {}",
+                        target.record.name
+                    ),
+                ),
+                Err(e) => self.event(cluster, format!("{e}")),
+            }
+            return Some(format!(
+                "defragmentation: moving leadership away from {}",
+                target.record.name
+            ));
+        }
+        let before = target.health.map(|h| h.db_size).unwrap_or(0);
+        match etcd::defragment(&target.record.client_url()).await {
+            Ok(()) => self.event(
+                cluster,
+                format!(
+                    "defragmented {} ({before} bytes before)",
+                    target.record.name
+                ),
+            ),
+            Err(e) => self.event(cluster, format!("{e}")),
+        }
+        Some(format!("defragmenting {}", target.record.name))
+    }
+
     async fn write_status(
         &self,
         spec: &ClusterSpec,
@@ -906,6 +975,7 @@ impl Reconciler {
                 learner: listed.is_some_and(Member::is_learner),
                 revision: o.health.map(|h| h.revision).unwrap_or(0),
                 db_size: o.health.map(|h| h.db_size).unwrap_or(0),
+                db_size_in_use: o.health.map(|h| h.db_in_use).unwrap_or(0),
                 phase: format!("{:?}", o.record.phase).to_lowercase(),
             });
         }

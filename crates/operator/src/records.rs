@@ -138,6 +138,9 @@ pub struct MemberStatus {
     pub revision: i64,
     /// Its database size in bytes.
     pub db_size: i64,
+    /// The part of the database in use, in bytes (the rest is free after compaction).
+    #[serde(default)]
+    pub db_size_in_use: i64,
     /// The operator's phase for it.
     pub phase: String,
 }

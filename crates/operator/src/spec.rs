@@ -44,10 +44,31 @@ pub struct ClusterSpec {
     /// Scheduled, verified snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupPolicy>,
+    /// When members are defragmented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defrag: Option<DefragPolicy>,
     /// A verified backup (its URL) the cluster starts from instead of an empty store; set by
     /// `ferry cluster restore`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<String>,
+}
+
+/// When a member's database is defragmented: once the fraction of it that is free (after
+/// compaction) exceeds `free_fraction` and it is larger than `min_db_bytes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefragPolicy {
+    /// Between 0 and 1 (exclusive), e.g. 0.5.
+    pub free_fraction: f64,
+    /// Smaller databases are left alone (default 16 MiB).
+    #[serde(default = "default_min_db_bytes")]
+    pub min_db_bytes: u64,
+}
+
+impl Eq for DefragPolicy {}
+
+fn default_min_db_bytes() -> u64 {
+    16 << 20
 }
 
 /// When snapshots are taken, how many are kept, and where.
@@ -275,6 +296,14 @@ impl ClusterSpec {
                 return Err(invalid("backup.retain_count", "must be at least 1"));
             }
             file_url_dir(&backup.url).map_err(|e| invalid("backup.url", e))?;
+        }
+        if let Some(defrag) = &self.defrag {
+            if !(defrag.free_fraction > 0.0 && defrag.free_fraction < 1.0) {
+                return Err(invalid(
+                    "defrag.free_fraction",
+                    format!("{} is not between 0 and 1", defrag.free_fraction),
+                ));
+            }
         }
         if let Some(from) = &self.restore_from {
             file_url_dir(from).map_err(|e| invalid("restore_from", e))?;
