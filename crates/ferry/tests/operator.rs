@@ -500,7 +500,7 @@ async fn scheduled_backups_are_verified_kept_by_count_and_restore_a_new_cluster(
 ) -> anyhow::Result<()> {
     let op = Operator::start().await?;
     let backups = op.dir.path().join("backups");
-    let spec = serde_json::json!({
+    let mut spec = serde_json::json!({
         "name": "main",
         "size": 1,
         "etcd": {"binary": ferry_testkit::etcd_binary()?, "flags": ["--log-level=error"]},
@@ -511,7 +511,7 @@ async fn scheduled_backups_are_verified_kept_by_count_and_restore_a_new_cluster(
             "url": format!("file://{}", backups.display()),
         },
     });
-    op.apply_json(spec)?;
+    op.apply_json(spec.clone())?;
     let status = op.wait_at_spec(1).await?;
     let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
     for i in 0..50 {
@@ -522,18 +522,17 @@ async fn scheduled_backups_are_verified_kept_by_count_and_restore_a_new_cluster(
     let written = client.get("/data/k49", None).await?;
     let written_rev = written.header().map(|h| h.revision()).unwrap_or(0);
     // Backups every two seconds, each verified; only the newest two are kept.
-    let status = op
-        .wait_for("three verified backups after the writes", |s| {
-            s.events
-                .iter()
-                .filter(|e| e.message.contains("verified"))
-                .count()
-                >= 3
-                && s.last_backup
-                    .as_ref()
-                    .is_some_and(|b| b.revision >= written_rev)
-        })
-        .await?;
+    op.wait_for("three verified backups after the writes", |s| {
+        s.events
+            .iter()
+            .filter(|e| e.message.contains("verified"))
+            .count()
+            >= 3
+            && s.last_backup
+                .as_ref()
+                .is_some_and(|b| b.revision >= written_rev)
+    })
+    .await?;
     let stored: Vec<_> = std::fs::read_dir(backups.join("main"))?
         .flatten()
         .filter(|f| f.path().extension().is_some_and(|e| e == "db"))
@@ -548,11 +547,17 @@ async fn scheduled_backups_are_verified_kept_by_count_and_restore_a_new_cluster(
     );
     let taken: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert!(taken["revision"].as_i64() >= Some(written_rev), "{taken}");
-    // Restore into a new cluster: same keys and values, a different cluster id.
-    let backup = status
-        .last_backup
-        .ok_or_else(|| anyhow::anyhow!("no backup"))?;
-    let out = op.cluster(&["restore", "--from", &backup.url, "--name", "copy"])?;
+    // Scheduled backups stop (so retention keeps the one taken on demand); restore it into a
+    // new cluster: same keys and values, a different cluster id.
+    if let Some(policy) = spec["backup"].as_object_mut() {
+        policy.insert("schedule".into(), "0 0 1 1 *".into());
+    }
+    op.apply_json(spec)?;
+    let url = taken["url"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no url in {taken}"))?
+        .to_string();
+    let out = op.cluster(&["restore", "--from", &url, "--name", "copy"])?;
     anyhow::ensure!(
         out.status.success(),
         "{}",
@@ -569,7 +574,7 @@ async fn scheduled_backups_are_verified_kept_by_count_and_restore_a_new_cluster(
     let copy_id = got.header().map(|h| h.cluster_id());
     assert_ne!(original_id, copy_id, "a restore is a new cluster");
     // A restore never overwrites an existing cluster.
-    let out = op.cluster(&["restore", "--from", &backup.url, "--name", "main"])?;
+    let out = op.cluster(&["restore", "--from", &url, "--name", "main"])?;
     assert!(!out.status.success());
     Ok(())
 }

@@ -79,6 +79,7 @@ pub async fn run(
                     }
                     Err(e) => {
                         config.metrics.error(&spec.name);
+                        reconciler.report(&spec.name, format!("reconcile failed: {e}"));
                         tracing::warn!(cluster = %spec.name, error = %e, "reconcile failed; retrying");
                     }
                 }

@@ -89,6 +89,11 @@ impl Reconciler {
         }
     }
 
+    /// Records an event in the cluster's status (deduplicated against the last one).
+    pub fn report(&self, cluster: &str, message: String) {
+        self.event(cluster, message);
+    }
+
     fn event(&self, cluster: &str, message: String) {
         tracing::info!(cluster, "{message}");
         let mut events = self.events.lock();
