@@ -71,13 +71,16 @@ async fn hold(
 async fn announce_web_a1(
     cluster: &EtcdCluster,
 ) -> anyhow::Result<(ferry_registry::Announcement, i64)> {
+    announce_web_a1_with(cluster, quick()).await
+}
+
+async fn announce_web_a1_with(
+    cluster: &EtcdCluster,
+    config: AnnounceConfig,
+) -> anyhow::Result<(ferry_registry::Announcement, i64)> {
     let client = ferry_client::connect(&cluster.connect_config()).await?;
-    let announcement = announce(
-        client,
-        quick(),
-        Instance::new("web", "a1", "127.0.0.1:8080"),
-    )
-    .await?;
+    let announcement =
+        announce(client, config, Instance::new("web", "a1", "127.0.0.1:8080")).await?;
     match announcement.state() {
         AnnounceState::Live { lease } => Ok((announcement, lease)),
         other => anyhow::bail!("not live: {other:?}"),
@@ -176,7 +179,14 @@ async fn an_instance_outlives_member_kills_and_pauses_on_its_first_lease() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_keeps_its_lease_through_quorum_loss() -> anyhow::Result<()> {
     let mut cluster = EtcdCluster::start(3).await?;
-    let (announcement, lease) = announce_web_a1(&cluster).await?;
+    // The default TTL (5 s): once a leader is back, etcd extends every lease by the TTL plus
+    // an election timeout, and the keep-alive must reach it within that (3 s was too tight
+    // for a loaded 2-core machine).
+    let config = AnnounceConfig {
+        keep_alive_interval: Duration::from_millis(500),
+        ..AnnounceConfig::default()
+    };
+    let (announcement, lease) = announce_web_a1_with(&cluster, config).await?;
     // Two of three down: no quorum, so no lease can expire and nothing can be written.
     let leader = cluster.leader().await?;
     let (a, b) = (leader, (leader + 1) % 3);

@@ -715,3 +715,94 @@ async fn members_with_mostly_free_space_are_defragmented_leader_last() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_that_never_catches_up_is_removed_and_replaced() -> anyhow::Result<()> {
+    let op = Operator::start().await?;
+    let spec = |size: usize| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::json!({
+            "name": "main",
+            "size": size,
+            "etcd": {"binary": ferry_testkit::etcd_binary()?, "flags": ["--log-level=error"]},
+            "data_root": op.data_root(),
+            "learner_timeout": "5s",
+        }))
+    };
+    op.apply_json(spec(1)?)?;
+    let first = op.wait_at_spec(1).await?;
+    op.apply_json(spec(3)?)?;
+    // The new member is stopped (SIGSTOP) the moment its process starts, before it can
+    // catch up: it stays a learner.
+    let cluster_dir = op.data_root().join("main");
+    let until = Instant::now() + Duration::from_secs(60);
+    let stuck = loop {
+        let started = std::fs::read_dir(&cluster_dir)?
+            .flatten()
+            .map(|d| d.file_name().to_string_lossy().into_owned())
+            .find(|name| {
+                name != &first.members[0].name && cluster_dir.join(name).join("etcd.pid").exists()
+            });
+        if let Some(name) = started {
+            Command::new("kill")
+                .args(["-STOP", &op.pid_of(&name)?])
+                .status()?;
+            break name;
+        }
+        anyhow::ensure!(Instant::now() < until, "no learner started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let done = op.wait_at_spec(3).await?;
+    assert!(!done.members.iter().any(|m| m.name == stuck), "{done:?}");
+    assert!(
+        !cluster_dir.join(&stuck).exists(),
+        "the stuck learner's data is wiped"
+    );
+    assert!(
+        done.events.iter().any(|e| e
+            .message
+            .contains(&format!("learner {stuck} did not catch up"))),
+        "{:?}",
+        done.events
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_mid_rolling_change_is_finished_by_the_next() -> anyhow::Result<()> {
+    let mut op = Operator::start().await?;
+    op.apply(3, "10m")?;
+    let before = op.wait_at_spec(3).await?;
+    let pids: Vec<String> = before
+        .members
+        .iter()
+        .map(|m| op.pid_of(&m.name))
+        .collect::<anyhow::Result<_>>()?;
+    op.apply_with(3, "10m", &["--snapshot-count=5000"])?;
+    op.wait_for("the first member restarted", |s| {
+        s.events
+            .iter()
+            .any(|e| e.message.contains("rolling change: restarted"))
+    })
+    .await?;
+    op.kill_and_restart_operator()?;
+    let after = op
+        .wait_for("every member on the new flags", |s| {
+            s.members.len() == 3
+                && s.members.iter().all(|m| m.healthy && !m.learner)
+                && !s.condition("Progressing")
+        })
+        .await?;
+    for (member, old) in after.members.iter().zip(&pids) {
+        assert_ne!(
+            &op.pid_of(&member.name)?,
+            old,
+            "{} kept its old flags",
+            member.name
+        );
+    }
+    let mut client = etcd_client::Client::connect(after.endpoints(), None).await?;
+    let list = client.member_list().await?;
+    assert_eq!(list.members().len(), 3);
+    assert!(list.members().iter().all(|m| !m.is_learner()));
+    Ok(())
+}
