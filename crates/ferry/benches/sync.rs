@@ -77,19 +77,7 @@ async fn serve(replica: &Replica) -> anyhow::Result<String> {
 
 async fn ferry_cluster(n: usize) -> anyhow::Result<(Vec<Replica>, Vec<String>)> {
     let replicas: Vec<Replica> = (0..n).map(|_| Replica::new()).collect();
-    let mut addrs = Vec::new();
-    for r in &replicas {
-        addrs.push(serve(r).await?);
-    }
-    for (i, r) in replicas.iter().enumerate() {
-        let others: Vec<String> = addrs
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, a)| a.clone())
-            .collect();
-        r.set_peers(&others);
-    }
+    let addrs = ferry_sync::serve_local_cluster(&replicas).await?;
     Ok((replicas, addrs))
 }
 

@@ -81,15 +81,7 @@ impl Operator {
             "data_root": self.data_root(),
             "failure_grace": grace,
         });
-        let file = self.dir.path().join("spec.json");
-        std::fs::write(&file, spec.to_string())?;
-        let out = self.cluster(&["apply", "-f", &file.display().to_string()])?;
-        anyhow::ensure!(
-            out.status.success(),
-            "apply failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        self.apply_json(spec)
     }
 
     fn apply_json(&self, spec: serde_json::Value) -> anyhow::Result<()> {

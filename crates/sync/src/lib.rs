@@ -21,6 +21,7 @@
 
 pub mod anti_entropy;
 mod fanout;
+pub mod local;
 pub mod node;
 pub mod replica;
 pub mod service;
@@ -32,6 +33,7 @@ pub mod proto {
     tonic::include_proto!("hellorpc");
 }
 
+pub use local::serve_local_cluster;
 pub use node::{Node, NodeConfig};
 pub use replica::{Change, Replica, ReplicaConfig, SyncMetrics};
 pub use service::SyncService;
