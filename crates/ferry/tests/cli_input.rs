@@ -97,6 +97,28 @@ fn malformed_endpoints_are_refused_before_dialling() -> anyhow::Result<()> {
         &[],
         "the port must be",
     )?;
+    refused(
+        &[
+            "up",
+            "--endpoints",
+            "127.0.0.1:99999",
+            "--exit-when-complete",
+        ],
+        &[],
+        "--endpoints: endpoint \"127.0.0.1:99999\"",
+    )?;
+    refused(&["operator", "--endpoints=--endpoints"], &[], "no :port")?;
+    refused(
+        &[
+            "cluster",
+            "status",
+            "main",
+            "--endpoints",
+            "127.0.0.1:99999",
+        ],
+        &[],
+        "the port must be a number from 1 to 65535",
+    )?;
     Ok(())
 }
 

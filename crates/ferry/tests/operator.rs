@@ -798,3 +798,50 @@ async fn an_operator_killed_mid_rolling_change_is_finished_by_the_next() -> anyh
     assert!(list.members().iter().all(|m| !m.is_learner()));
     Ok(())
 }
+
+/// The README's demo on an operator-run cluster: `ferry up --endpoints` with the client URLs
+/// that `ferry cluster status -o json` lists rolls out to every agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_demo_runs_on_an_operator_run_cluster() -> anyhow::Result<()> {
+    let op = Operator::start().await?;
+    op.apply(3, "30s")?;
+    let status = op.wait_at_spec(3).await?;
+    let endpoints = status.endpoints().join(",");
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(ferry_bin())
+        .args([
+            "up",
+            "--api-port",
+            "0",
+            "--exit-when-complete",
+            "--log-level",
+            "warn",
+        ])
+        .args(["--endpoints", &endpoints, "--dir"])
+        .arg(dir.path())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("rollout complete in every environment"),
+        "{stdout}"
+    );
+    // The configurations live in the operator's cluster.
+    let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
+    let stored = client
+        .get(
+            "/ingress",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await?;
+    assert!(stored.count() > 0, "nothing under /ingress in the cluster");
+    Ok(())
+}

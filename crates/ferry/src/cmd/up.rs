@@ -28,6 +28,10 @@ pub struct UpArgs {
     /// Exit once every environment's rollout is complete (for scripts and CI).
     #[arg(long)]
     exit_when_complete: bool,
+    /// Use this etcd cluster instead of starting the embedded store: comma-separated
+    /// endpoints (e.g. the client URLs `ferry cluster status NAME -o json` lists).
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
 }
 
 fn nginx_binary() -> Option<PathBuf> {
@@ -74,6 +78,11 @@ fn example(env: &str) -> String {
 impl UpArgs {
     /// Runs the demo until Ctrl-C (or until complete with --exit-when-complete).
     pub async fn run(self) -> anyhow::Result<()> {
+        if !self.endpoints.is_empty() {
+            ferry_client::ConnectConfig::new(self.endpoints.clone())
+                .validate()
+                .map_err(|e| anyhow::anyhow!("--endpoints: {e}"))?;
+        }
         let tmp;
         let dir = match &self.dir {
             Some(d) => d.clone(),
@@ -85,14 +94,20 @@ impl UpArgs {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let nginx = nginx_binary();
 
-        let mut store_config = ferry_store::StoreConfig::new(dir.join("store"));
-        store_config.listen_client_urls = vec!["http://127.0.0.1:0".into()];
-        let store = ferry_store::start(store_config)
-            .await
-            .context("starting the store")?;
-        let endpoint = store.local_addrs[0].to_string();
-        let client =
-            ferry_client::connect(&ferry_client::ConnectConfig::new([endpoint.clone()])).await?;
+        let (store, endpoints) = if self.endpoints.is_empty() {
+            let mut store_config = ferry_store::StoreConfig::new(dir.join("store"));
+            store_config.listen_client_urls = vec!["http://127.0.0.1:0".into()];
+            let store = ferry_store::start(store_config)
+                .await
+                .context("starting the store")?;
+            let endpoint = store.local_addrs[0].to_string();
+            (Some(store), vec![endpoint])
+        } else {
+            (None, self.endpoints.clone())
+        };
+        let connect_config = ferry_client::ConnectConfig::new(endpoints.clone());
+        let endpoint = endpoints.join(",");
+        let client = ferry_client::connect(&connect_config).await?;
 
         let (tokens, token) = Tokens::generate("admin");
         let controller = ferry_controller::server::start(
@@ -281,7 +296,9 @@ impl UpArgs {
             b.abort();
         }
         controller.stop().await;
-        store.shutdown().await?;
+        if let Some(store) = store {
+            store.shutdown().await?;
+        }
         outcome
     }
 }
