@@ -186,6 +186,21 @@ impl Drop for Operator {
     }
 }
 
+/// The keys under `prefix` in the cluster `status` describes.
+async fn keys_under(status: &ClusterStatus, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    Ok(client
+        .get(prefix, Some(options))
+        .await?
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect())
+}
+
 /// Writes keys one after another to the cluster's current endpoints until `stop`; returns the
 /// acknowledged ones.
 fn write_load(store: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<String>> {
@@ -253,22 +268,8 @@ async fn scaling_one_three_five_three_one_under_load_loses_no_write() -> anyhow:
     let acked = load.await?;
     anyhow::ensure!(acked.len() > 50, "only {} writes acknowledged", acked.len());
     let status = op.wait_at_spec(1).await?;
-    let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
-    let stored = client
-        .get(
-            "/load/",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only(),
-            ),
-        )
-        .await?;
-    let keys: std::collections::HashSet<String> = stored
-        .kvs()
-        .iter()
-        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-        .collect();
+    let keys: std::collections::HashSet<String> =
+        keys_under(&status, "/load/").await?.into_iter().collect();
     let lost: Vec<&String> = acked.iter().filter(|k| !keys.contains(*k)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     // Every removed member's data was wiped: one member directory is left.
@@ -831,17 +832,9 @@ async fn the_ingress_demo_runs_on_an_operator_run_cluster() -> anyhow::Result<()
         "{stdout}"
     );
     // The configurations live in the operator's cluster.
-    let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
-    let stored = client
-        .get(
-            "/ingress",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only(),
-            ),
-        )
-        .await?;
-    assert!(stored.count() > 0, "nothing under /ingress in the cluster");
+    assert!(
+        !keys_under(&status, "/ingress").await?.is_empty(),
+        "nothing under /ingress in the cluster"
+    );
     Ok(())
 }
