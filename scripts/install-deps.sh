@@ -20,7 +20,7 @@
 set -euo pipefail
 
 # capability -> the Debian packages that provide it (the order is the order of the checks).
-capabilities=(protoc cc etcd etcdctl nginx mariadb postgresql redis pip grpcio)
+capabilities=(protoc cc etcd etcdctl nginx mariadb postgresql redis pip grpcio s3)
 declare -A packages=(
   [protoc]="protobuf-compiler libprotobuf-dev"
   [cc]="gcc libc6-dev"
@@ -32,10 +32,12 @@ declare -A packages=(
   [redis]="redis-server"
   [pip]="python3 python3-pip"
   [grpcio]=""
+  [s3]=""
 )
 # capability -> the PyPI packages that provide it (installed with python3's pip).
 declare -A pip_packages=(
   [grpcio]="grpcio grpcio-tools"
+  [s3]="moto[server] flask flask-cors"
 )
 # Capabilities every machine of this kind already has and check-fresh must not purge: rustc
 # links with cc, and the system depends on python3.
@@ -51,6 +53,7 @@ declare -A explain=(
   [redis]="redis-server and redis-cli run (the peer sync benchmark's Redis primary and replicas)"
   [pip]="python3 runs pip (the Python packages below)"
   [grpcio]="python3 imports grpc and generates a client with grpc_tools.protoc (the peer sync interoperability test)"
+  [s3]="python3 loads moto's standalone S3 server (the operator's S3 backup tests)"
 )
 
 work=$(mktemp -d)
@@ -152,6 +155,10 @@ EOF
   python3 -m grpc_tools.protoc -I "$work/grpc" --python_out="$work/grpc" --grpc_python_out="$work/grpc" \
     "$work/grpc/probe.proto" >/dev/null 2>&1 &&
     (cd "$work/grpc" && python3 -c "import grpc, probe_pb2, probe_pb2_grpc") >/dev/null 2>&1
+}
+
+check_s3() {
+  python3 -c "import moto.moto_server.werkzeug_app, moto.s3.models" >/dev/null 2>&1
 }
 
 failing() {

@@ -178,8 +178,14 @@ impl Drop for Operator {
             for dir in clusters {
                 if let Ok(pid) = std::fs::read_to_string(dir.path().join("etcd.pid")) {
                     let pid = pid.trim().to_string();
-                    let _ = Command::new("kill").args(["-CONT", &pid]).status();
-                    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                    let _ = Command::new("kill")
+                        .args(["-CONT", &pid])
+                        .stderr(Stdio::null())
+                        .status();
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid])
+                        .stderr(Stdio::null())
+                        .status();
                 }
             }
         }
@@ -569,6 +575,103 @@ async fn scheduled_backups_are_verified_kept_by_count_and_restore_a_new_cluster(
     // A restore never overwrites an existing cluster.
     let out = op.cluster(&["restore", "--from", &url, "--name", "main"])?;
     assert!(!out.status.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_to_s3_are_kept_by_count_and_restore_after_the_source_is_gone() -> anyhow::Result<()>
+{
+    let s3 = ferry_testkit::s3::S3Server::start("ferry-backups")?;
+    let op = Operator::start().await?;
+    let backup = serde_json::json!({
+        "schedule": "*/2 * * * * *",
+        "retain_count": 2,
+        "url": "s3://ferry-backups/prod/etcd",
+        "s3": {
+            "endpoint": s3.endpoint(),
+            "access_key_id": "ferry",
+            "secret_access_key": "not-a-secret",
+            "allow_http": true,
+        },
+    });
+    let spec = serde_json::json!({
+        "name": "main",
+        "size": 1,
+        "etcd": {"binary": ferry_testkit::etcd_binary()?, "flags": ["--log-level=error"]},
+        "data_root": op.data_root(),
+        "backup": backup,
+    });
+    op.apply_json(spec.clone())?;
+    let status = op.wait_at_spec(1).await?;
+    let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
+    for i in 0..20 {
+        client
+            .put(format!("/s3/k{i:02}"), format!("v{i}"), None)
+            .await?;
+    }
+    let written = client.get("/s3/k19", None).await?;
+    let written_rev = written.header().map(|h| h.revision()).unwrap_or(0);
+    let status = op
+        .wait_for("three verified backups in S3 after the writes", |s| {
+            s.events
+                .iter()
+                .filter(|e| e.message.contains("verified"))
+                .count()
+                >= 3
+                && s.last_backup
+                    .as_ref()
+                    .is_some_and(|b| b.revision >= written_rev)
+        })
+        .await?;
+    let policy: ferry_operator::spec::BackupPolicy = serde_json::from_value(backup)?;
+    let backend = ferry_operator::backup::Backend::open(&policy)?;
+    let stored = backend.list("main").await?;
+    assert_eq!(stored.len(), 2, "retention keeps two: {stored:?}");
+    assert!(stored
+        .iter()
+        .all(|b| b.url.starts_with("s3://ferry-backups/prod/etcd/main/")));
+    let newest = status
+        .last_backup
+        .ok_or_else(|| anyhow::anyhow!("no last backup"))?;
+    // The source cluster's spec is deleted: the restore takes its spec (and so the S3
+    // settings) from a file.
+    let out = op.cluster(&["delete", "main"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = op.dir.path().join("template.json");
+    std::fs::write(&file, spec.to_string())?;
+    let file = file.display().to_string();
+    let out = op.cluster(&["restore", "--from", &newest.url, "--name", "copy"])?;
+    assert!(!out.status.success(), "no spec names the source any more");
+    let out = op.cluster(&[
+        "restore",
+        "--from",
+        &newest.url,
+        "--name",
+        "copy",
+        "-f",
+        &file,
+    ])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = op.wait_at_spec_of("copy", 1).await?;
+    let mut restored = etcd_client::Client::connect(copy.endpoints(), None).await?;
+    let got = restored
+        .get("/s3/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await?;
+    assert_eq!(got.kvs().len(), 20);
+    assert_eq!(got.kvs()[19].value_str()?, "v19");
+    assert_ne!(
+        written.header().map(|h| h.cluster_id()),
+        got.header().map(|h| h.cluster_id()),
+        "a restore is a new cluster"
+    );
     Ok(())
 }
 

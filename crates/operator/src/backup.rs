@@ -11,19 +11,21 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{file_url_dir, BackupPolicy, ClusterSpec};
+use crate::spec::{BackupLocation, BackupPolicy, ClusterSpec, S3Options};
 
 /// A stored, verified backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupInfo {
     /// The cluster it was taken from.
     pub cluster: String,
-    /// Its URL (`file:///dir/<cluster>/<name>.db`): what `restore --from` takes.
+    /// Its URL (`<backend URL>/<cluster>/<name>.db`): what `restore --from` takes.
     pub url: String,
     /// The store revision it holds.
     pub revision: i64,
@@ -78,15 +80,76 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Opens `file:///dir` (created when missing).
-    pub fn open(url: &str) -> Result<Self, BackupError> {
-        let dir = file_url_dir(url).map_err(BackupError::Url)?;
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let store = LocalFileSystem::new_with_prefix(&dir)?;
+    /// Opens the backend of `policy` (a `file://` directory is created when missing).
+    pub fn open(policy: &BackupPolicy) -> Result<Self, BackupError> {
+        let location = BackupLocation::parse(&policy.url).map_err(BackupError::Url)?;
+        Self::open_location(&location, policy.s3.as_ref())
+    }
+
+    /// The backend a backup URL is read from: `policy`'s when the URL lies in it, else (for
+    /// a `file://` URL) the directory that holds it.
+    pub fn holding(url: &str, policy: Option<&BackupPolicy>) -> Result<Self, BackupError> {
+        if let Some(policy) = policy {
+            let backend = Self::open(policy)?;
+            if backend.object_name(url).is_ok() {
+                return Ok(backend);
+            }
+        }
+        match BackupLocation::parse(url).map_err(BackupError::Url)? {
+            BackupLocation::File(path) => {
+                let dir = path.parent().ok_or_else(|| {
+                    BackupError::Url(format!("{url}: not a file in a directory"))
+                })?;
+                Self::open_location(&BackupLocation::File(dir.to_path_buf()), None)
+            }
+            BackupLocation::S3 { .. } => Err(BackupError::Url(format!(
+                "{url}: an s3:// backup is read with the backup.url and backup.s3 of a spec that reaches it"
+            ))),
+        }
+    }
+
+    fn open_location(
+        location: &BackupLocation,
+        s3: Option<&S3Options>,
+    ) -> Result<Self, BackupError> {
+        let store: Arc<dyn ObjectStore> = match location {
+            BackupLocation::File(dir) => {
+                std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+                Arc::new(LocalFileSystem::new_with_prefix(dir)?)
+            }
+            BackupLocation::S3 { bucket, prefix } => {
+                let options = s3.cloned().unwrap_or_default();
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(options.region.as_deref().unwrap_or("us-east-1"))
+                    .with_allow_http(options.allow_http);
+                if let Some(endpoint) = &options.endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                if let (Some(id), Some(secret)) =
+                    (&options.access_key_id, &options.secret_access_key)
+                {
+                    builder = builder
+                        .with_access_key_id(id)
+                        .with_secret_access_key(secret);
+                }
+                let store = builder.build()?;
+                if prefix.is_empty() {
+                    Arc::new(store)
+                } else {
+                    Arc::new(PrefixStore::new(store, prefix.as_str()))
+                }
+            }
+        };
         Ok(Self {
-            store: Arc::new(store),
-            url: format!("file://{}", dir.display()),
+            store,
+            url: location.url(),
         })
+    }
+
+    /// The backend's URL (`file:///dir`, `s3://bucket/prefix`).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Every backup of `cluster`, newest first.
@@ -129,20 +192,35 @@ impl Backend {
             if too_many || too_old {
                 let name = self.object_name(&backup.url)?;
                 self.store.delete(&ObjectPath::from(name.clone())).await?;
-                self.store
-                    .delete(&ObjectPath::from(format!(
-                        "{}.json",
-                        name.trim_end_matches(".db")
-                    )))
-                    .await?;
+                self.store.delete(&record_of(&name)).await?;
                 deleted += 1;
             }
         }
         Ok(deleted)
     }
 
+    /// Reads a backup (its `.db`) into memory.
+    pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, BackupError> {
+        let name = self.object_name(url)?;
+        let bytes = self
+            .store
+            .get(&ObjectPath::from(name))
+            .await?
+            .bytes()
+            .await?;
+        Ok(bytes.to_vec())
+    }
+
+    /// The record stored beside a backup's `.db`.
+    pub async fn info_of(&self, url: &str) -> Result<BackupInfo, BackupError> {
+        let record = record_of(&self.object_name(url)?);
+        let bytes = self.store.get(&record).await?.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|e| BackupError::Url(format!("{record}: {e}")))
+    }
+
     fn object_name(&self, url: &str) -> Result<String, BackupError> {
         url.strip_prefix(&format!("{}/", self.url))
+            .filter(|name| !name.is_empty())
             .map(str::to_string)
             .ok_or_else(|| BackupError::Url(format!("{url} is not in {}", self.url)))
     }
@@ -166,23 +244,9 @@ impl Backend {
     }
 }
 
-/// Reads a backup (its `.db`) into memory.
-pub async fn fetch(url: &str) -> Result<Vec<u8>, BackupError> {
-    let path = file_url_dir(url).map_err(BackupError::Url)?;
-    tokio::fs::read(&path)
-        .await
-        .map_err(io(format!("reading {}", path.display())))
-}
-
-/// The backup record stored beside a backup's `.db`.
-pub async fn info_of(url: &str) -> Result<BackupInfo, BackupError> {
-    let path = file_url_dir(url).map_err(BackupError::Url)?;
-    let record = path.with_extension("json");
-    let bytes = tokio::fs::read(&record)
-        .await
-        .map_err(io(format!("reading {}", record.display())))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| BackupError::Url(format!("{}: {e}", record.display())))
+/// The record object beside a backup object (`x.db` → `x.json`).
+fn record_of(name: &str) -> ObjectPath {
+    ObjectPath::from(format!("{}.json", name.trim_end_matches(".db")))
 }
 
 fn free_port() -> Result<u16, BackupError> {

@@ -196,7 +196,11 @@ impl Reconciler {
             if let Some(from) = &spec.restore_from {
                 // The seed starts from the backup's data, as a new cluster (new token, new
                 // cluster id); the other members join it as learners.
-                let data = backup::fetch(from).await.map_err(ReconcileError::Backup)?;
+                let data = Backend::holding(from, spec.backup.as_ref())
+                    .map_err(ReconcileError::Backup)?
+                    .fetch(from)
+                    .await
+                    .map_err(ReconcileError::Backup)?;
                 let work = self.work_dir(spec);
                 std::fs::create_dir_all(&work).map_err(|e| {
                     ReconcileError::Backup(backup::BackupError::Io {
@@ -432,7 +436,7 @@ impl Reconciler {
             .ok_or_else(|| {
                 backup::BackupError::Etcd("no healthy voting member to back up".into())
             })?;
-        let backend = Backend::open(&policy.url)?;
+        let backend = Backend::open(policy)?;
         let work = self.work_dir(spec);
         let info = backup::take(spec, &source.client_url, &backend, &work).await?;
         let deleted = backend.apply_retention(&spec.name, policy, now()).await?;

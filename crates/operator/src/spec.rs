@@ -86,8 +86,11 @@ pub struct BackupPolicy {
         skip_serializing_if = "Option::is_none"
     )]
     pub retain_age: Option<Duration>,
-    /// Where backups go: `file:///absolute/dir`.
+    /// Where backups go: `file:///absolute/dir` or `s3://bucket/prefix`.
     pub url: String,
+    /// How the `s3://` backend is reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Options>,
 }
 
 impl BackupPolicy {
@@ -98,24 +101,148 @@ impl BackupPolicy {
     }
 }
 
-/// The directory of a `file:///dir` URL.
-pub fn file_url_dir(url: &str) -> Result<PathBuf, String> {
-    let Some(path) = url.strip_prefix("file://") else {
-        return Err(format!(
-            "{url:?}: only file:///absolute/dir backends are built so far"
-        ));
-    };
-    let path = PathBuf::from(path);
-    if !path.is_absolute()
-        || path
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
-        return Err(format!(
-            "{url:?}: the path must be absolute, without . or .."
-        ));
+/// Where a backend (or one backup in it) is, parsed from its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupLocation {
+    /// `file:///absolute/dir`: a directory on the operator's host.
+    File(PathBuf),
+    /// `s3://bucket/prefix`: objects under `prefix` (possibly empty) in an S3 bucket.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key prefix, without leading or trailing `/`.
+        prefix: String,
+    },
+}
+
+impl BackupLocation {
+    /// Parses `file:///absolute/dir` or `s3://bucket/prefix`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+            {
+                return Err(format!(
+                    "{url:?}: the path must be absolute, without . or .."
+                ));
+            }
+            return Ok(Self::File(path));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if !valid_bucket(bucket) {
+                return Err(format!(
+                    "{url:?}: {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, '-' and '.')"
+                ));
+            }
+            let prefix = prefix.trim_end_matches('/');
+            if !prefix.is_empty()
+                && prefix.split('/').any(|segment| {
+                    segment.is_empty()
+                        || segment == "."
+                        || segment == ".."
+                        || segment.chars().any(char::is_control)
+                })
+            {
+                return Err(format!(
+                    "{url:?}: the prefix must be '/'-separated names, without empty, . or .. segments"
+                ));
+            }
+            return Ok(Self::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            });
+        }
+        Err(format!(
+            "{url:?}: a backend is file:///absolute/dir or s3://bucket/prefix"
+        ))
     }
-    Ok(path)
+
+    /// The canonical URL.
+    pub fn url(&self) -> String {
+        match self {
+            Self::File(dir) => format!("file://{}", dir.display()),
+            Self::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            Self::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+fn valid_bucket(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// How an `s3://` backend is reached. Credentials left out here come from the operator's
+/// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...), which keeps them out of
+/// the management store.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Options {
+    /// The S3 endpoint (`https://s3.example.com:9000`); AWS when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The region (default `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The access key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// The secret access key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// Allows a plain `http://` endpoint (a test server on loopback).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+impl S3Options {
+    fn validate(&self) -> Result<(), SpecError> {
+        if let Some(endpoint) = &self.endpoint {
+            let plain = endpoint.starts_with("http://");
+            if !plain && !endpoint.starts_with("https://") {
+                return Err(invalid(
+                    "backup.s3.endpoint",
+                    format!("{endpoint:?} is not an http:// or https:// URL"),
+                ));
+            }
+            if plain && !self.allow_http {
+                return Err(invalid(
+                    "backup.s3.endpoint",
+                    format!("{endpoint:?} is plain http: set backup.s3.allow_http to true"),
+                ));
+            }
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err(invalid(
+                "backup.s3",
+                "access_key_id and secret_access_key go together",
+            ));
+        }
+        Ok(())
+    }
 }
 
 mod optional_go_duration {
@@ -295,7 +422,15 @@ impl ClusterSpec {
             if backup.retain_count == 0 {
                 return Err(invalid("backup.retain_count", "must be at least 1"));
             }
-            file_url_dir(&backup.url).map_err(|e| invalid("backup.url", e))?;
+            let location =
+                BackupLocation::parse(&backup.url).map_err(|e| invalid("backup.url", e))?;
+            match (&location, &backup.s3) {
+                (BackupLocation::File(_), Some(_)) => {
+                    return Err(invalid("backup.s3", "only for an s3:// backup.url"));
+                }
+                (_, Some(s3)) => s3.validate()?,
+                _ => {}
+            }
         }
         if let Some(defrag) = &self.defrag {
             if !(defrag.free_fraction > 0.0 && defrag.free_fraction < 1.0) {
@@ -306,7 +441,17 @@ impl ClusterSpec {
             }
         }
         if let Some(from) = &self.restore_from {
-            file_url_dir(from).map_err(|e| invalid("restore_from", e))?;
+            let location = BackupLocation::parse(from).map_err(|e| invalid("restore_from", e))?;
+            let reachable = self
+                .backup
+                .as_ref()
+                .is_some_and(|b| from.starts_with(&format!("{}/", b.url.trim_end_matches('/'))));
+            if matches!(location, BackupLocation::S3 { .. }) && !reachable {
+                return Err(invalid(
+                    "restore_from",
+                    format!("{from:?}: an s3:// backup is read through backup.url and backup.s3, which must reach it"),
+                ));
+            }
             if !from.ends_with(".db") {
                 return Err(invalid(
                     "restore_from",
@@ -431,6 +576,94 @@ mod tests {
                 .as_bytes(),
         )
         .expect("seconds-first schedules are accepted");
+    }
+
+    #[test]
+    fn s3_backends_are_checked_field_by_field() {
+        let with = |b: &str, rest: &str| {
+            format!(
+                r#"{{"name": "m", "size": 1, "etcd": {{"binary": "/e"}}, "data_root": "/d", "backup": {{"schedule": "0 3 * * *", "retain_count": 3, {b}}}{rest}}}"#
+            )
+        };
+        let spec = ClusterSpec::parse(
+            with(
+                r#""url": "s3://ferry-backups/prod/etcd/", "s3": {"endpoint": "https://s3.example.com", "access_key_id": "id", "secret_access_key": "secret"}"#,
+                r#", "restore_from": "s3://ferry-backups/prod/etcd/m/1-rev2.db""#,
+            )
+            .as_bytes(),
+        )
+        .expect("valid");
+        assert!(
+            !format!("{spec:?}").contains("secret\""),
+            "the secret is not printed: {spec:?}"
+        );
+        assert_eq!(
+            BackupLocation::parse("s3://ferry-backups/prod/etcd/"),
+            Ok(BackupLocation::S3 {
+                bucket: "ferry-backups".into(),
+                prefix: "prod/etcd".into()
+            })
+        );
+        for (backup, rest, field, reason) in [
+            (
+                r#""url": "s3://Bad_Bucket/x""#,
+                "",
+                "backup.url",
+                "bucket name",
+            ),
+            (
+                r#""url": "s3://ok-bucket/a//b""#,
+                "",
+                "backup.url",
+                "prefix",
+            ),
+            (
+                r#""url": "s3://ok-bucket/../b""#,
+                "",
+                "backup.url",
+                "prefix",
+            ),
+            (
+                r#""url": "file:///b", "s3": {}"#,
+                "",
+                "backup.s3",
+                "only for an s3://",
+            ),
+            (
+                r#""url": "s3://ok-bucket", "s3": {"endpoint": "http://127.0.0.1:9000"}"#,
+                "",
+                "backup.s3.endpoint",
+                "allow_http",
+            ),
+            (
+                r#""url": "s3://ok-bucket", "s3": {"endpoint": "ftp://h"}"#,
+                "",
+                "backup.s3.endpoint",
+                "not an http",
+            ),
+            (
+                r#""url": "s3://ok-bucket", "s3": {"access_key_id": "id"}"#,
+                "",
+                "backup.s3",
+                "go together",
+            ),
+            (
+                r#""url": "s3://ok-bucket", "s3": {"region": "eu-west-1", "token": "x"}"#,
+                "",
+                "backup.s3.token",
+                "unknown field",
+            ),
+            (
+                r#""url": "s3://ok-bucket/prod""#,
+                r#", "restore_from": "s3://other-bucket/prod/m/1-rev2.db""#,
+                "restore_from",
+                "must reach it",
+            ),
+        ] {
+            let error = error_of(&with(backup, rest));
+            assert_eq!(error.field, field, "{backup}: {error}");
+            assert!(error.reason.contains(reason), "{backup}: {error}");
+        }
     }
 
     #[test]

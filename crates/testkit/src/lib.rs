@@ -17,6 +17,7 @@ use etcd_client::Client;
 pub use ferry_client::TlsFiles;
 
 pub mod cluster;
+pub mod s3;
 pub mod sql;
 
 pub use cluster::EtcdCluster;

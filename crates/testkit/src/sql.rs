@@ -57,7 +57,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn wait_tcp(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_tcp(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait()? {

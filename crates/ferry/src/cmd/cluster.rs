@@ -105,12 +105,17 @@ enum ClusterAction {
     /// Create a new cluster from a verified backup (the spec of the cluster it came from,
     /// renamed): a new cluster token and id, the same keys and values.
     Restore {
-        /// The backup's URL (`file:///…/<cluster>/<time>-rev<revision>.db`).
+        /// The backup's URL (`file:///…/<cluster>/<time>-rev<revision>.db`,
+        /// `s3://bucket/prefix/<cluster>/<time>-rev<revision>.db`).
         #[arg(long = "from")]
         from: String,
         /// The new cluster's name.
         #[arg(long)]
         name: String,
+        /// The spec to start from (renamed) instead of the source cluster's, e.g. when that
+        /// cluster is gone; its backup policy must reach an `s3://` backup.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
     },
     /// Recover a cluster that lost quorum: the operator rebuilds it from the surviving member
     /// with the highest revision and grows it back (a person's decision, never automatic).
@@ -147,16 +152,7 @@ impl ClusterArgs {
         };
         match self.action {
             ClusterAction::Apply { file } => {
-                let bytes = if file.as_os_str() == "-" {
-                    let mut buf = Vec::new();
-                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                        .context("reading the spec from stdin")?;
-                    buf
-                } else {
-                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
-                };
-                let spec = ClusterSpec::parse(&bytes)
-                    .map_err(|e| anyhow!("{}: invalid spec: {e}", file.display()))?;
+                let spec = read_spec(&file)?;
                 let mut store = self.connection.connect().await?;
                 let value = serde_json::to_vec_pretty(&spec)?;
                 store
@@ -205,7 +201,7 @@ impl ClusterArgs {
                     .filter(|m| m.healthy && !m.learner)
                     .min_by_key(|m| m.leader)
                     .ok_or_else(|| anyhow!("cluster {name} has no healthy voting member"))?;
-                let backend = ferry_operator::backup::Backend::open(&policy.url)?;
+                let backend = ferry_operator::backup::Backend::open(policy)?;
                 let work = spec.data_root.join(".ferry-work").join(&spec.name);
                 let info = ferry_operator::backup::take(&spec, &source.client_url, &backend, &work)
                     .await
@@ -217,18 +213,31 @@ impl ClusterArgs {
                 backend.apply_retention(&spec.name, policy, now).await?;
                 println!("{}", serde_json::to_string(&info)?);
             }
-            ClusterAction::Restore { from, name } => {
+            ClusterAction::Restore { from, name, file } => {
                 name_ok(&name)?;
-                let info = ferry_operator::backup::info_of(&from)
-                    .await
-                    .with_context(|| format!("--from {from}: not a backup this operator took"))?;
                 let mut store = self.connection.connect().await?;
                 if store.get(keys.spec(&name), None).await?.count() > 0 {
                     return Err(anyhow!(
                         "cluster {name:?} exists; restore creates a new cluster"
                     ));
                 }
-                let mut spec = load_spec(&mut store, &keys, &info.cluster).await?;
+                let mut spec = match &file {
+                    Some(file) => read_spec(file)?,
+                    None => {
+                        let source = source_cluster(&from).ok_or_else(|| {
+                            anyhow!("--from {from}: not <backend>/<cluster>/<backup>.db; name a spec with -f")
+                        })?;
+                        load_spec(&mut store, &keys, source).await.with_context(|| {
+                            format!("the spec of {source}, the cluster the backup came from (or give one with -f)")
+                        })?
+                    }
+                };
+                let backend =
+                    ferry_operator::backup::Backend::holding(&from, spec.backup.as_ref())?;
+                let info = backend
+                    .info_of(&from)
+                    .await
+                    .with_context(|| format!("--from {from}: not a backup this operator took"))?;
                 spec.name = name.clone();
                 spec.restore_from = Some(from.clone());
                 spec.validate()
@@ -292,6 +301,26 @@ impl ClusterArgs {
         }
         Ok(())
     }
+}
+
+/// Reads and validates a spec file (`-` is stdin).
+fn read_spec(file: &std::path::Path) -> anyhow::Result<ClusterSpec> {
+    let bytes = if file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+            .context("reading the spec from stdin")?;
+        buf
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    ClusterSpec::parse(&bytes).map_err(|e| anyhow!("{}: invalid spec: {e}", file.display()))
+}
+
+/// The cluster a backup URL names (`…/<cluster>/<backup>.db`).
+fn source_cluster(url: &str) -> Option<&str> {
+    let mut segments = url.rsplit('/');
+    segments.next().filter(|file| file.ends_with(".db"))?;
+    segments.next().filter(|cluster| !cluster.is_empty())
 }
 
 async fn load_spec(
