@@ -157,6 +157,26 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ConnectError> {
     })
 }
 
+/// etcd-client's TLS settings from `files` (the CA, and the client certificate for mutual
+/// TLS), read now so that a missing file is reported before any connection.
+pub fn tls_options(files: &TlsFiles) -> Result<TlsOptions, ConnectError> {
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &files.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read("CA file", ca)?));
+    }
+    match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(
+                read("certificate", cert)?,
+                read("key", key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => return Err(ConnectError::CertWithoutKey),
+    }
+    Ok(tls)
+}
+
 /// Connects and checks the connection with a Status call, so that an unreachable endpoint,
 /// a TLS problem or wrong credentials are reported here rather than at the first request.
 pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
@@ -166,26 +186,12 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
         .with_connect_timeout(config.dial_timeout)
         .with_timeout(config.request_timeout);
     let mut endpoints = config.endpoints.clone();
-    let mut tls_options = None;
+    let mut chosen_tls = None;
     let insecure = config.tls.as_ref().is_some_and(|t| t.insecure_skip_verify);
     if (config.tls.is_some() || uses_https) && !insecure {
-        let files = config.tls.clone().unwrap_or_default();
-        let mut tls = TlsOptions::new();
-        if let Some(ca) = &files.ca {
-            tls = tls.ca_certificate(Certificate::from_pem(read("CA file", ca)?));
-        }
-        match (&files.cert, &files.key) {
-            (Some(cert), Some(key)) => {
-                tls = tls.identity(Identity::from_pem(
-                    read("certificate", cert)?,
-                    read("key", key)?,
-                ));
-            }
-            (None, None) => {}
-            _ => return Err(ConnectError::CertWithoutKey),
-        }
+        let tls = tls_options(&config.tls.clone().unwrap_or_default())?;
         options = options.with_tls(tls.clone());
-        tls_options = Some(tls);
+        chosen_tls = Some(tls);
         // etcd-client picks TLS per endpoint from the scheme.
         endpoints = endpoints
             .into_iter()
@@ -261,7 +267,7 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
                 let spec = health::EndpointSpec {
                     dial_timeout: config.dial_timeout,
                     request_timeout: config.request_timeout,
-                    tls: tls_options,
+                    tls: chosen_tls,
                     auto_sync_interval: config.auto_sync_interval,
                 };
                 health::connect_cluster(urls, options, probe_options, spec)

@@ -676,6 +676,86 @@ async fn backups_to_s3_are_kept_by_count_and_restore_after_the_source_is_gone() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_serve_client_and_peer_tls_and_refuse_clients_without_a_certificate(
+) -> anyhow::Result<()> {
+    let certs = common::certs::Certs::generate()?;
+    let op = Operator::start().await?;
+    let side = serde_json::json!({
+        "cert_file": certs.member_cert,
+        "key_file": certs.member_key,
+        "trusted_ca_file": certs.ca,
+        "client_cert_auth": true,
+    });
+    let spec = serde_json::json!({
+        "name": "main",
+        "size": 3,
+        "etcd": {"binary": ferry_testkit::etcd_binary()?, "flags": ["--log-level=error"]},
+        "data_root": op.data_root(),
+        "tls": {"client": side, "peer": side},
+        "backup": {
+            "schedule": "0 0 1 1 *",
+            "retain_count": 1,
+            "url": format!("file://{}", op.dir.path().join("backups").display()),
+        },
+    });
+    op.apply_json(spec.clone())?;
+    // Grown to three over https peer URLs, every member checked by the operator over TLS
+    // with its client certificate.
+    let status = op.wait_at_spec(3).await?;
+    for member in &status.members {
+        assert!(member.client_url.starts_with("https://"), "{member:?}");
+        assert!(member.peer_url.starts_with("https://"), "{member:?}");
+    }
+    let mut config = ferry_client::ConnectConfig::new(status.endpoints());
+    config.tls = Some(certs.client());
+    let mut client = ferry_client::connect(&config).await?;
+    client.put("/tls/k", "v", None).await?;
+    let got = client.get("/tls/k", None).await?;
+    assert_eq!(got.kvs()[0].value_str()?, "v");
+    // Without a client certificate, or without TLS, nothing is served.
+    let mut no_cert = ferry_client::ConnectConfig::new(status.endpoints());
+    no_cert.tls = Some(ferry_testkit::TlsFiles {
+        ca: Some(certs.ca.clone()),
+        ..Default::default()
+    });
+    let refused = match ferry_client::connect(&no_cert).await {
+        Ok(mut c) => c.get("/tls/k", None).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a client without a certificate was served");
+    let plain = status.endpoints()[0].replacen("https://", "http://", 1);
+    let refused = match etcd_client::Client::connect(
+        [plain],
+        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(2))),
+    )
+    .await
+    {
+        Ok(mut c) => c.get("/tls/k", None).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a plain-text client was served");
+    // A backup is taken over TLS and verified.
+    let out = op.cluster(&["backup", "main"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // TLS cannot be taken away from a running cluster: its URLs are in etcd's member list.
+    let mut plain_spec = spec;
+    if let Some(fields) = plain_spec.as_object_mut() {
+        fields.remove("tls");
+    }
+    let file = op.dir.path().join("plain.json");
+    std::fs::write(&file, plain_spec.to_string())?;
+    let out = op.cluster(&["apply", "-f", &file.display().to_string()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("tls.client"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_three_lost_for_good_is_quorum_lost_until_a_person_recovers() -> anyhow::Result<()> {
     let op = Operator::start().await?;
     op.apply(3, "10m")?;

@@ -315,9 +315,11 @@ pub async fn take(
     backend: &Backend,
     work: &Path,
 ) -> Result<BackupInfo, BackupError> {
-    let mut source = Client::connect([source_url], None)
+    let mut source = crate::etcd::Access::of(spec)
+        .map_err(|e| BackupError::Etcd(e.0))?
+        .member_client(source_url)
         .await
-        .map_err(etcd_err("connecting to the source member"))?;
+        .map_err(|e| BackupError::Etcd(e.0))?;
     let mut stream = source
         .snapshot()
         .await

@@ -44,6 +44,9 @@ pub enum ReconcileError {
     /// Restoring a backup failed.
     #[error("restore: {0}")]
     Backup(backup::BackupError),
+    /// The spec's TLS files could not be read.
+    #[error("{0}")]
+    Access(#[from] etcd::EtcdCallError),
 }
 
 /// What a pass saw of one recorded member.
@@ -65,6 +68,8 @@ pub struct Reconciler {
     /// Per cluster, when the next scheduled backup is due (Unix seconds).
     next_backup: Mutex<HashMap<String, i64>>,
     last_backup: Mutex<HashMap<String, BackupInfo>>,
+    /// Per cluster, how its members are reached (read from the spec's TLS files once a pass).
+    access: Mutex<HashMap<String, etcd::Access>>,
 }
 
 fn free_port() -> Result<u16, ReconcileError> {
@@ -86,6 +91,7 @@ impl Reconciler {
             events: Mutex::new(HashMap::new()),
             next_backup: Mutex::new(HashMap::new()),
             last_backup: Mutex::new(HashMap::new()),
+            access: Mutex::new(HashMap::new()),
         }
     }
 
@@ -172,6 +178,8 @@ impl Reconciler {
             created: now(),
             reason: String::new(),
             config: spec.member_config(),
+            client_tls: spec.client_tls(),
+            peer_tls: spec.peer_tls(),
         })
     }
 
@@ -188,8 +196,25 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Reads how `spec`'s members are reached (its TLS files), for the calls that follow.
+    fn refresh_access(&self, spec: &ClusterSpec) -> Result<(), ReconcileError> {
+        let access = etcd::Access::of(spec)?;
+        self.access.lock().insert(spec.name.clone(), access);
+        Ok(())
+    }
+
+    /// How `spec`'s members are reached, as last read.
+    fn access(&self, spec: &ClusterSpec) -> etcd::Access {
+        self.access
+            .lock()
+            .get(&spec.name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// One pass over `spec`: observe, take at most one step, write the status.
     pub async fn reconcile(&self, spec: &ClusterSpec) -> Result<ClusterStatus, ReconcileError> {
+        self.refresh_access(spec)?;
         let records = self.records(&spec.name).await?;
         if records.is_empty() {
             let seed = self.new_record(spec, Phase::Seed)?;
@@ -252,7 +277,7 @@ impl Reconciler {
         let list = if voter_urls.is_empty() {
             None
         } else {
-            etcd::member_list(&voter_urls).await.ok()
+            self.access(spec).member_list(&voter_urls).await.ok()
         };
         let Some(list) = list else {
             // No member answers: restart the ones whose process is gone (a host restart),
@@ -307,7 +332,7 @@ impl Reconciler {
         for record in records {
             let process = self.runtime.inspect(spec, &record);
             let health = match process {
-                ProcessState::Running(_) => etcd::health(&record.client_url()).await,
+                ProcessState::Running(_) => self.access(spec).health(&record.client_url()).await,
                 ProcessState::Gone => None,
             };
             let mut since = self.unhealthy_since.lock();
@@ -357,13 +382,14 @@ impl Reconciler {
     /// survivor started once with `--force-new-cluster` (its data, no other member), then
     /// normally; the next passes grow it back with learners. Only on a person's request.
     pub async fn recover(&self, spec: &ClusterSpec) -> Result<String, ReconcileError> {
+        self.refresh_access(spec)?;
         let records = self.records(&spec.name).await?;
         let mut best: Option<(i64, MemberRecord)> = None;
         for record in &records {
             if self.runtime.inspect(spec, record) == ProcessState::Gone {
                 continue;
             }
-            if let Some(revision) = etcd::revision(&record.client_url()).await {
+            if let Some(revision) = self.access(spec).revision(&record.client_url()).await {
                 if best.as_ref().is_none_or(|(r, _)| revision > *r) {
                     best = Some((revision, record.clone()));
                 }
@@ -392,7 +418,12 @@ impl Reconciler {
             },
         )?;
         let until = Instant::now() + Duration::from_secs(30);
-        while etcd::health(&survivor.client_url()).await.is_none() {
+        while self
+            .access(spec)
+            .health(&survivor.client_url())
+            .await
+            .is_none()
+        {
             if Instant::now() > until {
                 break;
             }
@@ -552,7 +583,11 @@ impl Reconciler {
                                 && t.listed.as_ref().is_some_and(|l| !l.is_learner())
                         }) {
                             if let Some(id) = target.listed.as_ref().map(Member::id) {
-                                match etcd::move_leader(&record.client_url(), id).await {
+                                match self
+                                    .access(spec)
+                                    .move_leader(&record.client_url(), id)
+                                    .await
+                                {
                                     Ok(()) => self.event(
                                         cluster,
                                         format!(
@@ -566,7 +601,7 @@ impl Reconciler {
                             }
                         }
                     }
-                    match etcd::remove(&others, m.id()).await {
+                    match self.access(spec).remove(&others, m.id()).await {
                         Ok(()) => self.event(
                             cluster,
                             format!(
@@ -592,7 +627,11 @@ impl Reconciler {
                     if learners > 0 {
                         return Ok("waiting for the learner in progress".into());
                     }
-                    match etcd::add_learner(voter_urls, &record.peer_url()).await {
+                    match self
+                        .access(spec)
+                        .add_learner(voter_urls, &record.peer_url())
+                        .await
+                    {
                         Ok(id) => {
                             record.id = id;
                             record.phase = Phase::Learner;
@@ -649,7 +688,7 @@ impl Reconciler {
                             healthy_voters
                         ));
                     }
-                    match etcd::promote(voter_urls, m.id()).await {
+                    match self.access(spec).promote(voter_urls, m.id()).await {
                         Ok(()) => {
                             record.phase = Phase::Voter;
                             self.save(cluster, &record).await?;
@@ -695,7 +734,7 @@ impl Reconciler {
         }) {
             let urls: Vec<String> = voter_urls.to_vec();
             if stray.is_learner() || healthy_voters >= quorum(voters.len().saturating_sub(1)) {
-                match etcd::remove(&urls, stray.id()).await {
+                match self.access(spec).remove(&urls, stray.id()).await {
                     Ok(()) => self.event(
                         cluster,
                         format!(
@@ -863,7 +902,11 @@ impl Reconciler {
                 .filter(|o| o.record.name != target.record.name)
                 .min_by_key(|o| o.record.config != wanted);
             if let Some(id) = successor.and_then(|o| o.listed.as_ref().map(Member::id)) {
-                match etcd::move_leader(&target.record.client_url(), id).await {
+                match self
+                    .access(spec)
+                    .move_leader(&target.record.client_url(), id)
+                    .await
+                {
                     Ok(()) => self.event(
                         cluster,
                         format!(
@@ -932,7 +975,11 @@ impl Reconciler {
                 .iter()
                 .find(|o| o.record.name != target.record.name)?;
             let id = successor.listed.as_ref().map(Member::id)?;
-            match etcd::move_leader(&target.record.client_url(), id).await {
+            match self
+                .access(spec)
+                .move_leader(&target.record.client_url(), id)
+                .await
+            {
                 Ok(()) => self.event(
                     cluster,
                     format!(
@@ -948,7 +995,11 @@ impl Reconciler {
             ));
         }
         let before = target.health.map(|h| h.db_size).unwrap_or(0);
-        match etcd::defragment(&target.record.client_url()).await {
+        match self
+            .access(spec)
+            .defragment(&target.record.client_url())
+            .await
+        {
             Ok(()) => self.event(
                 cluster,
                 format!(

@@ -103,17 +103,29 @@ pub struct MemberRecord {
     /// whose configuration differs from the spec's is restarted by a rolling change.
     #[serde(default)]
     pub config: String,
+    /// Whether its client URL is https (fixed when it is created: etcd's member list holds
+    /// its URLs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_tls: bool,
+    /// Whether its peer URL is https.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub peer_tls: bool,
+}
+
+fn url(tls: bool, port: u16) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://127.0.0.1:{port}")
 }
 
 impl MemberRecord {
     /// Its client URL.
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        url(self.client_tls, self.client_port)
     }
 
     /// Its peer URL.
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        url(self.peer_tls, self.peer_port)
     }
 }
 

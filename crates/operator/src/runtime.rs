@@ -171,6 +171,7 @@ impl MemberRuntime for LocalProcesses {
             ))
             .arg(format!("--initial-cluster-state={}", launch.state))
             .arg(format!("--initial-cluster-token={}", launch.token))
+            .args(spec.tls_flags())
             .args(&spec.etcd.flags)
             .args(launch.force_new_cluster.then_some("--force-new-cluster"))
             .stdin(Stdio::null())

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub const SIZES: [usize; 4] = [1, 3, 5, 7];
 
 /// Flags the operator sets itself for every member; a spec may not set them.
-const OWNED_FLAGS: [&str; 10] = [
+const OWNED_FLAGS: [&str; 20] = [
     "--name",
     "--data-dir",
     "--listen-client-urls",
@@ -21,6 +21,16 @@ const OWNED_FLAGS: [&str; 10] = [
     "--initial-cluster-state",
     "--initial-cluster-token",
     "--force-new-cluster",
+    "--cert-file",
+    "--key-file",
+    "--trusted-ca-file",
+    "--client-cert-auth",
+    "--auto-tls",
+    "--peer-cert-file",
+    "--peer-key-file",
+    "--peer-trusted-ca-file",
+    "--peer-client-cert-auth",
+    "--peer-auto-tls",
 ];
 
 /// A declared etcd cluster.
@@ -41,6 +51,9 @@ pub struct ClusterSpec {
     /// How long a new learner may take to catch up before it is removed (Go duration; 2m).
     #[serde(default = "default_learner_timeout", with = "go_duration")]
     pub learner_timeout: Duration,
+    /// TLS on the members' client and peer URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
     /// Scheduled, verified snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupPolicy>,
@@ -51,6 +64,88 @@ pub struct ClusterSpec {
     /// `ferry cluster restore`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<String>,
+}
+
+/// TLS for the members: each side present is served over https with these files (one
+/// certificate for every member, valid for 127.0.0.1, as they all run on this host).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// The client URLs. The operator presents `cert_file` as its client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<TlsFiles>,
+    /// The peer URLs (members present `cert_file` to each other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<TlsFiles>,
+}
+
+/// One side's certificate, key and CA (absolute paths on the operator's host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The member certificate (PEM).
+    pub cert_file: PathBuf,
+    /// Its key (PEM).
+    pub key_file: PathBuf,
+    /// The CA that signed the certificates the members accept.
+    pub trusted_ca_file: PathBuf,
+    /// Whether members require a client certificate signed by that CA.
+    #[serde(default)]
+    pub client_cert_auth: bool,
+}
+
+impl TlsFiles {
+    fn validate(&self, side: &str) -> Result<(), SpecError> {
+        check_absolute(&format!("tls.{side}.cert_file"), &self.cert_file)?;
+        check_absolute(&format!("tls.{side}.key_file"), &self.key_file)?;
+        check_absolute(
+            &format!("tls.{side}.trusted_ca_file"),
+            &self.trusted_ca_file,
+        )
+    }
+
+    /// etcd's flags for this side (`prefix` is `""` or `"peer-"`).
+    pub fn flags(&self, prefix: &str) -> Vec<String> {
+        let mut flags = vec![
+            format!("--{prefix}cert-file={}", self.cert_file.display()),
+            format!("--{prefix}key-file={}", self.key_file.display()),
+            format!(
+                "--{prefix}trusted-ca-file={}",
+                self.trusted_ca_file.display()
+            ),
+        ];
+        if self.client_cert_auth {
+            flags.push(format!("--{prefix}client-cert-auth"));
+        }
+        flags
+    }
+}
+
+impl ClusterSpec {
+    /// Whether the members' client URLs are https.
+    pub fn client_tls(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.client.is_some())
+    }
+
+    /// Whether the members' peer URLs are https.
+    pub fn peer_tls(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.peer.is_some())
+    }
+
+    /// The TLS flags every member starts with.
+    pub fn tls_flags(&self) -> Vec<String> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        let mut flags = tls.client.as_ref().map(|c| c.flags("")).unwrap_or_default();
+        flags.extend(
+            tls.peer
+                .as_ref()
+                .map(|p| p.flags("peer-"))
+                .unwrap_or_default(),
+        );
+        flags
+    }
 }
 
 /// When a member's database is defragmented: once the fraction of it that is free (after
@@ -415,6 +510,14 @@ impl ClusterSpec {
         if let Some(etcdctl) = &self.etcd.etcdctl {
             check_absolute("etcd.etcdctl", etcdctl)?;
         }
+        if let Some(tls) = &self.tls {
+            if let Some(client) = &tls.client {
+                client.validate("client")?;
+            }
+            if let Some(peer) = &tls.peer {
+                peer.validate("peer")?;
+            }
+        }
         if let Some(backup) = &self.backup {
             backup
                 .cron()
@@ -462,9 +565,41 @@ impl ClusterSpec {
         Ok(())
     }
 
+    /// Whether `self` may replace `old`, the spec of a running cluster: its members' data
+    /// dirs and their URLs' schemes (in etcd's member list) stay what they were.
+    pub fn check_update(&self, old: &ClusterSpec) -> Result<(), SpecError> {
+        if self.data_root != old.data_root {
+            return Err(invalid(
+                "data_root",
+                format!(
+                    "cannot change on an existing cluster (its members live in {})",
+                    old.data_root.display()
+                ),
+            ));
+        }
+        if self.client_tls() != old.client_tls() {
+            return Err(invalid(
+                "tls.client",
+                "cannot be added or removed on an existing cluster (the members' client URLs are in etcd's member list); restore a backup into a new cluster instead",
+            ));
+        }
+        if self.peer_tls() != old.peer_tls() {
+            return Err(invalid(
+                "tls.peer",
+                "cannot be added or removed on an existing cluster (the members' peer URLs are in etcd's member list); restore a backup into a new cluster instead",
+            ));
+        }
+        Ok(())
+    }
+
     /// The binary and flags members run with, as one comparable string.
     pub fn member_config(&self) -> String {
-        serde_json::to_string(&self.etcd).unwrap_or_default()
+        let etcd = serde_json::to_string(&self.etcd).unwrap_or_default();
+        match &self.tls {
+            // New certificate paths are a rolling change too.
+            Some(tls) => format!("{etcd} {}", serde_json::to_string(tls).unwrap_or_default()),
+            None => etcd,
+        }
     }
 
     /// Where this cluster's members keep their data.
@@ -664,6 +799,60 @@ mod tests {
             assert_eq!(error.field, field, "{backup}: {error}");
             assert!(error.reason.contains(reason), "{backup}: {error}");
         }
+    }
+
+    #[test]
+    fn tls_is_checked_and_fixed_for_the_life_of_a_cluster() {
+        let with = |tls: &str| {
+            format!(
+                r#"{{"name": "m", "size": 3, "etcd": {{"binary": "/e"}}, "data_root": "/d"{tls}}}"#
+            )
+        };
+        let side = r#"{"cert_file": "/c.pem", "key_file": "/k.pem", "trusted_ca_file": "/ca.pem", "client_cert_auth": true}"#;
+        let secure = ClusterSpec::parse(
+            with(&format!(r#", "tls": {{"client": {side}, "peer": {side}}}"#)).as_bytes(),
+        )
+        .expect("valid");
+        let flags = secure.tls_flags();
+        assert!(
+            flags.contains(&"--cert-file=/c.pem".to_string()),
+            "{flags:?}"
+        );
+        assert!(
+            flags.contains(&"--peer-client-cert-auth".to_string()),
+            "{flags:?}"
+        );
+        assert_eq!(
+            error_of(&with(
+                r#", "tls": {"peer": {"cert_file": "c.pem", "key_file": "/k", "trusted_ca_file": "/ca"}}"#
+            ))
+            .field,
+            "tls.peer.cert_file"
+        );
+        assert_eq!(
+            error_of(
+                r#"{"name": "m", "size": 3, "etcd": {"binary": "/e", "flags": ["--peer-auto-tls"]}, "data_root": "/d"}"#
+            )
+            .field,
+            "etcd.flags[0]"
+        );
+        let plain = ClusterSpec::parse(with("").as_bytes()).expect("valid");
+        assert_eq!(
+            plain.check_update(&secure).expect_err("refused").field,
+            "tls.client"
+        );
+        assert_ne!(plain.member_config(), secure.member_config());
+        let mut moved = secure.clone();
+        moved.data_root = PathBuf::from("/elsewhere");
+        assert_eq!(
+            moved.check_update(&secure).expect_err("refused").field,
+            "data_root"
+        );
+        let mut scaled = secure.clone();
+        scaled.size = 5;
+        scaled
+            .check_update(&secure)
+            .expect("a size change is an update");
     }
 
     #[test]

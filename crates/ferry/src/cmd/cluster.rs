@@ -154,6 +154,13 @@ impl ClusterArgs {
             ClusterAction::Apply { file } => {
                 let spec = read_spec(&file)?;
                 let mut store = self.connection.connect().await?;
+                let stored = store.get(keys.spec(&spec.name), None).await?;
+                if let Some(kv) = stored.kvs().first() {
+                    if let Ok(old) = ClusterSpec::parse(kv.value()) {
+                        spec.check_update(&old)
+                            .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+                    }
+                }
                 let value = serde_json::to_vec_pretty(&spec)?;
                 store
                     .put(keys.spec(&spec.name), value, None)

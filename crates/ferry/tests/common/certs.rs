@@ -16,6 +16,9 @@ pub struct Certs {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// A certificate for both sides (server and client), as etcd members use on peer URLs.
+    pub member_cert: PathBuf,
+    pub member_key: PathBuf,
     /// A CA that signed none of the above.
     pub other_ca: PathBuf,
 }
@@ -37,13 +40,13 @@ fn ca(name: &str) -> anyhow::Result<(String, Issuer<'static, KeyPair>)> {
 fn leaf(
     issuer: &Issuer<'static, KeyPair>,
     name: &str,
-    usage: ExtendedKeyUsagePurpose,
+    usages: &[ExtendedKeyUsagePurpose],
 ) -> anyhow::Result<(String, String)> {
     let key = KeyPair::generate()?;
     let mut params =
         CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
     params.distinguished_name.push(DnType::CommonName, name);
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -62,12 +65,20 @@ impl Certs {
         let (server_pem, server_key) = leaf(
             &issuer,
             "ferry test server",
-            ExtendedKeyUsagePurpose::ServerAuth,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
         )?;
         let (client_pem, client_key) = leaf(
             &issuer,
             "ferry test client",
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
+        )?;
+        let (member_pem, member_key) = leaf(
+            &issuer,
+            "ferry test member",
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         )?;
         for (name, content) in [
             ("ca.pem", &ca_pem),
@@ -76,6 +87,8 @@ impl Certs {
             ("server-key.pem", &server_key),
             ("client.pem", &client_pem),
             ("client-key.pem", &client_key),
+            ("member.pem", &member_pem),
+            ("member-key.pem", &member_key),
         ] {
             std::fs::write(path(name), content)?;
         }
@@ -85,6 +98,8 @@ impl Certs {
             server_key: path("server-key.pem"),
             client_cert: path("client.pem"),
             client_key: path("client-key.pem"),
+            member_cert: path("member.pem"),
+            member_key: path("member-key.pem"),
             other_ca: path("other-ca.pem"),
             _dir: dir,
         })
