@@ -24,9 +24,23 @@ struct Operator {
 }
 
 fn spawn_operator(store: &common::Server, metrics: &str) -> anyhow::Result<Proc> {
+    spawn_operator_as(store, metrics, "op-a")
+}
+
+fn spawn_operator_as(
+    store: &common::Server,
+    metrics: &str,
+    identity: &str,
+) -> anyhow::Result<Proc> {
     Ok(Proc(
         Command::new(ferry_bin())
-            .args(["operator", "--endpoints", &store.endpoint()])
+            .args([
+                "operator",
+                "--endpoints",
+                &store.endpoint(),
+                "--identity",
+                identity,
+            ])
             .args(["--interval", "300ms", "--metrics-addr", metrics])
             .env("FERRY_LOG", "warn")
             .stdout(Stdio::null())
@@ -1019,5 +1033,118 @@ async fn the_ingress_demo_runs_on_an_operator_run_cluster() -> anyhow::Result<()
         !keys_under(&status, "/ingress").await?.is_empty(),
         "nothing under /ingress in the cluster"
     );
+    Ok(())
+}
+
+/// `ferry cluster status NAME --watch -o json`: each status it prints, as it prints it.
+fn watch_status(op: &Operator) -> anyhow::Result<(Proc, std::sync::mpsc::Receiver<ClusterStatus>)> {
+    let mut child = Command::new(ferry_bin())
+        .args(["cluster", "status", "main", "--watch", "-o", "json"])
+        .args(["--endpoints", &op.store.endpoint()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(status) = serde_json::from_str::<ClusterStatus>(&line) {
+                if tx.send(status).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok((Proc(child), rx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_by_a_standby_and_writes_nothing_once_resumed(
+) -> anyhow::Result<()> {
+    let op = Operator::start().await?;
+    op.apply(3, "3s")?;
+    let before = op.wait_at_spec(3).await?;
+    assert_eq!(before.operator, "op-a");
+    let standby_metrics = format!("127.0.0.1:{}", ferry_testkit::free_port()?);
+    let _standby = spawn_operator_as(&op.store, &standby_metrics, "op-b")?;
+    let (_watch, statuses) = watch_status(&op)?;
+    // The leader is paused past its lease (SIGSTOP: to the others it looks partitioned away);
+    // the standby takes over and replaces a member killed meanwhile.
+    let leader_pid = op.operator.0.id().to_string();
+    Command::new("kill").args(["-STOP", &leader_pid]).status()?;
+    let victim = before.members[1].name.clone();
+    Command::new("kill")
+        .args(["-KILL", &op.pid_of(&victim)?])
+        .status()?;
+    let replaced = op
+        .wait_for("the killed member replaced by the standby", |s| {
+            s.operator == "op-b"
+                && s.members.len() == 3
+                && !s.members.iter().any(|m| m.name == victim)
+                && s.members.iter().all(|m| m.healthy && !m.learner)
+                && !s.condition("Progressing")
+        })
+        .await;
+    if replaced.is_err() {
+        Command::new("kill").args(["-CONT", &leader_pid]).status()?;
+    }
+    let replaced = replaced?;
+    // `status --watch` followed the takeover as it happened: the standby's first status,
+    // and the replacement in progress.
+    let seen: Vec<ClusterStatus> = statuses.try_iter().collect();
+    assert!(
+        seen.first().is_some_and(|s| s.operator == "op-a"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.operator == "op-b" && s.condition("Progressing")),
+        "the watch missed the replacement: {seen:?}"
+    );
+    // Resumed, the old leader finds itself deposed and writes nothing (its writes are fenced
+    // on its leadership), while it reconciles every 300 ms.
+    Command::new("kill").args(["-CONT", &leader_pid]).status()?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after: Vec<ClusterStatus> = statuses.try_iter().collect();
+    assert!(
+        after.iter().all(|s| s.operator == "op-b"),
+        "the deposed operator wrote: {after:?}"
+    );
+    let now = op.wait_at_spec(3).await?;
+    assert_eq!(now.operator, "op-b");
+    let names = |s: &ClusterStatus| {
+        let mut n: Vec<String> = s.members.iter().map(|m| m.name.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(&now),
+        names(&replaced),
+        "no member added or removed since"
+    );
+    let mut client = etcd_client::Client::connect(now.endpoints(), None).await?;
+    assert_eq!(client.member_list().await?.members().len(), 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_rides_out_a_management_store_restart() -> anyhow::Result<()> {
+    let mut op = Operator::start().await?;
+    op.apply(1, "30s")?;
+    op.wait_at_spec(1).await?;
+    // The management store goes away for a while (the cluster keeps serving), then returns on
+    // the same address: the operator campaigns again and acts on the next change.
+    op.store.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    op.store.restart().await?;
+    op.apply(3, "30s")?;
+    let status = op.wait_at_spec(3).await?;
+    assert_eq!(status.operator, "op-a");
     Ok(())
 }

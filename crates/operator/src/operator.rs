@@ -5,11 +5,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, GetOptions, TxnOp, TxnOpResponse};
+use ferry_runtime::election::Leadership;
 use ferry_runtime::Election;
 
 use crate::metrics::OperatorMetrics;
-use crate::reconcile::Reconciler;
+use crate::reconcile::{ReconcileError, Reconciler};
 use crate::records::Keys;
 use crate::runtime::MemberRuntime;
 use crate::spec::ClusterSpec;
@@ -27,34 +28,32 @@ pub struct OperatorConfig {
     pub metrics: Arc<OperatorMetrics>,
 }
 
-/// Why the operator stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum OperatorError {
-    /// The election failed (the management store is unreachable).
-    #[error("leader election: {0}")]
-    Election(#[from] ferry_runtime::election::ElectionError),
-}
-
 /// Runs until the task is dropped: campaigns, and while leading reconciles every cluster.
-pub async fn run(
-    store: Client,
-    runtime: Arc<dyn MemberRuntime>,
-    config: OperatorConfig,
-) -> Result<(), OperatorError> {
+/// A management store that does not answer is waited for (the clusters run on meanwhile).
+pub async fn run(store: Client, runtime: Arc<dyn MemberRuntime>, config: OperatorConfig) {
     let keys = Keys::new(&config.prefix);
     let reconciler = Reconciler::new(store.clone(), keys.clone(), runtime);
     let election = Election::new(store.clone(), &keys.election(), 5);
     loop {
-        let mut leadership = election
-            .campaign(config.identity.as_bytes().to_vec())
-            .await?;
+        let mut leadership = match election.campaign(config.identity.as_bytes().to_vec()).await {
+            Ok(leadership) => leadership,
+            Err(e) => {
+                tracing::warn!(error = %e, "leader election failed; campaigning again in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         tracing::info!(identity = %config.identity, "leading: reconciling clusters");
+        reconciler.lead(&config.identity, leadership.fence());
         let mut known: BTreeSet<String> = BTreeSet::new();
         let mut specs_seen: Vec<ClusterSpec> = Vec::new();
         loop {
             tokio::select! {
                 _ = leadership.lost() => break,
                 _ = tokio::time::sleep(config.interval) => {}
+            }
+            if leadership.is_lost() {
+                break;
             }
             let specs = match load_specs(&store, &keys).await {
                 Ok(specs) => specs,
@@ -63,8 +62,13 @@ pub async fn run(
                     continue;
                 }
             };
+            let mut deposed = false;
             for spec in &specs {
-                if take_recover_request(&store, &keys, &spec.name).await {
+                if leadership.is_lost() {
+                    deposed = true;
+                    break;
+                }
+                if take_recover_request(&leadership, &keys, &spec.name).await {
                     match reconciler.recover(spec).await {
                         Ok(message) => tracing::warn!(cluster = %spec.name, "{message}"),
                         Err(e) => {
@@ -77,12 +81,19 @@ pub async fn run(
                         config.metrics.observe(&status);
                         reconciler.backup_if_due(spec, &status).await;
                     }
+                    Err(ReconcileError::NotLeader) => {
+                        deposed = true;
+                        break;
+                    }
                     Err(e) => {
                         config.metrics.error(&spec.name);
                         reconciler.report(&spec.name, format!("reconcile failed: {e}"));
                         tracing::warn!(cluster = %spec.name, error = %e, "reconcile failed; retrying");
                     }
                 }
+            }
+            if deposed {
+                break;
             }
             let names: BTreeSet<String> = specs.iter().map(|s| s.name.clone()).collect();
             for gone in known.difference(&names) {
@@ -100,13 +111,16 @@ pub async fn run(
     }
 }
 
-/// Whether a person asked to recover `cluster` (the request is consumed).
-async fn take_recover_request(store: &Client, keys: &Keys, cluster: &str) -> bool {
-    store
-        .clone()
-        .delete(keys.recover(cluster), None)
+/// Whether a person asked to recover `cluster`; the request is consumed only by the leader.
+async fn take_recover_request(leadership: &Leadership, keys: &Keys, cluster: &str) -> bool {
+    leadership
+        .fenced([TxnOp::delete(keys.recover(cluster), None)])
         .await
-        .is_ok_and(|r| r.deleted() > 0)
+        .is_ok_and(|r| {
+            r.op_responses()
+                .iter()
+                .any(|op| matches!(op, TxnOpResponse::Delete(d) if d.deleted() > 0))
+        })
 }
 
 /// Every stored spec; one that does not decode is skipped and logged.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, Member};
+use etcd_client::{Client, Compare, Member, Txn, TxnOp};
 use parking_lot::Mutex;
 
 use crate::backup::{self, Backend, BackupInfo};
@@ -47,6 +47,9 @@ pub enum ReconcileError {
     /// The spec's TLS files could not be read.
     #[error("{0}")]
     Access(#[from] etcd::EtcdCallError),
+    /// Another operator leads now (this one was paused or cut off past its lease).
+    #[error("no longer the leading operator")]
+    NotLeader,
 }
 
 /// What a pass saw of one recorded member.
@@ -70,6 +73,9 @@ pub struct Reconciler {
     last_backup: Mutex<HashMap<String, BackupInfo>>,
     /// Per cluster, how its members are reached (read from the spec's TLS files once a pass).
     access: Mutex<HashMap<String, etcd::Access>>,
+    /// The leadership's fence (see [`Reconciler::lead`]).
+    fence: Mutex<Option<Compare>>,
+    identity: Mutex<String>,
 }
 
 fn free_port() -> Result<u16, ReconcileError> {
@@ -92,6 +98,8 @@ impl Reconciler {
             next_backup: Mutex::new(HashMap::new()),
             last_backup: Mutex::new(HashMap::new()),
             access: Mutex::new(HashMap::new()),
+            fence: Mutex::new(None),
+            identity: Mutex::new(String::new()),
         }
     }
 
@@ -148,19 +156,17 @@ impl Reconciler {
             key: record.name.clone(),
             reason: e.to_string(),
         })?;
-        self.store
-            .clone()
-            .put(self.keys.member(cluster, &record.name), value, None)
-            .await?;
-        Ok(())
+        self.write(TxnOp::put(
+            self.keys.member(cluster, &record.name),
+            value,
+            None,
+        ))
+        .await
     }
 
     async fn forget(&self, cluster: &str, record: &MemberRecord) -> Result<(), ReconcileError> {
-        self.store
-            .clone()
-            .delete(self.keys.member(cluster, &record.name), None)
-            .await?;
-        Ok(())
+        self.write(TxnOp::delete(self.keys.member(cluster, &record.name), None))
+            .await
     }
 
     fn new_record(&self, spec: &ClusterSpec, phase: Phase) -> Result<MemberRecord, ReconcileError> {
@@ -183,17 +189,51 @@ impl Reconciler {
         })
     }
 
+    /// From now on, every write to the management store (and every step) is made only while
+    /// `fence` holds: a deposed leader (paused past its lease, then resumed) changes nothing.
+    /// `identity` names this operator in the statuses it writes.
+    pub fn lead(&self, identity: &str, fence: Compare) {
+        *self.fence.lock() = Some(fence);
+        *self.identity.lock() = identity.to_string();
+    }
+
+    /// Writes `op` to the management store, under the fence when there is one.
+    async fn write(&self, op: TxnOp) -> Result<(), ReconcileError> {
+        let fence = self.fence.lock().clone();
+        let txn = match fence {
+            Some(fence) => Txn::new().when([fence]).and_then([op]),
+            None => Txn::new().and_then([op]),
+        };
+        let response = self.store.clone().txn(txn).await?;
+        if response.succeeded() {
+            Ok(())
+        } else {
+            Err(ReconcileError::NotLeader)
+        }
+    }
+
+    /// Fails unless this operator still leads: checked before every step on a cluster.
+    async fn ensure_leading(&self) -> Result<(), ReconcileError> {
+        let Some(fence) = self.fence.lock().clone() else {
+            return Ok(());
+        };
+        let response = self.store.clone().txn(Txn::new().when([fence])).await?;
+        if response.succeeded() {
+            Ok(())
+        } else {
+            Err(ReconcileError::NotLeader)
+        }
+    }
+
     /// Stops every member of a deleted cluster and forgets it (the data dirs stay).
     pub async fn tear_down(&self, spec: &ClusterSpec) -> Result<(), ReconcileError> {
+        self.ensure_leading().await?;
         for record in self.records(&spec.name).await? {
             self.stop(spec, &record);
             self.forget(&spec.name, &record).await?;
         }
-        self.store
-            .clone()
-            .delete(self.keys.status(&spec.name), None)
-            .await?;
-        Ok(())
+        self.write(TxnOp::delete(self.keys.status(&spec.name), None))
+            .await
     }
 
     /// Reads how `spec`'s members are reached (its TLS files), for the calls that follow.
@@ -215,6 +255,7 @@ impl Reconciler {
     /// One pass over `spec`: observe, take at most one step, write the status.
     pub async fn reconcile(&self, spec: &ClusterSpec) -> Result<ClusterStatus, ReconcileError> {
         self.refresh_access(spec)?;
+        self.ensure_leading().await?;
         let records = self.records(&spec.name).await?;
         if records.is_empty() {
             let seed = self.new_record(spec, Phase::Seed)?;
@@ -322,6 +363,8 @@ impl Reconciler {
                 o
             })
             .collect();
+        // Observing took a while: a deposed leader must not act on what it saw.
+        self.ensure_leading().await?;
         let operation = self.step(spec, &observed, &list, &voter_urls).await?;
         self.write_status(spec, &observed, Some(&list), &operation)
             .await
@@ -383,6 +426,7 @@ impl Reconciler {
     /// normally; the next passes grow it back with learners. Only on a person's request.
     pub async fn recover(&self, spec: &ClusterSpec) -> Result<String, ReconcileError> {
         self.refresh_access(spec)?;
+        self.ensure_leading().await?;
         let records = self.records(&spec.name).await?;
         let mut best: Option<(i64, MemberRecord)> = None;
         for record in &records {
@@ -1104,14 +1148,13 @@ impl Reconciler {
                 .unwrap_or_default(),
             last_backup: self.last_backup.lock().get(&spec.name).cloned(),
             updated: now(),
+            operator: self.identity.lock().clone(),
         };
         let value = serde_json::to_vec(&status).map_err(|e| ReconcileError::Record {
             key: self.keys.status(&spec.name),
             reason: e.to_string(),
         })?;
-        self.store
-            .clone()
-            .put(self.keys.status(&spec.name), value, None)
+        self.write(TxnOp::put(self.keys.status(&spec.name), value, None))
             .await?;
         Ok(status)
     }

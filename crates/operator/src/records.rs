@@ -201,6 +201,9 @@ pub struct ClusterStatus {
     pub last_backup: Option<crate::backup::BackupInfo>,
     /// When the status was written (Unix seconds).
     pub updated: u64,
+    /// The (leading) operator that wrote it.
+    #[serde(default)]
+    pub operator: String,
 }
 
 impl ClusterStatus {

@@ -266,15 +266,15 @@ impl Leadership {
         let _ = self.lost.wait_for(|l| *l).await;
     }
 
+    /// The comparison that holds only while this leadership does, for a caller that builds
+    /// its own transactions.
+    pub fn fence(&self) -> Compare {
+        Compare::create_revision(self.key.as_str(), CompareOp::Equal, self.create_revision)
+    }
+
     /// Runs `ops` only while this leadership holds: fails with `NotLeader` otherwise.
     pub async fn fenced(&self, ops: impl Into<Vec<TxnOp>>) -> Result<TxnResponse, ElectionError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key.as_str(),
-                CompareOp::Equal,
-                self.create_revision,
-            )])
-            .and_then(ops);
+        let txn = Txn::new().when([self.fence()]).and_then(ops);
         let resp = self
             .client
             .clone()

@@ -49,9 +49,7 @@ impl OperatorArgs {
             metrics,
         };
         tokio::select! {
-            result = ferry_operator::run(store, Arc::new(LocalProcesses::new()), config) => {
-                result.context("operator")?
-            }
+            () = ferry_operator::run(store, Arc::new(LocalProcesses::new()), config) => {}
             _ = super::shutdown_signal() => {}
         }
         Ok(())
@@ -274,39 +272,86 @@ impl ClusterArgs {
                     return Err(anyhow!("-o {output:?}: use text or json"));
                 }
                 let mut store = self.connection.connect().await?;
-                let mut last = None;
-                loop {
-                    let response = store.get(keys.status(&name), None).await?;
-                    let status = match response.kvs().first() {
-                        Some(kv) => Some(
-                            serde_json::from_slice::<ClusterStatus>(kv.value())
-                                .with_context(|| format!("the status of {name} does not decode"))?,
-                        ),
-                        None => None,
-                    };
-                    if status != last {
-                        match &status {
-                            Some(s) if output == "json" => {
-                                println!("{}", serde_json::to_string(s)?)
-                            }
-                            Some(s) => print_status(s),
-                            None if !watch => {
-                                return Err(anyhow!(
-                                    "no status for cluster {name:?} (is the operator running?)"
-                                ))
-                            }
-                            None => {}
-                        }
-                        last = status;
+                let key = keys.status(&name);
+                let response = store.get(key.as_str(), None).await?;
+                let mut shown = StatusPrinter::new(&name, output == "json");
+                match response.kvs().first() {
+                    Some(kv) => shown.show(kv.value())?,
+                    None if !watch => {
+                        return Err(anyhow!(
+                            "no status for cluster {name:?} (is the operator running?)"
+                        ))
                     }
-                    if !watch {
-                        return Ok(());
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    None => {}
                 }
+                if !watch {
+                    return Ok(());
+                }
+                // Every change from the revision read on, in order, as etcd's watch delivers it.
+                let revision = response.header().map(|h| h.revision()).unwrap_or(0);
+                let mut stream = store
+                    .watch(
+                        key.as_str(),
+                        Some(etcd_client::WatchOptions::new().with_start_revision(revision + 1)),
+                    )
+                    .await?;
+                while let Some(response) = stream.message().await? {
+                    for event in response.events() {
+                        match (event.event_type(), event.kv()) {
+                            (etcd_client::EventType::Put, Some(kv)) => shown.show(kv.value())?,
+                            (etcd_client::EventType::Delete, _) => {
+                                println!("cluster {name}: deleted");
+                                shown.forget();
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                return Err(anyhow!("the management store ended the watch"));
             }
         }
         Ok(())
+    }
+}
+
+/// Prints a cluster's status each time it changes (the time of the pass that wrote it aside).
+struct StatusPrinter {
+    name: String,
+    json: bool,
+    last: Option<ClusterStatus>,
+}
+
+impl StatusPrinter {
+    fn new(name: &str, json: bool) -> Self {
+        Self {
+            name: name.to_string(),
+            json,
+            last: None,
+        }
+    }
+
+    fn show(&mut self, value: &[u8]) -> anyhow::Result<()> {
+        let status = serde_json::from_slice::<ClusterStatus>(value)
+            .with_context(|| format!("the status of {} does not decode", self.name))?;
+        let unchanged = self.last.as_ref().is_some_and(|last| {
+            ClusterStatus {
+                updated: status.updated,
+                ..last.clone()
+            } == status
+        });
+        if !unchanged {
+            if self.json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                print_status(&status);
+            }
+            self.last = Some(status);
+        }
+        Ok(())
+    }
+
+    fn forget(&mut self) {
+        self.last = None;
     }
 }
 
@@ -358,7 +403,10 @@ async fn load_status(
 }
 
 fn print_status(s: &ClusterStatus) {
-    println!("cluster {} (size {})", s.name, s.size);
+    println!(
+        "cluster {} (size {}; operator {})",
+        s.name, s.size, s.operator
+    );
     for c in &s.conditions {
         println!("  {:<12} {:<5} {}", c.kind, c.status, c.message);
     }
