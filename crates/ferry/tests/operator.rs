@@ -50,7 +50,12 @@ fn spawn_operator_as(
 
 impl Operator {
     async fn start() -> anyhow::Result<Self> {
-        let store = common::start(Kind::Ferry, &[]).await?;
+        Self::start_on(Kind::Ferry).await
+    }
+
+    /// With the management store on `kind` (the embedded store, or a real etcd).
+    async fn start_on(kind: Kind) -> anyhow::Result<Self> {
+        let store = common::start(kind, &[]).await?;
         let metrics = format!("127.0.0.1:{}", ferry_testkit::free_port()?);
         let operator = spawn_operator(&store, &metrics)?;
         Ok(Self {
@@ -1067,7 +1072,18 @@ fn watch_status(op: &Operator) -> anyhow::Result<(Proc, std::sync::mpsc::Receive
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_replaced_by_a_standby_and_writes_nothing_once_resumed(
 ) -> anyhow::Result<()> {
-    let op = Operator::start().await?;
+    paused_leader_replaced_by_standby(Kind::Ferry).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_management_store_on_etcd_a_paused_leader_is_replaced_by_a_standby(
+) -> anyhow::Result<()> {
+    paused_leader_replaced_by_standby(Kind::Etcd).await
+}
+
+/// Leader election, fencing and `status --watch` on the management store `kind`.
+async fn paused_leader_replaced_by_standby(kind: Kind) -> anyhow::Result<()> {
+    let op = Operator::start_on(kind).await?;
     op.apply(3, "3s")?;
     let before = op.wait_at_spec(3).await?;
     assert_eq!(before.operator, "op-a");
