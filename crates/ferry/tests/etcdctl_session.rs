@@ -104,9 +104,14 @@ fn format_step(prefix: &str, arg: &str) -> Step {
 
 /// Runs the session and returns its transcript, masked.
 fn transcript(server: &Server, snapshot_path: &str) -> anyhow::Result<Vec<String>> {
+    transcript_of(server, session(snapshot_path))
+}
+
+/// Runs `steps` and returns their transcript, masked.
+fn transcript_of(server: &Server, steps: Vec<Step>) -> anyhow::Result<Vec<String>> {
     let etcdctl = ferry_testkit::etcdctl_binary()?;
     let mut lines = Vec::new();
-    for s in session(snapshot_path) {
+    for s in steps {
         let mut cmd = Command::new(&etcdctl);
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", server.endpoint()))
@@ -367,5 +372,126 @@ async fn etcdctl_watch_lease_and_lock_match_etcd() -> anyhow::Result<()> {
     );
     assert!(actual.iter().any(|l| l.contains("granted with TTL(100s)")));
     assert!(actual.iter().any(|l| l == "held again"));
+    Ok(())
+}
+
+/// Users, roles, permissions and a session with authentication on: etcdctl 3.4's commands,
+/// granted and denied reads, writes and transactions, a wrong password, a password change.
+fn auth_session() -> Vec<Step> {
+    let root = "--user=root:rootpw";
+    let alice = "--user=alice:alicepw";
+    let as_root = |args: &str| step(&format!("{root} {args}"));
+    let as_alice = |args: &str| step(&format!("{alice} {args}"));
+    vec![
+        step("auth enable"),
+        step("role add reader"),
+        step("role add reader"),
+        step("role add writer"),
+        step("role grant-permission reader read /app/ --prefix"),
+        step("role grant-permission reader readwrite /status/a"),
+        step("role grant-permission reader read /x /z"),
+        step("role grant-permission reader write /m --from-key"),
+        step("role grant-permission nobody read /a"),
+        step("role get reader"),
+        step("role get nobody"),
+        step("user add alice --new-user-password=alicepw"),
+        step("user add alice --new-user-password=again"),
+        step("user add bob --new-user-password=bobpw"),
+        step("user grant-role alice reader"),
+        step("user grant-role alice reader"),
+        step("user grant-role bob writer"),
+        step("user grant-role alice nobody"),
+        step("user grant-role nobody reader"),
+        step("user get alice"),
+        step("user get alice --detail"),
+        step("user get nobody"),
+        step("user list"),
+        step("role list"),
+        step("user revoke-role bob reader"),
+        step("user add root --new-user-password=rootpw"),
+        step("auth enable"),
+        step("put /app/x 1"),
+        as_root("put /app/x 1"),
+        as_root("put /secret s"),
+        as_alice("get /app/x"),
+        as_alice("get /app/ --prefix"),
+        as_alice("get / --prefix"),
+        as_alice("get /secret"),
+        as_alice("put /app/x 2"),
+        as_alice("put /status/a up"),
+        as_alice("put /status/b up"),
+        as_alice("del /app/x"),
+        step("--user=alice:wrong get /app/x"),
+        step("--user=nobody:pw get /app/x"),
+        with_stdin(
+            &format!("{alice} txn"),
+            "value(\"/app/x\") = \"1\"\n\nput /status/a yes\n\nput /secret no\n\n",
+        ),
+        with_stdin(
+            &format!("{alice} txn"),
+            "value(\"/app/x\") = \"1\"\n\nput /status/a yes\nget /app/x\n\n\n",
+        ),
+        as_alice("get /status/a"),
+        as_alice("user list"),
+        as_alice("user get alice"),
+        as_alice("user get root"),
+        as_alice("role get reader"),
+        as_alice("role get writer"),
+        as_alice("auth disable"),
+        as_root("user delete root"),
+        as_root("user revoke-role root root"),
+        as_root("role delete root"),
+        as_root("user list"),
+        as_root("role revoke-permission reader /x /z"),
+        as_root("role revoke-permission reader /x /z"),
+        as_root("role revoke-permission reader /app/ --prefix"),
+        as_root("role get reader"),
+        as_alice("get /app/x"),
+        with_stdin(
+            &format!("{root} user passwd alice --interactive=false"),
+            "newpw\n",
+        ),
+        as_alice("get /status/a"),
+        step("--user=alice:newpw get /status/a"),
+        as_root("role delete reader"),
+        as_root("user get alice"),
+        as_root("user delete bob"),
+        as_root("user delete bob"),
+        as_root("auth enable"),
+        as_root("auth disable"),
+        step("auth disable"),
+        step("put /app/x 3"),
+        step("get /app/x"),
+        step("user list"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_auth_session_matches_etcd_line_by_line() -> anyhow::Result<()> {
+    let flags = ["--bcrypt-cost", "4"];
+    let etcd = start(Kind::Etcd, &flags).await?;
+    let ferry = start(Kind::Ferry, &flags).await?;
+    let expected = transcript_of(&etcd, auth_session())?;
+    let actual = transcript_of(&ferry, auth_session())?;
+    let mismatches: Vec<String> = expected
+        .iter()
+        .zip(&actual)
+        .enumerate()
+        .filter(|(_, (e, a))| e != a)
+        .map(|(i, (e, a))| format!("line {i}:\n  etcd:  {e}\n  ferry: {a}"))
+        .collect();
+    assert!(
+        mismatches.is_empty() && expected.len() == actual.len(),
+        "{} differences ({} vs {} lines):\n{}\n\netcd:\n{}\n\nferry:\n{}",
+        mismatches.len(),
+        expected.len(),
+        actual.len(),
+        mismatches.join("\n"),
+        expected.join("\n"),
+        actual.join("\n")
+    );
+    // The session really was refused and allowed where it should be.
+    assert!(actual.iter().any(|l| l.contains("permission denied")));
+    assert!(actual.iter().any(|l| l == "Authentication Enabled"));
     Ok(())
 }

@@ -5,9 +5,11 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod error;
 pub mod lease;
 pub mod mvcc;
+pub mod proto;
 
 pub use error::StoreError;
 pub mod server;

@@ -11,7 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
-use crate::mvcc::backend::{self, KV, LEASE, META};
+use crate::mvcc::backend::{self, AUTH, KV, LEASE, META};
 
 const MAGIC: &[u8] = b"ferry-snapshot-v1\n";
 const TABLE_END: u8 = 0;
@@ -19,6 +19,8 @@ const PAGE: u64 = 512;
 const TABLE_KV: u8 = 1;
 const TABLE_META: u8 = 2;
 const TABLE_LEASE: u8 = 3;
+/// Users and roles (`auth` table).
+const TABLE_AUTH: u8 = 4;
 /// Length of the SHA-256 trailer.
 pub const DIGEST_LEN: usize = 32;
 
@@ -61,6 +63,11 @@ pub fn write(db: &Database, out: &mut impl Write) -> Result<u64, StoreError> {
             &v.value().to_be_bytes(),
         )
         .map_err(io)?;
+    }
+    let auth = txn.open_table(AUTH).map_err(StoreError::backend)?;
+    for row in auth.iter().map_err(StoreError::backend)? {
+        let (k, v) = row.map_err(StoreError::backend)?;
+        record(&mut hashed, TABLE_AUTH, k.value().as_bytes(), v.value()).map_err(io)?;
     }
     hashed.write_all(&[TABLE_END]).map_err(io)?;
     // etcdctl recognises the digest by the stream's length: a whole number of 512-byte pages
@@ -150,6 +157,7 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Restored, StoreError>
         let mut kv = txn.open_table(KV).map_err(StoreError::backend)?;
         let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
         let mut lease = txn.open_table(LEASE).map_err(StoreError::backend)?;
+        let mut auth = txn.open_table(AUTH).map_err(StoreError::backend)?;
         for (table, key, value) in records {
             match table {
                 TABLE_KV => {
@@ -165,6 +173,10 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<Restored, StoreError>
                     if name != backend::META_MEMBER_ID {
                         meta.insert(name, n).map_err(StoreError::backend)?;
                     }
+                }
+                TABLE_AUTH => {
+                    let name = std::str::from_utf8(key).map_err(|e| bad(e.to_string()))?;
+                    auth.insert(name, value).map_err(StoreError::backend)?;
                 }
                 _ => {
                     lease
@@ -189,7 +201,7 @@ fn parse(mut body: &[u8]) -> Result<Vec<Record<'_>>, String> {
         match table {
             TABLE_END if body.iter().all(|&b| b == 0) => return Ok(out),
             TABLE_END => return Err("data after the end record".into()),
-            TABLE_KV | TABLE_META | TABLE_LEASE => {
+            TABLE_KV | TABLE_META | TABLE_LEASE | TABLE_AUTH => {
                 let key = field(&mut body)?;
                 let value = field(&mut body)?;
                 out.push((table, key, value));

@@ -84,6 +84,15 @@ struct ServeArgs {
     /// Auto compaction retention: 0 turns it off; hours or a duration (periodic), or revisions.
     #[arg(long, default_value = "0", env = "ETCD_AUTO_COMPACTION_RETENTION")]
     auto_compaction_retention: String,
+    /// The kind of auth token: `simple` (etcd's default; JWT is not built).
+    #[arg(long, default_value = "simple", env = "ETCD_AUTH_TOKEN")]
+    auth_token: String,
+    /// Seconds a simple token stays valid after its last use.
+    #[arg(long, default_value_t = 300, env = "ETCD_AUTH_TOKEN_TTL")]
+    auth_token_ttl: u64,
+    /// The bcrypt cost of stored passwords (4 to 31).
+    #[arg(long, default_value_t = 10, env = "ETCD_BCRYPT_COST")]
+    bcrypt_cost: u32,
 }
 
 /// Arguments of `ferry store restore`.
@@ -150,6 +159,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => return Err(anyhow!("--cert-file and --key-file go together")),
     };
+    if args.auth_token != "simple" {
+        return Err(anyhow!(
+            "--auth-token {:?}: only simple tokens are built (JWT is not)",
+            args.auth_token
+        ));
+    }
+    if args.auth_token_ttl == 0 {
+        return Err(anyhow!("--auth-token-ttl must be at least 1 (seconds)"));
+    }
+    if !(4..=31).contains(&args.bcrypt_cost) {
+        return Err(anyhow!(
+            "--bcrypt-cost {} is outside 4 to 31",
+            args.bcrypt_cost
+        ));
+    }
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", args.name)));
@@ -166,6 +190,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.auto_compaction = auto_compaction;
     config.watch_progress_notify_interval = progress;
     config.tls = tls;
+    config.auth_token_ttl = std::time::Duration::from_secs(args.auth_token_ttl);
+    config.bcrypt_cost = args.bcrypt_cost;
     let running = ferry_store::start(config)
         .await
         .with_context(|| format!("starting the store in {}", data_dir.display()))?;

@@ -20,6 +20,8 @@ pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 pub const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 /// Lease id → granted TTL in seconds.
 pub const LEASE: TableDefinition<i64, i64> = TableDefinition::new("lease");
+/// `user/<name>` → etcd's encoded `authpb.User`; `role/<name>` → `authpb.Role`.
+pub const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
 
 /// `meta` key: the revision the store was last compacted at.
 pub const META_COMPACT_REV: &str = "compact_revision";
@@ -33,6 +35,11 @@ pub const META_APPLIED_INDEX: &str = "applied_index";
 pub const META_ALARM_NOSPACE: &str = "alarm_nospace";
 /// `meta` key: the highest revision ever published (survives compaction of tombstones).
 pub const META_CURRENT_REV: &str = "current_revision";
+
+/// `meta` key: 1 while authentication is enabled.
+pub const META_AUTH_ENABLED: &str = "auth_enabled";
+/// `meta` key: the auth revision.
+pub const META_AUTH_REVISION: &str = "auth_revision";
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "ferry.redb";
@@ -90,6 +97,7 @@ pub fn initialise(db: &Database) -> Result<(), StoreError> {
     {
         txn.open_table(KV).map_err(StoreError::backend)?;
         txn.open_table(LEASE).map_err(StoreError::backend)?;
+        txn.open_table(AUTH).map_err(StoreError::backend)?;
         let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
         for name in [META_CLUSTER_ID, META_MEMBER_ID] {
             if meta.get(name).map_err(StoreError::backend)?.is_none() {

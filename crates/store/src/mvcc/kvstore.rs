@@ -185,6 +185,12 @@ impl MvccStore {
 
     /// A backend snapshot. Callers that read values named by the index take it while holding
     /// the index read lock, so compaction cannot remove those values first.
+    /// Runs `f` with the backend database (auth records live in their own table beside the
+    /// key-value history).
+    pub fn with_database<R>(&self, f: impl FnOnce(&Database) -> R) -> R {
+        f(&self.shared.db.read())
+    }
+
     fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
         self.shared
             .db

@@ -24,22 +24,28 @@ impl ClusterService {
 impl PbClusterService for ClusterService {
     async fn member_add(
         &self,
-        _request: Request<PbMemberAddRequest>,
+        request: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         Err(StoreError::MembershipUnsupported.into())
     }
 
     async fn member_remove(
         &self,
-        _request: Request<PbMemberRemoveRequest>,
+        request: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         Err(StoreError::MembershipUnsupported.into())
     }
 
     async fn member_update(
         &self,
-        _request: Request<PbMemberUpdateRequest>,
+        request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         Err(StoreError::MembershipUnsupported.into())
     }
 
@@ -63,8 +69,10 @@ impl PbClusterService for ClusterService {
 
     async fn member_promote(
         &self,
-        _request: Request<PbMemberPromoteRequest>,
+        request: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         Err(StoreError::MembershipUnsupported.into())
     }
 }

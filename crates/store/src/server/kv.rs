@@ -31,9 +31,11 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
         let req = request.into_inner();
         self.ctx.check_size(&req)?;
         request_check::check_range(&req)?;
+        self.ctx.allow_range(&caller, &req)?;
         let store = self.ctx.store.clone();
         let mut resp = tokio::task::spawn_blocking(move || store.range(&req))
             .await
@@ -70,9 +72,11 @@ impl PbKvService for KvService {
     }
 
     async fn put(&self, request: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
         let req = request.into_inner();
         self.ctx.check_size(&req)?;
         request_check::check_put(&req)?;
+        self.ctx.allow_put(&caller, &req)?;
         match self.ctx.store.write(WriteRequest::Put(req)).await? {
             WriteResponse::Put(mut resp) => {
                 self.ctx.fill(&mut resp.header);
@@ -86,9 +90,11 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbDeleteRequest>,
     ) -> Result<Response<PbDeleteResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
         let req = request.into_inner();
         self.ctx.check_size(&req)?;
         request_check::check_delete(&req)?;
+        self.ctx.allow_delete(&caller, &req)?;
         match self.ctx.store.write(WriteRequest::Delete(req)).await? {
             WriteResponse::Delete(mut resp) => {
                 self.ctx.fill(&mut resp.header);
@@ -99,9 +105,11 @@ impl PbKvService for KvService {
     }
 
     async fn txn(&self, request: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
         let req = request.into_inner();
         self.ctx.check_size(&req)?;
         request_check::check_txn(&req, self.ctx.config.max_txn_ops)?;
+        self.ctx.allow_txn(&caller, &req)?;
         match self.ctx.store.write(WriteRequest::Txn(req)).await? {
             WriteResponse::Txn(mut resp) => {
                 self.ctx.fill(&mut resp.header);
@@ -115,6 +123,8 @@ impl PbKvService for KvService {
         &self,
         request: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         let req = request.into_inner();
         // Compaction is always physical here: it finishes before the response.
         self.ctx

@@ -12,6 +12,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Context;
+use crate::auth::PermType;
 use crate::mvcc::kvstore::{MvccStore, WriteRequest, WriteResponse};
 
 /// How often the store looks for expired leases.
@@ -35,6 +36,8 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_signed_in(&caller)?;
         let req = request.into_inner();
         match self
             .ctx
@@ -61,7 +64,10 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_signed_in(&caller)?;
         let id = request.into_inner().id;
+        self.ctx.allow_lease_keys(&caller, id, PermType::Write)?;
         self.ctx.store.write(WriteRequest::LeaseRevoke(id)).await?;
         Ok(Response::new(PbLeaseRevokeResponse {
             header: self.ctx.header(self.ctx.store.current_revision()),
@@ -74,9 +80,12 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_signed_in(&caller)?;
         let ctx = self.ctx.clone();
         let stream = request.into_inner().map(move |req| {
             let id = req?.id;
+            ctx.allow_lease_keys(&caller, id, PermType::Write)?;
             // An unknown or expired lease answers TTL 0, as etcd does.
             let ttl = ctx
                 .store
@@ -98,7 +107,12 @@ impl PbLeaseService for LeaseService {
         &self,
         request: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_signed_in(&caller)?;
         let req = request.into_inner();
+        if req.keys {
+            self.ctx.allow_lease_keys(&caller, req.id, PermType::Read)?;
+        }
         let found = self
             .ctx
             .store
@@ -129,9 +143,14 @@ impl PbLeaseService for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<PbLeaseLeasesRequest>,
+        request: Request<PbLeaseLeasesRequest>,
     ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_signed_in(&caller)?;
         let ids = self.ctx.store.shared().lessor.lock().ids();
+        for id in &ids {
+            self.ctx.allow_lease_keys(&caller, *id, PermType::Read)?;
+        }
         Ok(Response::new(PbLeaseLeasesResponse {
             header: self.ctx.header(self.ctx.store.current_revision()),
             leases: ids.into_iter().map(|id| PbLeaseStatus { id }).collect(),

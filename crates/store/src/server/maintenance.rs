@@ -89,6 +89,13 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         request: Request<PbAlarmRequest>,
     ) -> Result<Response<PbAlarmResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        // Listing alarms needs a user; raising or clearing one needs an administrator.
+        if request.get_ref().action == 0 {
+            self.ctx.allow_signed_in(&caller)?;
+        } else {
+            self.ctx.allow_admin(&caller)?;
+        }
         let req = request.into_inner();
         let member = PbAlarmMember {
             member_id: self.member_id(),
@@ -159,8 +166,10 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<PbDefragmentRequest>,
+        request: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         self.ctx.store.write(WriteRequest::Defragment).await?;
         Ok(Response::new(PbDefragmentResponse {
             header: self.ctx.header(self.ctx.store.current_revision()),
@@ -169,8 +178,10 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn hash(
         &self,
-        _request: Request<PbHashRequest>,
+        request: Request<PbHashRequest>,
     ) -> Result<Response<PbHashResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         let revision = self.ctx.store.current_revision();
         let hash = self.hash(None)?;
         Ok(Response::new(PbHashResponse {
@@ -183,6 +194,8 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         request: Request<PbHashKvRequest>,
     ) -> Result<Response<PbHashKvResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         let req = request.into_inner();
         let current = self.ctx.store.current_revision();
         let compacted = self.ctx.store.compact_revision();
@@ -200,8 +213,10 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<PbSnapshotRequest>,
+        request: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         // Written to a file first so that the stream can report exact remaining_bytes, as
         // etcd does, and the read transaction is not held while a slow client downloads.
         let dir = self.ctx.config.data_dir.clone();
@@ -236,6 +251,8 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         if request.into_inner().target_id != self.member_id() {
             return Err(Status::failed_precondition(
                 "etcdserver: bad leader transferee",
@@ -248,8 +265,10 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _request: Request<PbDowngradeRequest>,
+        request: Request<PbDowngradeRequest>,
     ) -> Result<Response<PbDowngradeResponse>, Status> {
+        let caller = self.ctx.caller(&request)?;
+        self.ctx.allow_admin(&caller)?;
         Err(Status::unimplemented(
             "etcdserver: ferry store does not support cluster downgrades",
         ))

@@ -1,10 +1,16 @@
-//! The gRPC front end: etcd's KV, Maintenance and Cluster services over [`MvccStore`].
+//! The gRPC front end: etcd's KV, Watch, Lease, Maintenance, Cluster, Lock and Election
+//! services over [`MvccStore`].
 
+mod access;
+mod auth;
 mod auto_compaction;
 mod cluster;
+mod election;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
+mod queue;
 mod watch;
 
 use std::future::Future;
@@ -65,6 +71,10 @@ pub struct StoreConfig {
     pub watch_feed_capacity: usize,
     /// TLS for `https://` listeners.
     pub tls: Option<ServerTls>,
+    /// How long a simple auth token stays valid after its last use (`--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
+    /// The bcrypt cost of stored passwords (`--bcrypt-cost`).
+    pub bcrypt_cost: u32,
 }
 
 /// TLS settings of the client listeners (etcd's `--cert-file`, `--key-file`,
@@ -131,6 +141,8 @@ impl StoreConfig {
             watch_progress_notify_interval: Duration::from_secs(600),
             watch_feed_capacity: 1024,
             tls: None,
+            auth_token_ttl: crate::auth::DEFAULT_TOKEN_TTL,
+            bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
         }
     }
 }
@@ -160,6 +172,7 @@ pub fn parse_client_url(url: &str) -> Result<(String, bool), StoreError> {
 #[derive(Clone)]
 pub(crate) struct Context {
     pub store: MvccStore,
+    pub auth: Arc<crate::auth::AuthStore>,
     pub config: Arc<StoreConfig>,
     pub client_urls: Arc<Vec<String>>,
 }
@@ -279,8 +292,12 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
     } else {
         config.advertise_client_urls.clone()
     };
+    let auth =
+        crate::auth::AuthStore::open(store.clone(), config.auth_token_ttl, config.bcrypt_cost)
+            .map_err(|e| StoreError::Backend(format!("loading users and roles: {e}")))?;
     let ctx = Context {
         store: store.clone(),
+        auth: Arc::new(auth),
         config: Arc::new(config.clone()),
         client_urls: Arc::new(client_urls),
     };
@@ -334,7 +351,18 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(usize::MAX),
             )
-            .add_service(PbLeaseServer::new(lease::LeaseService::new(ctx.clone())));
+            .add_service(PbLeaseServer::new(lease::LeaseService::new(ctx.clone())))
+            .add_service(crate::proto::etcdserverpb::auth_server::AuthServer::new(
+                auth::AuthService::new(ctx.clone()),
+            ))
+            .add_service(crate::proto::v3lockpb::lock_server::LockServer::new(
+                lock::LockService::new(ctx.clone()),
+            ))
+            .add_service(
+                crate::proto::v3electionpb::election_server::ElectionServer::new(
+                    election::ElectionService::new(ctx.clone()),
+                ),
+            );
         let mut stopped = stopped.clone();
         tracing::info!(address = %addr, tls = https, name = %config.name, "serving etcd v3 clients");
         // Small responses (a put's header, a watch event) must leave at once: with Nagle's

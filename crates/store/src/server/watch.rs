@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Context;
+use crate::auth::{AuthError, Caller, PermType};
 use crate::mvcc::key_index::KeyRange;
 use crate::mvcc::watchable::Event;
 use crate::StoreError;
@@ -52,6 +53,7 @@ impl etcd_client::proto::PbWatchService for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (out, rx) = mpsc::channel(128);
         let session = Session {
+            caller: self.ctx.try_caller(&request),
             ctx: self.ctx.clone(),
             watchers: BTreeMap::new(),
             next_id: 0,
@@ -107,6 +109,8 @@ impl Watcher {
 /// One client stream.
 struct Session {
     ctx: Context,
+    /// Who opened the stream (checked when each watch is created, as etcd does).
+    caller: Result<Caller, AuthError>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     out: mpsc::Sender<Result<PbWatchResponse, Status>>,
@@ -199,6 +203,15 @@ impl Session {
                     cancel_reason: reason.to_string(),
                     ..Default::default()
                 };
+                let allowed = self.caller.clone().and_then(|caller| {
+                    self.ctx
+                        .allow(&caller, PermType::Read, &key, &create.range_end)
+                });
+                if let Err(e) = allowed {
+                    // etcd reports the gRPC error's text, as Go prints it.
+                    let reason = format!("rpc error: code = {:?} desc = {e}", e.code());
+                    return self.send(refuse(&reason)).await;
+                }
                 if let KeyRange::Span {
                     start,
                     end: Some(end),

@@ -1,0 +1,409 @@
+//! Authentication and RBAC through the `etcd-client` crate, against `ferry store` and real
+//! etcd 3.4: the same assertions on both (error codes and messages included).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_etcd_error, Server};
+use etcd_client::{
+    Client, ConnectOptions, GetOptions, Permission, PutOptions, RoleRevokePermissionOptions, Txn,
+    TxnOp, WatchOptions,
+};
+use tonic::Code;
+
+against_both!(mut &["--bcrypt-cost", "4"];
+    enabling_needs_a_root_user_and_then_every_request_needs_a_user,
+    a_user_reads_and_writes_only_what_its_roles_grant,
+    watches_and_leases_are_checked_too,
+    management_errors_are_etcds,
+    a_new_password_or_a_deleted_user_signs_the_user_out,
+    users_and_roles_survive_a_restart,
+);
+
+async fn as_user(server: &Server, user: &str, password: &str) -> anyhow::Result<Client> {
+    Ok(Client::connect(
+        [server.endpoint()],
+        Some(
+            ConnectOptions::new()
+                .with_user(user, password)
+                .with_timeout(Duration::from_secs(5)),
+        ),
+    )
+    .await?)
+}
+
+/// Adds `root` (password `rootpw`) with the root role and enables authentication; returns
+/// root's client.
+async fn enable(server: &Server) -> anyhow::Result<Client> {
+    let mut c = server.client().await?;
+    c.user_add("root", "rootpw", None).await?;
+    c.user_grant_role("root", "root").await?;
+    c.auth_enable().await?;
+    as_user(server, "root", "rootpw").await
+}
+
+/// An agent of `staging`: reads its environment's configurations, writes its own status.
+async fn add_agent(root: &mut Client) -> anyhow::Result<()> {
+    root.role_add("staging-agent").await?;
+    root.role_grant_permission(
+        "staging-agent",
+        Permission::read("/config/staging/").with_prefix(),
+    )
+    .await?;
+    root.role_grant_permission("staging-agent", Permission::read_write("/status/agent-1"))
+        .await?;
+    root.user_add("agent-1", "agentpw", None).await?;
+    root.user_grant_role("agent-1", "staging-agent").await?;
+    Ok(())
+}
+
+async fn enabling_needs_a_root_user_and_then_every_request_needs_a_user(
+    server: &mut Server,
+) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    assert_etcd_error(
+        c.auth_enable().await,
+        Code::FailedPrecondition,
+        "etcdserver: root user does not exist",
+    );
+    c.user_add("root", "rootpw", None).await?;
+    assert_etcd_error(
+        c.auth_enable().await,
+        Code::FailedPrecondition,
+        "etcdserver: root user does not have root role",
+    );
+    assert_etcd_error(
+        c.auth_client()
+            .authenticate("root".to_string(), "rootpw".to_string())
+            .await,
+        Code::FailedPrecondition,
+        "etcdserver: authentication is not enabled",
+    );
+    c.user_grant_role("root", "root").await?;
+    c.auth_enable().await?;
+    assert_etcd_error(
+        c.put("k", "v", None).await,
+        Code::InvalidArgument,
+        "etcdserver: user name is empty",
+    );
+    assert_etcd_error(
+        c.get("k", None).await,
+        Code::InvalidArgument,
+        "etcdserver: user name is empty",
+    );
+    assert_etcd_error(
+        c.user_list().await,
+        Code::InvalidArgument,
+        "etcdserver: user name is empty",
+    );
+    let wrong = Client::connect(
+        [server.endpoint()],
+        Some(ConnectOptions::new().with_user("root", "wrong")),
+    )
+    .await
+    .map(|_| "connected");
+    assert_etcd_error(
+        wrong,
+        Code::InvalidArgument,
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+    let mut root = as_user(server, "root", "rootpw").await?;
+    root.put("k", "v", None).await?;
+    assert_eq!(root.get("k", None).await?.kvs()[0].value(), b"v");
+    root.auth_disable().await?;
+    c.put("k", "anyone", None).await?;
+    Ok(())
+}
+
+async fn a_user_reads_and_writes_only_what_its_roles_grant(
+    server: &mut Server,
+) -> anyhow::Result<()> {
+    let mut root = enable(server).await?;
+    add_agent(&mut root).await?;
+    root.put("/config/staging/web", "s", None).await?;
+    root.put("/config/production/web", "p", None).await?;
+    let mut agent = as_user(server, "agent-1", "agentpw").await?;
+    let denied = "etcdserver: permission denied";
+    assert_eq!(
+        agent.get("/config/staging/web", None).await?.kvs()[0].value(),
+        b"s"
+    );
+    let staging = agent
+        .get("/config/staging/", Some(GetOptions::new().with_prefix()))
+        .await?;
+    assert_eq!(staging.kvs().len(), 1);
+    assert_etcd_error(
+        agent.get("/config/production/web", None).await,
+        Code::PermissionDenied,
+        denied,
+    );
+    assert_etcd_error(
+        agent
+            .get("/config/", Some(GetOptions::new().with_prefix()))
+            .await,
+        Code::PermissionDenied,
+        denied,
+    );
+    assert_etcd_error(
+        agent.put("/config/staging/web", "x", None).await,
+        Code::PermissionDenied,
+        denied,
+    );
+    agent.put("/status/agent-1", "applied 3", None).await?;
+    assert_etcd_error(
+        agent.put("/status/agent-2", "forged", None).await,
+        Code::PermissionDenied,
+        denied,
+    );
+    assert_etcd_error(
+        agent.delete("/config/staging/web", None).await,
+        Code::PermissionDenied,
+        denied,
+    );
+    // A transaction is refused when any branch touches a denied key, whichever runs.
+    let txn = Txn::new()
+        .when([etcd_client::Compare::value(
+            "/config/staging/web",
+            etcd_client::CompareOp::Equal,
+            "s",
+        )])
+        .and_then([TxnOp::put("/status/agent-1", "ok", None)])
+        .or_else([TxnOp::put("/config/production/web", "hijack", None)]);
+    assert_etcd_error(agent.txn(txn).await, Code::PermissionDenied, denied);
+    let txn = Txn::new()
+        .when([etcd_client::Compare::value(
+            "/config/production/web",
+            etcd_client::CompareOp::Equal,
+            "p",
+        )])
+        .and_then([TxnOp::put("/status/agent-1", "ok", None)]);
+    assert_etcd_error(agent.txn(txn).await, Code::PermissionDenied, denied);
+    let txn = Txn::new()
+        .when([etcd_client::Compare::value(
+            "/config/staging/web",
+            etcd_client::CompareOp::Equal,
+            "s",
+        )])
+        .and_then([TxnOp::put("/status/agent-1", "ok", None)]);
+    assert!(agent.txn(txn).await?.succeeded());
+    assert_eq!(
+        root.get("/config/production/web", None).await?.kvs()[0].value(),
+        b"p",
+        "nothing refused was written"
+    );
+    // A user reads itself and its roles, nothing else.
+    assert_eq!(agent.user_get("agent-1").await?.roles(), ["staging-agent"]);
+    assert_etcd_error(agent.user_get("root").await, Code::PermissionDenied, denied);
+    assert_eq!(
+        agent.role_get("staging-agent").await?.permissions().len(),
+        2
+    );
+    assert_etcd_error(agent.user_list().await, Code::PermissionDenied, denied);
+    assert_etcd_error(agent.role_add("mine").await, Code::PermissionDenied, denied);
+    Ok(())
+}
+
+async fn watches_and_leases_are_checked_too(server: &mut Server) -> anyhow::Result<()> {
+    let mut root = enable(server).await?;
+    add_agent(&mut root).await?;
+    let mut agent = as_user(server, "agent-1", "agentpw").await?;
+    let mut refused = agent
+        .watch(
+            "/config/production/",
+            Some(WatchOptions::new().with_prefix()),
+        )
+        .await?;
+    let first = tokio::time::timeout(Duration::from_secs(10), refused.message())
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("the watch stream ended"))?;
+    assert!(first.canceled(), "{first:?}");
+    assert_eq!(
+        first.cancel_reason(),
+        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+    );
+    let mut allowed = agent
+        .watch("/config/staging/", Some(WatchOptions::new().with_prefix()))
+        .await?;
+    let created = tokio::time::timeout(Duration::from_secs(10), allowed.message())
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("the watch stream ended"))?;
+    assert!(created.created() && !created.canceled());
+    root.put("/config/staging/web", "v2", None).await?;
+    let event = tokio::time::timeout(Duration::from_secs(10), allowed.message())
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("the watch stream ended"))?;
+    assert_eq!(
+        event.events()[0].kv().map(|kv| kv.value()),
+        Some(&b"v2"[..])
+    );
+    // A lease the agent holds its status key with; revoking a lease that holds a key the
+    // agent may not write is refused.
+    let lease = agent.lease_grant(30, None).await?.id();
+    agent
+        .put(
+            "/status/agent-1",
+            "up",
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+    let foreign = root.lease_grant(30, None).await?.id();
+    root.put(
+        "/config/staging/web",
+        "v3",
+        Some(PutOptions::new().with_lease(foreign)),
+    )
+    .await?;
+    assert_etcd_error(
+        agent.lease_revoke(foreign).await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    agent.lease_revoke(lease).await?;
+    assert_eq!(root.get("/status/agent-1", None).await?.count(), 0);
+    assert_eq!(root.get("/config/staging/web", None).await?.count(), 1);
+    Ok(())
+}
+
+async fn management_errors_are_etcds(server: &mut Server) -> anyhow::Result<()> {
+    let mut root = enable(server).await?;
+    add_agent(&mut root).await?;
+    let pre = Code::FailedPrecondition;
+    let arg = Code::InvalidArgument;
+    assert_etcd_error(
+        root.user_add("agent-1", "x", None).await,
+        pre,
+        "etcdserver: user name already exists",
+    );
+    assert_etcd_error(
+        root.user_add("", "x", None).await,
+        arg,
+        "etcdserver: user name is empty",
+    );
+    assert_etcd_error(
+        root.user_get("ghost").await,
+        pre,
+        "etcdserver: user name not found",
+    );
+    assert_etcd_error(
+        root.user_delete("ghost").await,
+        pre,
+        "etcdserver: user name not found",
+    );
+    assert_etcd_error(
+        root.role_add("staging-agent").await,
+        pre,
+        "etcdserver: role name already exists",
+    );
+    assert_etcd_error(
+        root.role_add("").await,
+        arg,
+        "etcdserver: role name is empty",
+    );
+    assert_etcd_error(
+        root.role_get("ghost").await,
+        pre,
+        "etcdserver: role name not found",
+    );
+    assert_etcd_error(
+        root.user_grant_role("agent-1", "ghost").await,
+        pre,
+        "etcdserver: role name not found",
+    );
+    assert_etcd_error(
+        root.user_revoke_role("agent-1", "root").await,
+        pre,
+        "etcdserver: role is not granted to the user",
+    );
+    assert_etcd_error(
+        root.role_revoke_permission(
+            "staging-agent",
+            "/nothing",
+            Some(RoleRevokePermissionOptions::new()),
+        )
+        .await,
+        pre,
+        "etcdserver: permission is not granted to the role",
+    );
+    assert_etcd_error(
+        root.user_delete("root").await,
+        arg,
+        "etcdserver: invalid auth management",
+    );
+    assert_etcd_error(
+        root.role_delete("root").await,
+        arg,
+        "etcdserver: invalid auth management",
+    );
+    // Lists are sorted; a role's permissions are sorted by key.
+    root.user_add("aaron", "pw", None).await?;
+    assert_eq!(
+        root.user_list().await?.users(),
+        ["aaron", "agent-1", "root"]
+    );
+    assert_eq!(root.role_list().await?.roles(), ["staging-agent"]);
+    let perms = root.role_get("staging-agent").await?;
+    let permissions = perms.permissions();
+    let keys: Vec<&[u8]> = permissions.iter().map(|p| p.key()).collect();
+    assert_eq!(keys, [&b"/config/staging/"[..], b"/status/agent-1"]);
+    // Deleting a role takes it from its users.
+    root.role_delete("staging-agent").await?;
+    assert!(root.user_get("agent-1").await?.roles().is_empty());
+    Ok(())
+}
+
+async fn a_new_password_or_a_deleted_user_signs_the_user_out(
+    server: &mut Server,
+) -> anyhow::Result<()> {
+    let mut root = enable(server).await?;
+    add_agent(&mut root).await?;
+    let mut agent = as_user(server, "agent-1", "agentpw").await?;
+    agent.put("/status/agent-1", "1", None).await?;
+    root.user_change_password("agent-1", "newpw").await?;
+    // The old token is gone.
+    assert_etcd_error(
+        agent.put("/status/agent-1", "2", None).await,
+        Code::Unauthenticated,
+        "etcdserver: invalid auth token",
+    );
+    assert_etcd_error(
+        Client::connect(
+            [server.endpoint()],
+            Some(ConnectOptions::new().with_user("agent-1", "agentpw")),
+        )
+        .await
+        .map(|_| "connected"),
+        Code::InvalidArgument,
+        "etcdserver: authentication failed, invalid user ID or password",
+    );
+    let mut renewed = as_user(server, "agent-1", "newpw").await?;
+    renewed.put("/status/agent-1", "3", None).await?;
+    root.user_delete("agent-1").await?;
+    assert_etcd_error(
+        renewed.put("/status/agent-1", "4", None).await,
+        Code::Unauthenticated,
+        "etcdserver: invalid auth token",
+    );
+    Ok(())
+}
+
+async fn users_and_roles_survive_a_restart(server: &mut Server) -> anyhow::Result<()> {
+    let mut root = enable(server).await?;
+    add_agent(&mut root).await?;
+    drop(root);
+    server.restart().await?;
+    let mut agent = as_user(server, "agent-1", "agentpw").await?;
+    agent.put("/status/agent-1", "after restart", None).await?;
+    assert_etcd_error(
+        agent.put("/status/agent-2", "x", None).await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    let mut anonymous = server.client().await?;
+    assert_etcd_error(
+        anonymous.get("/status/agent-1", None).await,
+        Code::InvalidArgument,
+        "etcdserver: user name is empty",
+    );
+    Ok(())
+}

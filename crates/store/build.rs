@@ -1,0 +1,32 @@
+//! Generates the servers of etcd's Auth, Lock and Election services and etcd's auth records
+//! from `proto/` (etcd-client exports no server for these). The etcd types they
+//! embed are etcd-client's own, so responses share one `ResponseHeader` and `KeyValue`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for file in [
+        "proto/auth.proto",
+        "proto/authpb.proto",
+        "proto/v3lock.proto",
+        "proto/v3election.proto",
+        "proto/etcd_types.proto",
+        "proto/mvcc_types.proto",
+    ] {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    tonic_prost_build::configure()
+        .build_client(false)
+        .extern_path(
+            ".etcdserverpb.ResponseHeader",
+            "::etcd_client::proto::PbResponseHeader",
+        )
+        .extern_path(".mvccpb.KeyValue", "::etcd_client::proto::PbKeyValue")
+        .compile_protos(
+            &[
+                "proto/v3lock.proto",
+                "proto/v3election.proto",
+                "proto/auth.proto",
+            ],
+            &["proto"],
+        )?;
+    Ok(())
+}
