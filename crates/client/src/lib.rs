@@ -222,7 +222,8 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
                 return ConnectError::Credentials {
                     endpoints: joined.clone(),
                     user: user.clone(),
-                    reason: "the server does not support authentication (ferry store has none yet); connect without --user".into(),
+                    reason: "the server does not support authentication; connect without --user"
+                        .into(),
                 };
             }
             if lower.contains("authentication failed") || lower.contains("invalid user") {

@@ -19,6 +19,7 @@ against_both!(mut &["--bcrypt-cost", "4"];
     management_errors_are_etcds,
     a_new_password_or_a_deleted_user_signs_the_user_out,
     users_and_roles_survive_a_restart,
+    each_component_user_reaches_only_its_own_keys,
 );
 
 async fn as_user(server: &Server, user: &str, password: &str) -> anyhow::Result<Client> {
@@ -405,5 +406,128 @@ async fn users_and_roles_survive_a_restart(server: &mut Server) -> anyhow::Resul
         Code::InvalidArgument,
         "etcdserver: user name is empty",
     );
+    Ok(())
+}
+
+/// `ferry store auth-bootstrap`, then each component's user tried on what it must and must
+/// not reach.
+async fn each_component_user_reaches_only_its_own_keys(server: &mut Server) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let credentials = dir.path().join("credentials");
+    let bootstrap = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new(common::ferry_bin())
+            .args(["store", "auth-bootstrap", "--endpoints", &server.endpoint()])
+            .arg("--credentials-dir")
+            .arg(&credentials)
+            .args([
+                "--controller",
+                "c1",
+                "--agent",
+                "staging/a1",
+                "--agent",
+                "production/p1",
+            ])
+            .args(["--announcer", "web/w1"])
+            .args(extra)
+            .output()?)
+    };
+    let out = bootstrap(&[])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Run again (authentication is on now) to add an agent: the others keep their passwords.
+    let out = bootstrap(&["--agent", "staging/a2"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let password = |user: &str| std::fs::read_to_string(credentials.join(user));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(credentials.join("root"))?.permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "passwords are private");
+    let mut root = as_user(server, "root", &password("root")?).await?;
+    root.put("/ingress/ingress_config/staging/u1", "{}", None)
+        .await?;
+    root.put("/ingress/ingress_config/production/u2", "{}", None)
+        .await?;
+    let denied = "etcdserver: permission denied";
+
+    let mut agent = as_user(server, "agent-staging-a1", &password("agent-staging-a1")?).await?;
+    let own = agent
+        .get(
+            "/ingress/ingress_config/staging/",
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await?;
+    assert_eq!(own.kvs().len(), 1);
+    agent
+        .get("/services/", Some(GetOptions::new().with_prefix()))
+        .await?;
+    assert_etcd_error(
+        agent
+            .get(
+                "/ingress/ingress_config/production/",
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await,
+        Code::PermissionDenied,
+        denied,
+    );
+    agent
+        .put("/ingress/ingress_config_status/staging/u1/a1", "{}", None)
+        .await?;
+    assert_etcd_error(
+        agent
+            .put(
+                "/ingress/ingress_config_status/production/u2/p1",
+                "{}",
+                None,
+            )
+            .await,
+        Code::PermissionDenied,
+        denied,
+    );
+    agent.put("/ingress/agent/staging/a1", "{}", None).await?;
+    assert_etcd_error(
+        agent.put("/ingress/agent/staging/a2", "{}", None).await,
+        Code::PermissionDenied,
+        denied,
+    );
+    assert_etcd_error(
+        agent
+            .put("/ingress/ingress_config/staging/u1", "{}", None)
+            .await,
+        Code::PermissionDenied,
+        denied,
+    );
+
+    let mut controller = as_user(server, "controller-c1", &password("controller-c1")?).await?;
+    controller
+        .put("/ingress/ingress_config/production/u3", "{}", None)
+        .await?;
+    controller
+        .get("/ingress/agent/", Some(GetOptions::new().with_prefix()))
+        .await?;
+    assert_etcd_error(
+        controller
+            .put("/ingress/agent/staging/a1", "{}", None)
+            .await,
+        Code::PermissionDenied,
+        denied,
+    );
+
+    let mut announcer = as_user(server, "announcer-web-w1", &password("announcer-web-w1")?).await?;
+    announcer.put("/services/web/w1", "{}", None).await?;
+    assert_etcd_error(
+        announcer.put("/services/db/d1", "{}", None).await,
+        Code::PermissionDenied,
+        denied,
+    );
+    let mut added = as_user(server, "agent-staging-a2", &password("agent-staging-a2")?).await?;
+    added.put("/ingress/agent/staging/a2", "{}", None).await?;
     Ok(())
 }

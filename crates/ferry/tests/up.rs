@@ -5,8 +5,8 @@ mod common;
 
 use std::process::Command;
 
-#[test]
-fn ferry_up_rolls_out_to_every_agent_and_stops_cleanly() -> anyhow::Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_up_rolls_out_to_every_agent_and_stops_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let out = Command::new(common::ferry_bin())
         .args([
@@ -47,6 +47,49 @@ fn ferry_up_rolls_out_to_every_agent_and_stops_cleanly() -> anyhow::Result<()> {
             "{text}"
         );
     }
+    // The demo ran with authentication on and a least-privilege user per component: its
+    // store, opened again, refuses anonymous requests and keeps staging's agents out of
+    // production.
+    assert!(stdout.contains("authentication on"), "{stdout}");
+    let store =
+        ferry_testkit::Server::ferry_on(common::ferry_bin(), &dir.path().join("store"), &[])
+            .await?;
+    let mut anonymous = store.client().await?;
+    common::assert_etcd_error(
+        anonymous.get("/ingress", None).await,
+        tonic::Code::InvalidArgument,
+        "etcdserver: user name is empty",
+    );
+    let credentials = dir.path().join("credentials");
+    let sign_in = |user: &str| -> anyhow::Result<etcd_client::ConnectOptions> {
+        let password = std::fs::read_to_string(credentials.join(user))?;
+        Ok(etcd_client::ConnectOptions::new().with_user(user, password))
+    };
+    let mut agent = etcd_client::Client::connect(
+        [store.endpoint()],
+        Some(sign_in("agent-staging-staging-agent-1")?),
+    )
+    .await?;
+    let opts = || Some(etcd_client::GetOptions::new().with_prefix());
+    let staging = agent
+        .get("/ingress/ingress_config/staging/", opts())
+        .await?;
+    assert_eq!(staging.kvs().len(), 1);
+    common::assert_etcd_error(
+        agent
+            .get("/ingress/ingress_config/production/", opts())
+            .await,
+        tonic::Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    let mut root = etcd_client::Client::connect([store.endpoint()], Some(sign_in("root")?)).await?;
+    assert_eq!(
+        root.get("/ingress/ingress_config/", opts())
+            .await?
+            .kvs()
+            .len(),
+        2
+    );
     // nginx was stopped with the agents.
     let pid_file = dir.path().join("agents/staging-agent-1/nginx.pid");
     assert!(

@@ -8,6 +8,7 @@ mod controller;
 mod registry;
 mod render;
 mod store;
+mod store_auth;
 mod sync;
 mod token;
 mod up;

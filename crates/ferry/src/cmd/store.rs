@@ -20,6 +20,9 @@ pub struct StoreArgs {
 enum StoreAction {
     /// Create a new data dir from a snapshot taken with `etcdctl snapshot save`.
     Restore(RestoreArgs),
+    /// Create least-privilege users for ferry's controllers, agents and announcers (and
+    /// root), then enable authentication; works on the embedded store and on etcd.
+    AuthBootstrap(super::store_auth::BootstrapArgs),
 }
 
 /// Flags of the running store (etcd's names and defaults).
@@ -111,6 +114,7 @@ impl StoreArgs {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.action {
             Some(StoreAction::Restore(args)) => restore(args),
+            Some(StoreAction::AuthBootstrap(args)) => args.run().await,
             None => serve(self.serve).await,
         }
     }

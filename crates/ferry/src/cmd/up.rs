@@ -11,6 +11,8 @@ use clap::Args;
 use ferry_agent::{AgentConfig, RunningAgent};
 use ferry_controller::api::Rollout;
 use ferry_controller::auth::Tokens;
+use ferry_controller::keys::Keys;
+use ferry_controller::roles::{self, Principals};
 use ferry_controller::server::ControllerConfig;
 use ferry_registry::{AnnounceConfig, Instance};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,10 +110,52 @@ impl UpArgs {
         let connect_config = ferry_client::ConnectConfig::new(endpoints.clone());
         let endpoint = endpoints.join(",");
         let client = ferry_client::connect(&connect_config).await?;
+        // On the embedded store every component signs in as its own least-privilege user.
+        let credentials = if store.is_some() {
+            let principals = Principals {
+                controllers: vec!["controller-1".into()],
+                agents: ["staging", "production"]
+                    .iter()
+                    .flat_map(|env| {
+                        (1..=3).map(move |n| (env.to_string(), format!("{env}-agent-{n}")))
+                    })
+                    .collect(),
+                announcers: (1..=3)
+                    .map(|i| ("shop".to_string(), format!("shop-{i}")))
+                    .collect(),
+            };
+            let layout = roles::layout(&Keys::default(), "/services", &principals)
+                .map_err(|e| anyhow!("{e}"))?;
+            let dir = dir.join("credentials");
+            let passwords = super::store_auth::bootstrap_into(&mut client.clone(), &layout, &dir)
+                .await
+                .context("creating the components' users")?;
+            Some((dir, passwords))
+        } else {
+            None
+        };
+        let client_as = |user: String| {
+            let shared = client.clone();
+            let mut config = connect_config.clone();
+            let password = credentials
+                .as_ref()
+                .and_then(|(_, p)| p.get(&user).cloned());
+            async move {
+                match password {
+                    Some(password) => {
+                        config.credentials = Some((user.clone(), password));
+                        ferry_client::connect(&config)
+                            .await
+                            .with_context(|| format!("signing in as {user}"))
+                    }
+                    None => Ok(shared),
+                }
+            }
+        };
 
         let (tokens, token) = Tokens::generate("admin");
         let controller = ferry_controller::server::start(
-            client.clone(),
+            client_as(roles::controller_user("controller-1")).await?,
             ControllerConfig {
                 name: "controller-1".into(),
                 database: format!("sqlite://{}", dir.join("controller.db").display()),
@@ -137,7 +181,7 @@ impl UpArgs {
             let fast = AnnounceConfig::default();
             announcements.push(
                 ferry_registry::announce(
-                    client.clone(),
+                    client_as(roles::announcer_user("shop", &name)).await?,
                     fast,
                     Instance::new("shop", &name, format!("127.0.0.1:{port}")),
                 )
@@ -164,7 +208,7 @@ impl UpArgs {
                     None => (None, None),
                 };
                 let agent = ferry_agent::start(
-                    client.clone(),
+                    client_as(roles::agent_user(env, &name)).await?,
                     AgentConfig {
                         env: env.into(),
                         name,
@@ -205,7 +249,16 @@ impl UpArgs {
         }
 
         println!("ferry is up (data in {}).", dir.display());
-        println!("  store (etcd v3 API):  {endpoint}        ETCDCTL_API=3 etcdctl --endpoints={endpoint} get /ingress --prefix --keys-only");
+        match &credentials {
+            Some((dir, _)) => {
+                println!("  store (etcd v3 API):  {endpoint}        authentication on; each component has its own user");
+                println!(
+                    "  root:                 ETCDCTL_API=3 etcdctl --endpoints={endpoint} --user=root:$(cat {}) get /ingress --prefix --keys-only",
+                    dir.join("root").display()
+                );
+            }
+            None => println!("  store (etcd v3 API):  {endpoint}        ETCDCTL_API=3 etcdctl --endpoints={endpoint} get /ingress --prefix --keys-only"),
+        }
         println!("  controller API:       http://{api}   (OpenAPI: http://{api}/openapi.json)");
         println!("  admin token:          {token}");
         match &nginx {
