@@ -55,9 +55,11 @@ where
     F: Fn(Client, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), etcd_client::Error>> + Send,
 {
+    // The wall clock starts before the pacer's, so a run of a given duration never reports
+    // less than that duration.
+    let started = Instant::now();
     let pacer = Arc::new(Pacer::new(config.limit, config.rate));
     let bar = progress(config, label);
-    let started = Instant::now();
     let mut tasks = Vec::with_capacity(config.clients);
     for c in 0..config.clients {
         let client = conns[c % conns.len()].clone();

@@ -202,6 +202,20 @@ async fn a_user_reads_and_writes_only_what_its_roles_grant(
     );
     assert_etcd_error(agent.user_list().await, Code::PermissionDenied, denied);
     assert_etcd_error(agent.role_add("mine").await, Code::PermissionDenied, denied);
+    // Lock and Election act with the caller's permissions.
+    let lease = agent.lease_grant(30, None).await?.id();
+    let refused = agent
+        .lock(
+            "/config/production/lock",
+            Some(etcd_client::LockOptions::new().with_lease(lease)),
+        )
+        .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("permission denied")),
+        "{refused:?}"
+    );
     Ok(())
 }
 
@@ -530,4 +544,79 @@ async fn each_component_user_reaches_only_its_own_keys(server: &mut Server) -> a
     let mut added = as_user(server, "agent-staging-a2", &password("agent-staging-a2")?).await?;
     added.put("/ingress/agent/staging/a2", "{}", None).await?;
     Ok(())
+}
+
+/// With `--client-cert-auth`, a request without a token is the user its client
+/// certificate's common name names; a token, when there is one, decides.
+async fn certificate_common_names_are_users(kind: common::Kind) -> anyhow::Result<()> {
+    let certs = common::certs::Certs::generate()?;
+    let cert = certs.server_cert.display().to_string();
+    let key = certs.server_key.display().to_string();
+    let ca = certs.ca.display().to_string();
+    let flags = [
+        "--cert-file",
+        cert.as_str(),
+        "--key-file",
+        key.as_str(),
+        "--trusted-ca-file",
+        ca.as_str(),
+        "--client-cert-auth",
+        "--bcrypt-cost",
+        "4",
+    ];
+    let server = Server::start_tls(kind, common::ferry_bin(), &flags, certs.client()).await?;
+    let mut setup = server.client().await?;
+    setup.user_add("root", "rootpw", None).await?;
+    setup.user_grant_role("root", "root").await?;
+    // The client certificate's common name; it signs in with the certificate only.
+    let cn = "ferry test client";
+    setup
+        .user_add(
+            cn,
+            "",
+            Some(etcd_client::UserAddOptions::new().with_no_pwd()),
+        )
+        .await?;
+    setup.role_add("cn-reader").await?;
+    setup
+        .role_grant_permission("cn-reader", Permission::read("/cn/").with_prefix())
+        .await?;
+    setup.user_grant_role(cn, "cn-reader").await?;
+    setup.put("/cn/a", "1", None).await?;
+    setup.auth_enable().await?;
+    let mut by_certificate = server.client().await?;
+    assert_eq!(
+        by_certificate.get("/cn/a", None).await?.kvs()[0].value(),
+        b"1"
+    );
+    assert_etcd_error(
+        by_certificate.put("/cn/a", "2", None).await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    assert_etcd_error(
+        by_certificate.get("/other", None).await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    // A token wins over the certificate.
+    let mut config = server.connect_config();
+    config.credentials = Some(("root".into(), "rootpw".into()));
+    let mut root = ferry_client::connect(&config).await?;
+    root.put("/cn/a", "2", None).await?;
+    // A certificate user has no password to sign in with.
+    let mut with_password = server.connect_config();
+    with_password.credentials = Some((cn.into(), String::new()));
+    assert!(ferry_client::connect(&with_password).await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_ferry_certificate_common_names_are_users() -> anyhow::Result<()> {
+    certificate_common_names_are_users(common::Kind::Ferry).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_certificate_common_names_are_users() -> anyhow::Result<()> {
+    certificate_common_names_are_users(common::Kind::Etcd).await
 }

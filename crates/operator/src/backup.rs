@@ -118,6 +118,10 @@ impl Backend {
                 Arc::new(LocalFileSystem::new_with_prefix(dir)?)
             }
             BackupLocation::S3 { bucket, prefix } => {
+                // The S3 client's TLS runs on ring, the provider the rest of ferry uses; it
+                // must be the process default before the client is built (a no-op once it
+                // is).
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 let options = s3.cloned().unwrap_or_default();
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
