@@ -22,7 +22,7 @@ enum StoreAction {
     Restore(RestoreArgs),
     /// Create least-privilege users for ferry's controllers, agents and announcers (and
     /// root), then enable authentication; works on the embedded store and on etcd.
-    AuthBootstrap(super::store_auth::BootstrapArgs),
+    AuthBootstrap(Box<super::store_auth::BootstrapArgs>),
 }
 
 /// Flags of the running store (etcd's names and defaults).
