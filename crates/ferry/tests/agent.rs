@@ -13,9 +13,10 @@ use ferry_controller::api::AgentStatus;
 use ferry_controller::keys::Keys;
 use ferry_controller::{IngressDocument, Publisher, Record};
 
-against_both!(&[];
+against_both!(&["--bcrypt-cost", "4"];
     agent_applies_reports_and_refuses_bad_configurations,
     agent_serves_tls_virtual_hosts_through_nginx,
+    an_agent_signed_in_as_another_environments_user_stops_with_the_reason,
 );
 
 struct Killer(Child);
@@ -362,6 +363,66 @@ async fn agent_serves_tls_virtual_hosts_through_nginx(server: &Server) -> anyhow
     assert_eq!(
         common::http::get_tls(https_port, "localhost", &certs.ca).await?,
         "secure-backend"
+    );
+    Ok(())
+}
+
+/// With authentication on, an agent of `prod` signed in as a staging agent's user is refused
+/// its configurations: it exits at once naming what it may not read, instead of retrying.
+async fn an_agent_signed_in_as_another_environments_user_stops_with_the_reason(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let credentials = tmp.path().join("credentials");
+    let out = Command::new(ferry_bin())
+        .args(["store", "auth-bootstrap", "--endpoints", &server.endpoint()])
+        .arg("--credentials-dir")
+        .arg(&credentials)
+        .args(["--agent", "staging/a1"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let user = "agent-staging-a1";
+    let password = std::fs::read_to_string(credentials.join(user))?;
+    let port = ferry_testkit::free_port()?;
+    let mut agent = Killer(
+        Command::new(ferry_bin())
+            .args([
+                "agent",
+                "--endpoints",
+                &server.endpoint(),
+                "--env",
+                "prod",
+                "--name",
+                "a1",
+            ])
+            .arg("--nginx-prefix")
+            .arg(tmp.path().join("nginx"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--user", user])
+            .env("FERRY_PASSWORD", password.trim())
+            .env("FERRY_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = agent.0.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(Instant::now() < until, "the refused agent kept running");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    if let Some(mut pipe) = agent.0.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
+    assert!(
+        stderr.contains("refuses reading its environment's configurations (/ingress/ingress_config/prod/): etcdserver: permission denied"),
+        "{stderr}"
     );
     Ok(())
 }

@@ -620,3 +620,47 @@ async fn on_ferry_certificate_common_names_are_users() -> anyhow::Result<()> {
 async fn on_etcd_certificate_common_names_are_users() -> anyhow::Result<()> {
     certificate_common_names_are_users(common::Kind::Etcd).await
 }
+
+/// Users, roles and the enabled flag travel in a snapshot: a store restored from one asks for
+/// the same users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_roles_travel_in_a_snapshot() -> anyhow::Result<()> {
+    let server = common::start(common::Kind::Ferry, &["--bcrypt-cost", "4"]).await?;
+    let mut root = enable(&server).await?;
+    add_agent(&mut root).await?;
+    let dir = tempfile::tempdir()?;
+    let snapshot = dir.path().join("snap.db");
+    let mut stream = root.snapshot().await?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        bytes.extend_from_slice(chunk.blob());
+    }
+    std::fs::write(&snapshot, bytes)?;
+    let restored_dir = dir.path().join("restored");
+    let out = std::process::Command::new(common::ferry_bin())
+        .args(["store", "restore", "--snapshot"])
+        .arg(&snapshot)
+        .arg("--data-dir")
+        .arg(&restored_dir)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = ferry_testkit::Server::ferry_on(common::ferry_bin(), &restored_dir, &[]).await?;
+    let mut anonymous = restored.client().await?;
+    assert_etcd_error(
+        anonymous.put("/status/agent-1", "x", None).await,
+        Code::InvalidArgument,
+        "etcdserver: user name is empty",
+    );
+    let mut agent = as_user(&restored, "agent-1", "agentpw").await?;
+    agent.put("/status/agent-1", "restored", None).await?;
+    assert_etcd_error(
+        agent.get("/config/production/web", None).await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    Ok(())
+}

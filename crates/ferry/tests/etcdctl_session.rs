@@ -112,8 +112,12 @@ fn transcript_of(server: &Server, steps: Vec<Step>) -> anyhow::Result<Vec<String
     let etcdctl = ferry_testkit::etcdctl_binary()?;
     let mut lines = Vec::new();
     for s in steps {
-        let mut cmd = Command::new(&etcdctl);
-        cmd.env("ETCDCTL_API", "3")
+        // A step that never ends (a watch that should have been cancelled) ends the
+        // transcript's line with exit 124 instead of hanging the suite.
+        let mut cmd = Command::new("timeout");
+        cmd.arg("20")
+            .arg(&etcdctl)
+            .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", server.endpoint()))
             .args(&s.args)
             .stdin(Stdio::piped())
@@ -432,6 +436,8 @@ fn auth_session() -> Vec<Step> {
             "value(\"/app/x\") = \"1\"\n\nput /status/a yes\nget /app/x\n\n\n",
         ),
         as_alice("get /status/a"),
+        as_alice("watch /secret"),
+        as_alice("lease grant 60"),
         as_alice("user list"),
         as_alice("user get alice"),
         as_alice("user get root"),
