@@ -14,6 +14,8 @@ against_both!(&[];
     defragment_reclaims_space,
     snapshot_stream_ends_with_its_sha256,
     alarms_are_empty_on_a_healthy_store,
+    an_alarm_for_member_zero_is_recorded_and_cleared,
+    defragment_and_move_leader_to_self_answer_without_a_header,
 );
 
 against_both_quota!();
@@ -263,5 +265,48 @@ async fn nospace_alarm_blocks_puts_until_disarmed(server: &Server) -> anyhow::Re
         .alarms()
         .is_empty());
     c.put("tiny", "x", None).await?;
+    Ok(())
+}
+
+/// What clients send to raise an alarm "for all members": member id 0.
+async fn an_alarm_for_member_zero_is_recorded_and_cleared(server: &Server) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    let every_member = || {
+        let mut opts = AlarmOptions::new();
+        opts.with_member(0);
+        Some(opts)
+    };
+    let raised = c
+        .alarm(AlarmAction::Activate, AlarmType::Nospace, every_member())
+        .await?;
+    assert_eq!(raised.alarms().len(), 1);
+    assert_eq!(raised.alarms()[0].member_id(), 0);
+    let listed = c.alarm(AlarmAction::Get, AlarmType::None, None).await?;
+    assert_eq!(listed.alarms().len(), 1);
+    assert_eq!(listed.alarms()[0].member_id(), 0);
+    assert_eq!(listed.alarms()[0].alarm(), AlarmType::Nospace);
+    assert_etcd_error(
+        c.put("k", "v", None).await,
+        Code::ResourceExhausted,
+        "etcdserver: mvcc: database space exceeded",
+    );
+    c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, every_member())
+        .await?;
+    assert!(c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await?
+        .alarms()
+        .is_empty());
+    c.put("k", "v", None).await?;
+    Ok(())
+}
+
+async fn defragment_and_move_leader_to_self_answer_without_a_header(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    assert!(c.defragment().await?.header().is_none());
+    let leader = c.status().await?.leader();
+    assert!(c.move_leader(leader).await?.header().is_none());
     Ok(())
 }

@@ -31,8 +31,11 @@ pub const META_CLUSTER_ID: &str = "cluster_id";
 pub const META_MEMBER_ID: &str = "member_id";
 /// `meta` key: number of write requests applied (reported as the raft index).
 pub const META_APPLIED_INDEX: &str = "applied_index";
-/// `meta` key: 1 while the NOSPACE alarm is raised.
+/// `meta` key: 1 while the NOSPACE alarm is raised for this member.
 pub const META_ALARM_NOSPACE: &str = "alarm_nospace";
+/// `meta` key prefix: `alarm_nospace/<member id>` is 1 while a NOSPACE alarm a client raised
+/// for another member id (0: every member) stands.
+pub const META_ALARM_NOSPACE_FOR: &str = "alarm_nospace/";
 /// `meta` key: the highest revision ever published (survives compaction of tombstones).
 pub const META_CURRENT_REV: &str = "current_revision";
 
@@ -58,8 +61,8 @@ pub struct Recovered {
     pub member_id: u64,
     /// Write requests applied so far (the raft index reported).
     pub applied_index: i64,
-    /// Whether the NOSPACE alarm is raised.
-    pub nospace: bool,
+    /// The member ids a NOSPACE alarm is raised for.
+    pub nospace: Vec<u64>,
     /// Leases: id and granted TTL.
     pub leases: Vec<(i64, i64)>,
 }
@@ -149,9 +152,37 @@ pub fn recover(db: &Database) -> Result<Recovered, StoreError> {
         cluster_id: get(META_CLUSTER_ID)? as u64,
         member_id: get(META_MEMBER_ID)? as u64,
         applied_index: get(META_APPLIED_INDEX)?,
-        nospace: get(META_ALARM_NOSPACE)? != 0,
+        nospace: nospace_members(
+            db,
+            get(META_MEMBER_ID)? as u64,
+            get(META_ALARM_NOSPACE)? != 0,
+        )?,
         leases,
     })
+}
+
+/// The member ids with a raised NOSPACE alarm.
+fn nospace_members(db: &Database, own: u64, own_raised: bool) -> Result<Vec<u64>, StoreError> {
+    let txn = db.begin_read().map_err(StoreError::backend)?;
+    let meta = txn.open_table(META).map_err(StoreError::backend)?;
+    let mut members: Vec<u64> = own_raised.then_some(own).into_iter().collect();
+    for row in meta
+        .range(META_ALARM_NOSPACE_FOR..)
+        .map_err(StoreError::backend)?
+    {
+        let (k, v) = row.map_err(StoreError::backend)?;
+        let Some(id) = k.value().strip_prefix(META_ALARM_NOSPACE_FOR) else {
+            break;
+        };
+        if v.value() != 0 {
+            if let Ok(id) = id.parse::<u64>() {
+                members.push(id);
+            }
+        }
+    }
+    members.sort_unstable();
+    members.dedup();
+    Ok(members)
 }
 
 /// Decodes one stored `KeyValue`.

@@ -53,8 +53,13 @@ pub enum WriteRequest {
     Compact(i64),
     /// Reclaim free space in the backend file.
     Defragment,
-    /// Raise (true) or clear the NOSPACE alarm.
-    SetNoSpace(bool),
+    /// Raise (true) or clear the NOSPACE alarm for a member id (0: every member).
+    SetNoSpace {
+        /// The member the alarm is for.
+        member: u64,
+        /// Raise or clear.
+        on: bool,
+    },
     /// Grant a lease (`id` 0 picks one).
     LeaseGrant {
         /// Requested id.
@@ -97,6 +102,8 @@ pub struct Shared {
     pub(crate) compact_rev: AtomicI64,
     pub(crate) applied_index: AtomicI64,
     pub(crate) nospace: AtomicBool,
+    /// The member ids NOSPACE is raised for (any at all refuses puts).
+    pub(crate) nospace_members: Mutex<Vec<u64>>,
     pub(crate) poisoned: Mutex<Option<String>>,
     pub(crate) cluster_id: u64,
     pub(crate) member_id: u64,
@@ -136,7 +143,8 @@ impl MvccStore {
             current_rev: AtomicI64::new(recovered.current_rev.max(1)),
             compact_rev: AtomicI64::new(recovered.compact_rev),
             applied_index: AtomicI64::new(recovered.applied_index),
-            nospace: AtomicBool::new(recovered.nospace),
+            nospace: AtomicBool::new(!recovered.nospace.is_empty()),
+            nospace_members: Mutex::new(recovered.nospace.clone()),
             poisoned: Mutex::new(None),
             cluster_id: recovered.cluster_id,
             member_id: recovered.member_id,
@@ -412,8 +420,8 @@ impl Writer {
                     WriteRequest::Txn(t) => applier.txn(t).map(WriteResponse::Txn),
                     WriteRequest::Compact(at) => compact(shared, applier.kv, &mut meta, *at, rev)
                         .map(|_| WriteResponse::Done),
-                    WriteRequest::SetNoSpace(on) => {
-                        set_nospace(shared, &mut meta, *on).map(|_| WriteResponse::Done)
+                    WriteRequest::SetNoSpace { member, on } => {
+                        set_nospace(shared, &mut meta, *member, *on).map(|_| WriteResponse::Done)
                     }
                     WriteRequest::LeaseGrant { id, ttl } => applier
                         .grant(*id, *ttl)
@@ -431,8 +439,10 @@ impl Writer {
                 if applier.sub > 0 {
                     rev += 1;
                 }
-                meta_changed |=
-                    matches!(req, WriteRequest::Compact(_) | WriteRequest::SetNoSpace(_));
+                meta_changed |= matches!(
+                    req,
+                    WriteRequest::Compact(_) | WriteRequest::SetNoSpace { .. }
+                );
                 if result.is_ok() {
                     applied += 1;
                 }
@@ -483,7 +493,7 @@ impl Writer {
                 .unwrap_or(0)
         });
         if size + cost as u64 > self.shared.limits.quota_backend_bytes {
-            set_nospace(&self.shared, meta, true)?;
+            set_nospace(&self.shared, meta, self.shared.member_id, true)?;
             return Err(StoreError::NoSpace);
         }
         Ok(())
@@ -493,11 +503,27 @@ impl Writer {
 fn set_nospace(
     shared: &Shared,
     meta: &mut redb::Table<&'static str, i64>,
+    member: u64,
     on: bool,
 ) -> Result<(), StoreError> {
-    meta.insert(backend::META_ALARM_NOSPACE, on as i64)
-        .map_err(StoreError::backend)?;
-    shared.nospace.store(on, Ordering::Release);
+    if member == shared.member_id {
+        meta.insert(backend::META_ALARM_NOSPACE, on as i64)
+            .map_err(StoreError::backend)?;
+    } else {
+        let key = format!("{}{member}", backend::META_ALARM_NOSPACE_FOR);
+        if on {
+            meta.insert(key.as_str(), 1).map_err(StoreError::backend)?;
+        } else {
+            meta.remove(key.as_str()).map_err(StoreError::backend)?;
+        }
+    }
+    let mut members = shared.nospace_members.lock();
+    members.retain(|m| *m != member);
+    if on {
+        members.push(member);
+        members.sort_unstable();
+    }
+    shared.nospace.store(!members.is_empty(), Ordering::Release);
     Ok(())
 }
 

@@ -39,10 +39,6 @@ impl MaintenanceService {
         Self { ctx }
     }
 
-    fn nospace(&self) -> bool {
-        self.ctx.store.shared().nospace.load(Ordering::Acquire)
-    }
-
     fn member_id(&self) -> u64 {
         self.ctx.store.shared().member_id
     }
@@ -97,27 +93,39 @@ impl PbMaintenanceService for MaintenanceService {
             self.ctx.allow_admin(&caller)?;
         }
         let req = request.into_inner();
-        let member = PbAlarmMember {
-            member_id: self.member_id(),
-            alarm: ALARM_NOSPACE,
+        let raised = || self.ctx.store.shared().nospace_members.lock().clone();
+        let as_alarms = |members: Vec<u64>| -> Vec<PbAlarmMember> {
+            members
+                .into_iter()
+                .map(|member_id| PbAlarmMember {
+                    member_id,
+                    alarm: ALARM_NOSPACE,
+                })
+                .collect()
         };
         let alarms = match req.action {
             ACTION_GET => {
                 let wanted = req.alarm == ALARM_NONE || req.alarm == ALARM_NOSPACE;
-                if self.nospace() && wanted {
-                    vec![member]
+                if wanted {
+                    as_alarms(raised())
                 } else {
                     vec![]
                 }
             }
-            ACTION_ACTIVATE | ACTION_DEACTIVATE
-                if req.alarm == ALARM_NOSPACE && req.member_id == self.member_id() =>
-            {
+            // As etcd: an alarm for any member id is recorded (0 means every member), and
+            // the answer names the alarm that changed.
+            ACTION_ACTIVATE | ACTION_DEACTIVATE if req.alarm == ALARM_NOSPACE => {
                 let on = req.action == ACTION_ACTIVATE;
-                let was = self.nospace();
-                self.ctx.store.write(WriteRequest::SetNoSpace(on)).await?;
+                let was = raised().contains(&req.member_id);
+                self.ctx
+                    .store
+                    .write(WriteRequest::SetNoSpace {
+                        member: req.member_id,
+                        on,
+                    })
+                    .await?;
                 if was != on {
-                    vec![member]
+                    as_alarms(vec![req.member_id])
                 } else {
                     vec![]
                 }
@@ -142,11 +150,12 @@ impl PbMaintenanceService for MaintenanceService {
         let shared = self.ctx.store.shared();
         let applied = shared.applied_index.load(Ordering::Acquire).max(0) as u64;
         let size = self.ctx.store.db_size() as i64;
-        let errors = if self.nospace() {
-            vec![format!("memberID:{} alarm:NOSPACE ", self.member_id())]
-        } else {
-            vec![]
-        };
+        let errors = shared
+            .nospace_members
+            .lock()
+            .iter()
+            .map(|member| format!("memberID:{member} alarm:NOSPACE "))
+            .collect();
         Ok(Response::new(PbStatusResponse {
             header: self.ctx.header(self.ctx.store.current_revision()),
             version: SERVER_VERSION.into(),
@@ -171,9 +180,8 @@ impl PbMaintenanceService for MaintenanceService {
         let caller = self.ctx.caller(&request)?;
         self.ctx.allow_admin(&caller)?;
         self.ctx.store.write(WriteRequest::Defragment).await?;
-        Ok(Response::new(PbDefragmentResponse {
-            header: self.ctx.header(self.ctx.store.current_revision()),
-        }))
+        // etcd's Defragment answers with no header.
+        Ok(Response::new(PbDefragmentResponse { header: None }))
     }
 
     async fn hash(
@@ -258,9 +266,8 @@ impl PbMaintenanceService for MaintenanceService {
                 "etcdserver: bad leader transferee",
             ));
         }
-        Ok(Response::new(PbMoveLeaderResponse {
-            header: self.ctx.header(self.ctx.store.current_revision()),
-        }))
+        // Moving leadership to the leader itself: etcd returns at once, with no header.
+        Ok(Response::new(PbMoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(
