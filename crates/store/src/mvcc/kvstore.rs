@@ -104,6 +104,8 @@ pub struct Shared {
     pub(crate) nospace: AtomicBool,
     /// The member ids NOSPACE is raised for (any at all refuses puts).
     pub(crate) nospace_members: Mutex<Vec<u64>>,
+    /// How long each backend commit (with its fsync) took.
+    pub(crate) commit_seconds: prometheus_client::metrics::histogram::Histogram,
     pub(crate) poisoned: Mutex<Option<String>>,
     pub(crate) cluster_id: u64,
     pub(crate) member_id: u64,
@@ -145,6 +147,10 @@ impl MvccStore {
             applied_index: AtomicI64::new(recovered.applied_index),
             nospace: AtomicBool::new(!recovered.nospace.is_empty()),
             nospace_members: Mutex::new(recovered.nospace.clone()),
+            // etcd's buckets: 1 ms to about 8 s, doubling.
+            commit_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14),
+            ),
             poisoned: Mutex::new(None),
             cluster_id: recovered.cluster_id,
             member_id: recovered.member_id,
@@ -193,6 +199,11 @@ impl MvccStore {
 
     /// A backend snapshot. Callers that read values named by the index take it while holding
     /// the index read lock, so compaction cannot remove those values first.
+    /// The histogram of backend commit durations (seconds).
+    pub fn commit_durations(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.shared.commit_seconds.clone()
+    }
+
     /// Runs `f` with the backend database (auth records live in their own table beside the
     /// key-value history).
     pub fn with_database<R>(&self, f: impl FnOnce(&Database) -> R) -> R {
@@ -460,7 +471,11 @@ impl Writer {
             meta.insert(backend::META_APPLIED_INDEX, index)
                 .map_err(StoreError::backend)?;
         }
+        let started = std::time::Instant::now();
         txn.commit().map_err(StoreError::backend)?;
+        shared
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         shared.applied_index.fetch_add(applied, Ordering::AcqRel);
         Ok(rev)
     }

@@ -36,6 +36,7 @@ impl PbKvService for KvService {
         self.ctx.check_size(&req)?;
         request_check::check_range(&req)?;
         self.ctx.allow_range(&caller, &req)?;
+        self.ctx.metrics.ranges.inc();
         let store = self.ctx.store.clone();
         let mut resp = tokio::task::spawn_blocking(move || store.range(&req))
             .await
@@ -77,6 +78,7 @@ impl PbKvService for KvService {
         self.ctx.check_size(&req)?;
         request_check::check_put(&req)?;
         self.ctx.allow_put(&caller, &req)?;
+        self.ctx.metrics.puts.inc();
         match self.ctx.store.write(WriteRequest::Put(req)).await? {
             WriteResponse::Put(mut resp) => {
                 self.ctx.fill(&mut resp.header);
@@ -95,6 +97,7 @@ impl PbKvService for KvService {
         self.ctx.check_size(&req)?;
         request_check::check_delete(&req)?;
         self.ctx.allow_delete(&caller, &req)?;
+        self.ctx.metrics.deletes.inc();
         match self.ctx.store.write(WriteRequest::Delete(req)).await? {
             WriteResponse::Delete(mut resp) => {
                 self.ctx.fill(&mut resp.header);
@@ -110,6 +113,7 @@ impl PbKvService for KvService {
         self.ctx.check_size(&req)?;
         request_check::check_txn(&req, self.ctx.config.max_txn_ops)?;
         self.ctx.allow_txn(&caller, &req)?;
+        self.ctx.metrics.txns.inc();
         match self.ctx.store.write(WriteRequest::Txn(req)).await? {
             WriteResponse::Txn(mut resp) => {
                 self.ctx.fill(&mut resp.header);

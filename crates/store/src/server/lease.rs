@@ -48,12 +48,15 @@ impl PbLeaseService for LeaseService {
             })
             .await?
         {
-            WriteResponse::LeaseGranted { id, ttl } => Ok(Response::new(PbLeaseGrantResponse {
-                header: self.ctx.header(self.ctx.store.current_revision()),
-                id,
-                ttl,
-                error: String::new(),
-            })),
+            WriteResponse::LeaseGranted { id, ttl } => {
+                self.ctx.metrics.leases_granted.inc();
+                Ok(Response::new(PbLeaseGrantResponse {
+                    header: self.ctx.header(self.ctx.store.current_revision()),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
             _ => Err(Status::internal(
                 "store returned a response of the wrong type",
             )),
@@ -69,6 +72,7 @@ impl PbLeaseService for LeaseService {
         let id = request.into_inner().id;
         self.ctx.allow_lease_keys(&caller, id, PermType::Write)?;
         self.ctx.store.write(WriteRequest::LeaseRevoke(id)).await?;
+        self.ctx.metrics.leases_revoked.inc();
         Ok(Response::new(PbLeaseRevokeResponse {
             header: self.ctx.header(self.ctx.store.current_revision()),
         }))
@@ -160,7 +164,10 @@ impl PbLeaseService for LeaseService {
 
 /// Revokes leases whose deadline passed, forever: their keys are deleted and watchers see the
 /// deletes.
-pub(crate) async fn revoke_expired(store: MvccStore) {
+pub(crate) async fn revoke_expired(
+    store: MvccStore,
+    metrics: std::sync::Arc<super::metrics::StoreMetrics>,
+) {
     let mut timer = tokio::time::interval(EXPIRY_CHECK);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -174,9 +181,11 @@ pub(crate) async fn revoke_expired(store: MvccStore) {
             });
             for (id, result) in futures::future::join_all(revocations).await {
                 match result {
-                    Ok(_) | Err(crate::StoreError::LeaseNotFound) => {
+                    Ok(_) => {
+                        metrics.leases_revoked.inc();
                         tracing::debug!(lease = id, "revoked expired lease")
                     }
+                    Err(crate::StoreError::LeaseNotFound) => {}
                     Err(e) => {
                         tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; will retry");
                         store.shared().lessor.lock().retry_expired(id);

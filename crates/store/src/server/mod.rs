@@ -6,10 +6,13 @@ mod auth;
 mod auto_compaction;
 mod cluster;
 mod election;
+mod grpc_metrics;
+mod http;
 mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+pub mod metrics;
 mod queue;
 mod watch;
 
@@ -173,6 +176,7 @@ pub fn parse_client_url(url: &str) -> Result<(String, bool), StoreError> {
 pub(crate) struct Context {
     pub store: MvccStore,
     pub auth: Arc<crate::auth::AuthStore>,
+    pub metrics: Arc<metrics::StoreMetrics>,
     pub config: Arc<StoreConfig>,
     pub client_urls: Arc<Vec<String>>,
 }
@@ -298,6 +302,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
     let ctx = Context {
         store: store.clone(),
         auth: Arc::new(auth),
+        metrics: Arc::new(metrics::StoreMetrics::new(&store)),
         config: Arc::new(config.clone()),
         client_urls: Arc::new(client_urls),
     };
@@ -316,9 +321,10 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
     {
         let mut stopped = stopped.clone();
         let store = store.clone();
+        let metrics = ctx.metrics.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = lease::revoke_expired(store) => {}
+                _ = lease::revoke_expired(store, metrics) => {}
                 _ = stopped.wait_for(|s| *s) => {}
             }
         });
@@ -331,8 +337,8 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
                 .tls_config(tls.clone())
                 .map_err(|e| StoreError::Backend(format!("TLS configuration: {e}")))?;
         }
-        let router = builder
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // etcd's HTTP endpoints share the port with gRPC (HTTP/1.1 and HTTP/2).
+        let routes = tonic::service::Routes::from(http::routes(ctx.clone()))
             .add_service(
                 PbKvServer::new(kv::KvService::new(ctx.clone()))
                     .max_decoding_message_size(max_message)
@@ -363,6 +369,11 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
                     election::ElectionService::new(ctx.clone()),
                 ),
             );
+        let router = builder
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(grpc_metrics::GrpcMetricsLayer(ctx.metrics.clone()))
+            .add_routes(routes);
         let mut stopped = stopped.clone();
         tracing::info!(address = %addr, tls = https, name = %config.name, "serving etcd v3 clients");
         // Small responses (a put's header, a watch event) must leave at once: with Nagle's

@@ -59,6 +59,7 @@ impl etcd_client::proto::PbWatchService for WatchService {
             next_id: 0,
             out,
             synced: 0,
+            counted: 0,
         };
         tokio::spawn(session.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -116,6 +117,17 @@ struct Session {
     out: mpsc::Sender<Result<PbWatchResponse, Status>>,
     /// Every event up to this revision has been handed to the watchers that want it.
     synced: i64,
+    /// This stream's watchers as last counted in the store-wide gauge.
+    counted: i64,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ctx
+            .metrics
+            .watchers
+            .fetch_sub(self.counted, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The client has gone away; the session ends.
@@ -153,9 +165,22 @@ impl Session {
                 },
                 _ = progress.tick() => self.notify_progress().await,
             };
+            self.count_watchers();
             if step.is_err() {
                 return;
             }
+        }
+    }
+
+    /// Brings the store-wide watcher gauge in line with this stream's watchers.
+    fn count_watchers(&mut self) {
+        let now = self.watchers.len() as i64;
+        if now != self.counted {
+            self.ctx
+                .metrics
+                .watchers
+                .fetch_add(now - self.counted, std::sync::atomic::Ordering::Relaxed);
+            self.counted = now;
         }
     }
 
