@@ -128,3 +128,36 @@ async fn metrics_carry_etcds_names_and_move_with_load(server: &Server) -> anyhow
     grew("etcd_disk_wal_fsync_duration_seconds_count", &[], 20.0);
     Ok(())
 }
+
+/// `--listen-metrics-urls`: /metrics and /health on a port of their own.
+async fn a_metrics_listener_serves_metrics_and_health(kind: common::Kind) -> anyhow::Result<()> {
+    let port = ferry_testkit::free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let _server = common::start(kind, &["--listen-metrics-urls", &url]).await?;
+    let addr = format!("127.0.0.1:{port}");
+    let metrics = request(&addr, "GET", "/metrics", None, &[], "").await?;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("etcd_server_has_leader 1"),
+        "{}",
+        metrics.body
+    );
+    let health = request(&addr, "GET", "/health", None, &[], "").await?;
+    assert_eq!(health.status, 200);
+    assert!(
+        health.body.contains("\"health\":\"true\""),
+        "{}",
+        health.body
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_ferry_a_metrics_listener_serves_metrics_and_health() -> anyhow::Result<()> {
+    a_metrics_listener_serves_metrics_and_health(common::Kind::Ferry).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_a_metrics_listener_serves_metrics_and_health() -> anyhow::Result<()> {
+    a_metrics_listener_serves_metrics_and_health(common::Kind::Etcd).await
+}

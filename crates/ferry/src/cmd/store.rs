@@ -42,6 +42,9 @@ struct ServeArgs {
         env = "ETCD_LISTEN_CLIENT_URLS"
     )]
     listen_client_urls: Vec<String>,
+    /// Comma-separated http:// URLs serving only /metrics, /health and /version.
+    #[arg(long, value_delimiter = ',', env = "ETCD_LISTEN_METRICS_URLS")]
+    listen_metrics_urls: Vec<String>,
     /// Comma-separated client URLs to advertise to the cluster [default: the listen URLs].
     #[arg(long, value_delimiter = ',', env = "ETCD_ADVERTISE_CLIENT_URLS")]
     advertise_client_urls: Vec<String>,
@@ -184,6 +187,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = StoreConfig::new(&data_dir);
     config.name = args.name;
     config.listen_client_urls = args.listen_client_urls;
+    config.listen_metrics_urls = args.listen_metrics_urls;
     config.advertise_client_urls = args.advertise_client_urls;
     config.advertise_peer_urls = args.initial_advertise_peer_urls;
     if args.quota_backend_bytes > 0 {
@@ -201,6 +205,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("starting the store in {}", data_dir.display()))?;
     for addr in &running.local_addrs {
         tracing::info!(data_dir = %data_dir.display(), "ready to serve client requests on http://{addr}");
+    }
+    for addr in &running.metrics_addrs {
+        tracing::info!("serving /metrics and /health on http://{addr}");
     }
     running.run_until(super::shutdown_signal()).await?;
     tracing::info!("store stopped cleanly");

@@ -54,6 +54,9 @@ pub struct StoreConfig {
     pub name: String,
     /// Addresses to serve clients on.
     pub listen_client_urls: Vec<String>,
+    /// Extra `http://` addresses serving only `/metrics`, `/health` and `/version`
+    /// (etcd's `--listen-metrics-urls`).
+    pub listen_metrics_urls: Vec<String>,
     /// Client URLs reported by MemberList (defaults to the listen URLs).
     pub advertise_client_urls: Vec<String>,
     /// Peer URLs reported by MemberList. ferry serves no peer traffic; the URLs are
@@ -135,6 +138,7 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             name: "default".into(),
             listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            listen_metrics_urls: Vec::new(),
             advertise_client_urls: Vec::new(),
             advertise_peer_urls: vec!["http://localhost:2380".into()],
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
@@ -214,6 +218,8 @@ impl Context {
 pub struct RunningStore {
     /// The addresses it listens on (ports resolved).
     pub local_addrs: Vec<SocketAddr>,
+    /// The addresses of the metrics listeners (ports resolved).
+    pub metrics_addrs: Vec<SocketAddr>,
     tasks: tokio::task::JoinSet<Result<(), StoreError>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -394,8 +400,39 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
                 .map_err(|e| StoreError::Backend(format!("gRPC server: {e}")))
         });
     }
+    let mut metrics_addrs = Vec::new();
+    for url in &config.listen_metrics_urls {
+        let (addr, https) = parse_client_url(url)?;
+        if https {
+            return Err(StoreError::InvalidUrl {
+                url: url.clone(),
+                reason: "metrics listeners serve http:// only".into(),
+            });
+        }
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StoreError::Io {
+                what: format!("listening on {url}"),
+                source,
+            })?;
+        metrics_addrs.push(listener.local_addr().map_err(|source| StoreError::Io {
+            what: "reading listener address".into(),
+            source,
+        })?);
+        let app = http::routes(ctx.clone());
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+                .map_err(|e| StoreError::Backend(format!("metrics server: {e}")))
+        });
+    }
     Ok(RunningStore {
         local_addrs,
+        metrics_addrs,
         tasks,
         stop,
     })
