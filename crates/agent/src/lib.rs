@@ -95,51 +95,8 @@ pub enum AgentError {
     #[error("{0}")]
     Invalid(#[from] ferry_controller::keys::KeyError),
     /// The store's authentication refuses the agent's user what the agent must read.
-    #[error("the store refuses reading {what} ({prefix}): {reason}")]
-    Denied {
-        /// What the agent reads there.
-        what: &'static str,
-        /// The key prefix.
-        prefix: String,
-        /// The store's message.
-        reason: String,
-    },
-}
-
-/// Reads each prefix the agent follows once, so that a user without the permission gets a
-/// clear error at start-up instead of informers retrying forever. Any other failure (an
-/// unreachable store) is left to the informers, which wait for it.
-async fn check_read_access(
-    client: &Client,
-    prefixes: [(&'static str, String); 2],
-) -> Result<(), AgentError> {
-    for (what, prefix) in prefixes {
-        let probe = client
-            .clone()
-            .get(
-                prefix.as_str(),
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_prefix()
-                        .with_count_only(),
-                ),
-            )
-            .await;
-        if let Err(etcd_client::Error::GRpcStatus(status)) = &probe {
-            let refused = matches!(
-                status.code(),
-                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-            ) || status.message().contains("user name is empty");
-            if refused {
-                return Err(AgentError::Denied {
-                    what,
-                    prefix,
-                    reason: status.message().to_string(),
-                });
-            }
-        }
-    }
-    Ok(())
+    #[error("{0}")]
+    Denied(#[from] ferry_client::access::AccessDenied),
 }
 
 impl AgentConfig {
@@ -211,9 +168,9 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
         host: config.ip.clone(),
         port,
     };
-    check_read_access(
+    ferry_client::access::check_read_access(
         &client,
-        [
+        &[
             (
                 "its environment's configurations",
                 keys.configs(&config.env),

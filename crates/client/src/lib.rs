@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "clap")]
+pub mod access;
 pub mod args;
 pub mod duration;
 mod endpoint;

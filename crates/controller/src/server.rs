@@ -102,6 +102,9 @@ pub enum StartError {
     /// Registration failed.
     #[error("registering the controller: {0}")]
     Registry(#[from] ferry_registry::RegistryError),
+    /// The store's authentication refuses the controller's user what it must read.
+    #[error("{0}")]
+    Denied(#[from] ferry_client::access::AccessDenied),
 }
 
 /// Starts the API, registers, and runs the reconciliation leader election.
@@ -122,6 +125,14 @@ pub async fn start(
         })?,
         None => Audit::to_log(),
     };
+    ferry_client::access::check_read_access(
+        &client,
+        &[
+            ("the configurations", keys.all_configs()),
+            ("the agents", format!("{}/", keys.agent_registry())),
+        ],
+    )
+    .await?;
     let record = Record::connect(&config.database).await?;
     let publisher = Publisher::new(client.clone(), keys.clone());
     let mut registry = Registry::default();

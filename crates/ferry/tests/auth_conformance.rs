@@ -543,6 +543,30 @@ async fn each_component_user_reaches_only_its_own_keys(server: &mut Server) -> a
     );
     let mut added = as_user(server, "agent-staging-a2", &password("agent-staging-a2")?).await?;
     added.put("/ingress/agent/staging/a2", "{}", None).await?;
+    // A controller signed in as an agent stops at start, naming what it may not read.
+    let (tokens, _) = ferry_controller::auth::Tokens::generate("admin");
+    let refused = ferry_controller::server::start(
+        agent.clone(),
+        ferry_controller::server::ControllerConfig {
+            name: "c1".into(),
+            database: format!("sqlite://{}", dir.path().join("c.db").display()),
+            listen: "127.0.0.1:0".parse()?,
+            root: "/ingress".into(),
+            tokens,
+            tokens_file: None,
+            audit_log: None,
+            tls: None,
+            reconcile_interval: Duration::from_secs(30),
+        },
+    )
+    .await;
+    match refused {
+        Ok(_) => anyhow::bail!("a controller started with an agent's user"),
+        Err(e) => assert_eq!(
+            e.to_string(),
+            "the store refuses reading the configurations (/ingress/ingress_config/): etcdserver: permission denied"
+        ),
+    }
     Ok(())
 }
 
