@@ -4,6 +4,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in [
+        "proto/gateway.proto",
         "proto/auth.proto",
         "proto/authpb.proto",
         "proto/v3lock.proto",
@@ -13,6 +14,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         println!("cargo:rerun-if-changed={file}");
     }
+    // The JSON gateway's descriptors of every message it reads or writes; no Rust code from
+    // this pass is used (it goes to its own directory).
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let scratch = out_dir.join("gateway_descriptors");
+    std::fs::create_dir_all(&scratch)?;
+    prost_build::Config::new()
+        .out_dir(&scratch)
+        .file_descriptor_set_path(out_dir.join("gateway_descriptors.bin"))
+        .compile_protos(
+            &[
+                "proto/gateway.proto",
+                "proto/auth.proto",
+                "proto/v3lock.proto",
+                "proto/v3election.proto",
+            ],
+            &["proto"],
+        )?;
     tonic_prost_build::configure()
         .build_client(false)
         .extern_path(

@@ -11,8 +11,8 @@
 
 #![warn(missing_docs)]
 
-#[cfg(feature = "clap")]
 pub mod access;
+#[cfg(feature = "clap")]
 pub mod args;
 pub mod duration;
 mod endpoint;

@@ -6,6 +6,7 @@ mod auth;
 mod auto_compaction;
 mod cluster;
 mod election;
+mod gateway;
 mod grpc_metrics;
 mod http;
 mod kv;
@@ -343,38 +344,41 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
                 .tls_config(tls.clone())
                 .map_err(|e| StoreError::Backend(format!("TLS configuration: {e}")))?;
         }
-        // etcd's HTTP endpoints share the port with gRPC (HTTP/1.1 and HTTP/2).
-        let routes = tonic::service::Routes::from(http::routes(ctx.clone()))
-            .add_service(
-                PbKvServer::new(kv::KvService::new(ctx.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(
-                PbMaintenanceServer::new(maintenance::MaintenanceService::new(ctx.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(PbClusterServer::new(cluster::ClusterService::new(
-                ctx.clone(),
-            )))
-            .add_service(
-                PbWatchServer::new(watch::WatchService::new(ctx.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(PbLeaseServer::new(lease::LeaseService::new(ctx.clone())))
-            .add_service(crate::proto::etcdserverpb::auth_server::AuthServer::new(
-                auth::AuthService::new(ctx.clone()),
-            ))
-            .add_service(crate::proto::v3lockpb::lock_server::LockServer::new(
-                lock::LockService::new(ctx.clone()),
-            ))
-            .add_service(
-                crate::proto::v3electionpb::election_server::ElectionServer::new(
-                    election::ElectionService::new(ctx.clone()),
-                ),
-            );
+        // etcd's HTTP endpoints and JSON gateway share the port with gRPC (HTTP/1.1 and
+        // HTTP/2).
+        let routes = tonic::service::Routes::from(
+            http::routes(ctx.clone()).merge(gateway::routes(ctx.clone())),
+        )
+        .add_service(
+            PbKvServer::new(kv::KvService::new(ctx.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            PbMaintenanceServer::new(maintenance::MaintenanceService::new(ctx.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(PbClusterServer::new(cluster::ClusterService::new(
+            ctx.clone(),
+        )))
+        .add_service(
+            PbWatchServer::new(watch::WatchService::new(ctx.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(PbLeaseServer::new(lease::LeaseService::new(ctx.clone())))
+        .add_service(crate::proto::etcdserverpb::auth_server::AuthServer::new(
+            auth::AuthService::new(ctx.clone()),
+        ))
+        .add_service(crate::proto::v3lockpb::lock_server::LockServer::new(
+            lock::LockService::new(ctx.clone()),
+        ))
+        .add_service(
+            crate::proto::v3electionpb::election_server::ElectionServer::new(
+                election::ElectionService::new(ctx.clone()),
+            ),
+        );
         let router = builder
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
