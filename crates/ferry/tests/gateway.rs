@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::Server;
 use ferry_controller::http_client::{request, HttpReply};
 use serde_json::{json, Value};
@@ -14,6 +16,8 @@ against_both!(&["--bcrypt-cost", "4"];
     refusals_have_etcds_error_shape_and_status,
     the_authorization_header_carries_the_token,
     cluster_and_maintenance_answer,
+    a_watch_streams_history_and_puts_made_over_grpc,
+    a_lease_is_kept_alive_and_a_snapshot_streams,
 );
 
 async fn post(server: &Server, path: &str, body: Value) -> anyhow::Result<HttpReply> {
@@ -260,5 +264,102 @@ async fn cluster_and_maintenance_answer(server: &Server) -> anyhow::Result<()> {
     assert!(alarms.get("alarms").is_none(), "{alarms}");
     let hash = post_ok(server, "/v3/maintenance/hash", json!({})).await?;
     assert!(hash["hash"].is_number(), "{hash}");
+    Ok(())
+}
+
+mod streams {
+    use std::time::Duration;
+
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// POSTs `body` to `path` and collects `{"result":…}` lines until `count` arrived (or
+    /// the response ended), within 10 s; `during` runs once the response has started.
+    pub async fn results(
+        endpoint: &str,
+        path: &str,
+        body: &str,
+        count: usize,
+    ) -> anyhow::Result<(tokio::net::TcpStream, Vec<Value>, String)> {
+        let mut stream = tokio::net::TcpStream::connect(endpoint).await?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {endpoint}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = String::new();
+        let mut found = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while found.len() < count {
+            let mut buf = [0u8; 4096];
+            let n = match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+                Ok(read) => read?,
+                Err(_) => break,
+            };
+            if n == 0 {
+                break;
+            }
+            raw.push_str(&String::from_utf8_lossy(&buf[..n]));
+            found = raw
+                .split('\n')
+                .filter(|l| l.starts_with("{\"result\""))
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .map(|v| v["result"].clone())
+                .collect();
+        }
+        Ok((stream, found, raw))
+    }
+}
+
+async fn a_watch_streams_history_and_puts_made_over_grpc(server: &Server) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    c.put("w", "1", None).await?;
+    let (_open, first, raw) = streams::results(
+        &server.endpoint(),
+        "/v3/watch",
+        r#"{"create_request":{"key":"dw==","start_revision":"1"}}"#,
+        2,
+    )
+    .await?;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert_eq!(first.len(), 2, "{raw}");
+    assert_eq!(first[0]["created"], true, "{raw}");
+    assert_eq!(first[1]["events"][0]["kv"]["value"], "MQ==", "{raw}");
+    assert!(
+        first[1]["events"][0].get("type").is_none(),
+        "a put has no type: {raw}"
+    );
+    // A second watch, then a delete made over gRPC reaches it.
+    let endpoint = server.endpoint();
+    let watching = tokio::spawn(async move {
+        streams::results(
+            &endpoint,
+            "/v3beta/watch",
+            r#"{"create_request":{"key":"dw=="}}"#,
+            2,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.delete("w", None).await?;
+    let (_open, events, raw) = watching.await??;
+    assert_eq!(events.len(), 2, "{raw}");
+    assert_eq!(events[1]["events"][0]["type"], "DELETE", "{raw}");
+    Ok(())
+}
+
+async fn a_lease_is_kept_alive_and_a_snapshot_streams(server: &Server) -> anyhow::Result<()> {
+    let granted = post_ok(server, "/v3/lease/grant", json!({"TTL": "60"})).await?;
+    let id = granted["ID"].as_str().unwrap_or_default().to_string();
+    let body = format!(r#"{{"ID":"{id}"}} {{"ID":"{id}"}}"#);
+    let (_s, kept, raw) =
+        streams::results(&server.endpoint(), "/v3/lease/keepalive", &body, 2).await?;
+    assert_eq!(kept.len(), 2, "{raw}");
+    assert_eq!(kept[0]["ID"], id.as_str(), "{raw}");
+    assert_eq!(kept[1]["TTL"], "60", "{raw}");
+    let (_s, chunks, raw) =
+        streams::results(&server.endpoint(), "/v3/maintenance/snapshot", "{}", 1000).await?;
+    assert!(!chunks.is_empty(), "{raw}");
+    assert!(chunks.iter().all(|c| c["blob"].is_string()), "{raw}");
     Ok(())
 }

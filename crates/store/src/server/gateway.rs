@@ -148,6 +148,164 @@ where
     }
 }
 
+/// A streamed answer: each message as `{"result":…}` and a newline, flushed at once; a
+/// failure ends it with `{"error":{…}}`.
+fn streamed<S, M>(output: &'static str, mut messages: S) -> Response
+where
+    S: futures::Stream<Item = Result<M, tonic::Status>> + Unpin + Send + 'static,
+    M: prost::Message + 'static,
+{
+    use futures::StreamExt;
+    let chunks = async_stream_lines(move |tx| async move {
+        while let Some(item) = messages.next().await {
+            let line = match item.and_then(|m| encode(output, &m)) {
+                Ok(text) => format!("{{\"result\":{text}}}\n"),
+                Err(status) => {
+                    let http = http_status(status.code());
+                    let body = serde_json::json!({"error": {
+                        "grpc_code": status.code() as i32,
+                        "http_code": http.as_u16(),
+                        "message": status.message(),
+                        "http_status": http.canonical_reason().unwrap_or(""),
+                    }});
+                    let _ = tx.send(Ok(body.to_string())).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+    });
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
+}
+
+/// Lines produced by `produce` into a channel, as a body stream.
+fn async_stream_lines<F, Fut>(
+    produce: F,
+) -> tokio_stream::wrappers::ReceiverStream<Result<String, std::convert::Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<String, std::convert::Infallible>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(produce(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The JSON objects of a client-streaming body (several may follow one another), each as
+/// the request message `input`.
+fn requests<Req: prost::Message + Default>(
+    input: &str,
+    body: &[u8],
+) -> Result<Vec<Req>, tonic::Status> {
+    let mut out = Vec::new();
+    for value in serde_json::Deserializer::from_slice(body).into_iter::<serde_json::Value>() {
+        match value {
+            Ok(value) => out.push(decode::<Req>(input, value.to_string().as_bytes())?),
+            // Later objects that do not parse end the requests, as etcd's gateway does.
+            Err(e) if out.is_empty() => return Err(tonic::Status::unknown(e.to_string())),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+/// The streaming routes: Watch and LeaseKeepAlive (the body's objects are the client's
+/// messages), Snapshot and Observe.
+fn stream_routes(api: Router, ctx: &Context) -> Router {
+    use crate::proto::v3electionpb::election_server::Election;
+    use etcd_client::proto::{PbMaintenanceService, PbSnapshotRequest};
+    let watch_ctx = ctx.clone();
+    let keep_alive_ctx = ctx.clone();
+    let snapshot_ctx = ctx.clone();
+    let observe_ctx = ctx.clone();
+    api.route(
+        "/watch",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let ctx = watch_ctx.clone();
+            async move {
+                let list = match requests::<etcd_client::proto::PbWatchRequest>(
+                    "gateway.WatchRequest",
+                    &body,
+                ) {
+                    Ok(list) => list,
+                    Err(status) => return error(&status),
+                };
+                let caller = ctx.try_caller(&request((), &headers));
+                // The watch runs on after the body ends, as etcd's does.
+                let incoming = futures::StreamExt::chain(
+                    futures::stream::iter(list.into_iter().map(Ok)),
+                    futures::stream::pending(),
+                );
+                let responses = super::watch::open(ctx, caller, Box::pin(incoming));
+                streamed("gateway.WatchResponse", responses)
+            }
+        }),
+    )
+    .route(
+        "/lease/keepalive",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let ctx = keep_alive_ctx.clone();
+            async move {
+                let list = match requests::<etcd_client::proto::PbLeaseKeepAliveRequest>(
+                    "gateway.LeaseKeepAliveRequest",
+                    &body,
+                ) {
+                    Ok(list) => list,
+                    Err(status) => return error(&status),
+                };
+                let caller = match ctx.caller(&request((), &headers)) {
+                    Ok(caller) => caller,
+                    Err(status) => return error(&status),
+                };
+                let incoming = futures::stream::iter(list.into_iter().map(Ok));
+                match super::lease::keep_alive(ctx, caller, incoming) {
+                    Ok(responses) => streamed("gateway.LeaseKeepAliveResponse", responses),
+                    Err(status) => error(&status),
+                }
+            }
+        }),
+    )
+    .route(
+        "/maintenance/snapshot",
+        post(move |headers: HeaderMap, _body: Bytes| {
+            let service = super::maintenance::MaintenanceService::new(snapshot_ctx.clone());
+            async move {
+                let call = request(PbSnapshotRequest {}, &headers);
+                match PbMaintenanceService::snapshot(&service, call).await {
+                    Ok(response) => streamed("gateway.SnapshotResponse", response.into_inner()),
+                    Err(status) => error(&status),
+                }
+            }
+        }),
+    )
+    .route(
+        "/election/observe",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let service = super::election::ElectionService::new(observe_ctx.clone());
+            async move {
+                let message = match decode::<crate::proto::v3electionpb::LeaderRequest>(
+                    "v3electionpb.LeaderRequest",
+                    &body,
+                ) {
+                    Ok(m) => m,
+                    Err(status) => return error(&status),
+                };
+                match Election::observe(&service, request(message, &headers)).await {
+                    Ok(response) => streamed("v3electionpb.LeaderResponse", response.into_inner()),
+                    Err(status) => error(&status),
+                }
+            }
+        }),
+    )
+}
+
 /// A route for one unary method: `$service` is built from the context per call.
 macro_rules! unary_route {
     ($router:expr, $ctx:expr, $path:expr, $service:path, $trait:path, $method:ident, $input:expr, $output:expr) => {{
@@ -641,5 +799,6 @@ pub(crate) fn routes(ctx: Context) -> Router {
         "v3electionpb.ResignRequest",
         "v3electionpb.ResignResponse"
     );
+    let api = stream_routes(api, &ctx);
     Router::new().nest("/v3", api.clone()).nest("/v3beta", api)
 }

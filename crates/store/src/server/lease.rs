@@ -28,7 +28,8 @@ impl LeaseService {
     }
 }
 
-type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
+pub(crate) type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl PbLeaseService for LeaseService {
@@ -85,26 +86,11 @@ impl PbLeaseService for LeaseService {
         request: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let caller = self.ctx.caller(&request)?;
-        self.ctx.allow_signed_in(&caller)?;
-        let ctx = self.ctx.clone();
-        let stream = request.into_inner().map(move |req| {
-            let id = req?.id;
-            ctx.allow_lease_keys(&caller, id, PermType::Write)?;
-            // An unknown or expired lease answers TTL 0, as etcd does.
-            let ttl = ctx
-                .store
-                .shared()
-                .lessor
-                .lock()
-                .renew(id, Instant::now())
-                .unwrap_or(0);
-            Ok(PbLeaseKeepAliveResponse {
-                header: ctx.header(ctx.store.current_revision()),
-                id,
-                ttl,
-            })
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(keep_alive(
+            self.ctx.clone(),
+            caller,
+            request.into_inner(),
+        )?))
     }
 
     async fn lease_time_to_live(
@@ -160,6 +146,36 @@ impl PbLeaseService for LeaseService {
             leases: ids.into_iter().map(|id| PbLeaseStatus { id }).collect(),
         }))
     }
+}
+
+/// Answers each keep-alive in `requests` from `caller` (gRPC, or the JSON gateway).
+pub(crate) fn keep_alive<R>(
+    ctx: Context,
+    caller: crate::auth::Caller,
+    requests: R,
+) -> Result<KeepAliveStream, Status>
+where
+    R: Stream<Item = Result<PbLeaseKeepAliveRequest, Status>> + Send + 'static,
+{
+    ctx.allow_signed_in(&caller)?;
+    let stream = requests.map(move |req| {
+        let id = req?.id;
+        ctx.allow_lease_keys(&caller, id, PermType::Write)?;
+        // An unknown or expired lease answers TTL 0, as etcd does.
+        let ttl = ctx
+            .store
+            .shared()
+            .lessor
+            .lock()
+            .renew(id, Instant::now())
+            .unwrap_or(0);
+        Ok(PbLeaseKeepAliveResponse {
+            header: ctx.header(ctx.store.current_revision()),
+            id,
+            ttl,
+        })
+    });
+    Ok(Box::pin(stream))
 }
 
 /// Revokes leases whose deadline passed, forever: their keys are deleted and watchers see the

@@ -51,19 +51,33 @@ impl etcd_client::proto::PbWatchService for WatchService {
         &self,
         request: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (out, rx) = mpsc::channel(128);
-        let session = Session {
-            caller: self.ctx.try_caller(&request),
-            ctx: self.ctx.clone(),
-            watchers: BTreeMap::new(),
-            next_id: 0,
-            out,
-            synced: 0,
-            counted: 0,
-        };
-        tokio::spawn(session.run(request.into_inner()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let caller = self.ctx.try_caller(&request);
+        Ok(Response::new(open(
+            self.ctx.clone(),
+            caller,
+            request.into_inner(),
+        )))
     }
+}
+
+/// Serves one watch stream: `requests` from a client (gRPC, or the JSON gateway) that is
+/// `caller`; the responses, in order.
+pub(crate) fn open<R>(ctx: Context, caller: Result<Caller, AuthError>, requests: R) -> WatchStream
+where
+    R: Stream<Item = Result<PbWatchRequest, Status>> + Unpin + Send + 'static,
+{
+    let (out, rx) = mpsc::channel(128);
+    let session = Session {
+        caller,
+        ctx,
+        watchers: BTreeMap::new(),
+        next_id: 0,
+        out,
+        synced: 0,
+        counted: 0,
+    };
+    tokio::spawn(session.run(requests));
+    Box::pin(ReceiverStream::new(rx))
 }
 
 struct Watcher {
@@ -134,7 +148,10 @@ impl Drop for Session {
 struct Gone;
 
 impl Session {
-    async fn run(mut self, mut requests: Streaming<PbWatchRequest>) {
+    async fn run<R>(mut self, mut requests: R)
+    where
+        R: Stream<Item = Result<PbWatchRequest, Status>> + Unpin + Send + 'static,
+    {
         let mut feed = self.ctx.store.subscribe();
         self.synced = self.ctx.store.current_revision();
         let interval = self.ctx.config.watch_progress_notify_interval;
