@@ -12,6 +12,7 @@ against_both!(&[];
     version_names_the_server_and_cluster_versions,
     health_is_false_while_an_alarm_is_raised,
     metrics_carry_etcds_names_and_move_with_load,
+    every_answer_allows_any_origin_and_options_is_answered,
 );
 
 async fn get(server: &Server, path: &str) -> anyhow::Result<HttpReply> {
@@ -160,4 +161,27 @@ async fn on_ferry_a_metrics_listener_serves_metrics_and_health() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_etcd_a_metrics_listener_serves_metrics_and_health() -> anyhow::Result<()> {
     a_metrics_listener_serves_metrics_and_health(common::Kind::Etcd).await
+}
+
+/// etcd's default CORS: any origin, and OPTIONS answered at once.
+async fn every_answer_allows_any_origin_and_options_is_answered(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let version = get(server, "/version").await?;
+    assert!(
+        version.headers.contains("access-control-allow-origin: *"),
+        "{}",
+        version.headers
+    );
+    let preflight = request(&server.endpoint(), "OPTIONS", "/v3/kv/range", None, &[], "").await?;
+    assert_eq!(preflight.status, 200);
+    assert!(preflight.body.is_empty(), "{}", preflight.body);
+    assert!(
+        preflight
+            .headers
+            .contains("access-control-allow-headers: accept, content-type, authorization"),
+        "{}",
+        preflight.headers
+    );
+    Ok(())
 }

@@ -37,6 +37,34 @@ pub(crate) fn routes(ctx: Context) -> Router {
         )
 }
 
+/// etcd's default CORS (`--cors '*'`): every answer allows any origin, and any `OPTIONS`
+/// request is answered at once with 200 and no body.
+pub(crate) async fn cors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, Method};
+    let mut response = if request.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("accept, content-type, authorization"),
+    );
+    response
+}
+
 /// The cluster version etcd reports: the server's major.minor with patch 0.
 fn cluster_version() -> String {
     let mut parts = SERVER_VERSION.split('.');

@@ -347,7 +347,9 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
         // etcd's HTTP endpoints and JSON gateway share the port with gRPC (HTTP/1.1 and
         // HTTP/2).
         let routes = tonic::service::Routes::from(
-            http::routes(ctx.clone()).merge(gateway::routes(ctx.clone())),
+            http::routes(ctx.clone())
+                .merge(gateway::routes(ctx.clone()))
+                .layer(axum::middleware::from_fn(http::cors)),
         )
         .add_service(
             PbKvServer::new(kv::KvService::new(ctx.clone()))
