@@ -134,7 +134,14 @@ async fn listing_works_whichever_member_is_down() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_outlives_member_kills_and_pauses_on_its_first_lease() -> anyhow::Result<()> {
     let mut cluster = EtcdCluster::start(3).await?;
-    let (announcement, lease) = announce_web_a1(&cluster).await?;
+    // The default TTL (5 s), each outage longer than it: a new leader extends the leases, and
+    // the keep-alive must find it within that while the old member may still be tried first
+    // (3 s lost the lease about one run in seven on a loaded 2-core machine).
+    let config = AnnounceConfig {
+        keep_alive_interval: Duration::from_millis(500),
+        ..AnnounceConfig::default()
+    };
+    let (announcement, lease) = announce_web_a1_with(&cluster, config).await?;
     let watcher = ferry_client::connect(&cluster.connect_config()).await?;
     let mut discovery = Discovery::start(watcher, "/services", Some("web")).await?;
     assert_eq!(
@@ -156,7 +163,7 @@ async fn an_instance_outlives_member_kills_and_pauses_on_its_first_lease() -> an
         } else {
             "follower killed"
         };
-        hold(&cluster, lease, Duration::from_secs(5), phase).await?;
+        hold(&cluster, lease, Duration::from_secs(6), phase).await?;
         wait_live(&announcement, lease).await?;
         cluster.restart(victim)?;
         cluster.wait_healthy().await?;
@@ -164,7 +171,7 @@ async fn an_instance_outlives_member_kills_and_pauses_on_its_first_lease() -> an
     // A paused member (as if partitioned) for longer than the TTL.
     let leader = cluster.leader().await?;
     cluster.pause(leader)?;
-    hold(&cluster, lease, Duration::from_secs(5), "leader paused").await?;
+    hold(&cluster, lease, Duration::from_secs(6), "leader paused").await?;
     cluster.resume(leader)?;
     cluster.wait_healthy().await?;
     wait_live(&announcement, lease).await?;
