@@ -14,15 +14,6 @@ use ferry_registry::{announce, AnnounceConfig, AnnounceState, Change, Discovery,
 use ferry_runtime::{Event, Informer, InformerConfig};
 use ferry_testkit::EtcdCluster;
 
-/// A short TTL so that "longer than the TTL" is seconds, not minutes.
-fn quick() -> AnnounceConfig {
-    AnnounceConfig {
-        ttl: 3,
-        keep_alive_interval: Duration::from_millis(500),
-        ..AnnounceConfig::default()
-    }
-}
-
 /// Every instance currently under `/services/`, read from a member that answers.
 async fn stored_leases(cluster: &EtcdCluster) -> anyhow::Result<Vec<(String, i64)>> {
     for i in 0..cluster.members().len() {
@@ -68,12 +59,6 @@ async fn hold(
 }
 
 /// `web/a1` announced through every member, and its lease.
-async fn announce_web_a1(
-    cluster: &EtcdCluster,
-) -> anyhow::Result<(ferry_registry::Announcement, i64)> {
-    announce_web_a1_with(cluster, quick()).await
-}
-
 async fn announce_web_a1_with(
     cluster: &EtcdCluster,
     config: AnnounceConfig,
