@@ -119,7 +119,17 @@ impl Server {
         data_dir: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut server = Self::prepare(Kind::Ferry, ferry_bin, data_dir, extra, false)?;
+        Self::on(Kind::Ferry, ferry_bin, data_dir, extra).await
+    }
+
+    /// Starts `kind` on an existing data dir (a restored snapshot), as member `default`.
+    pub async fn on(
+        kind: Kind,
+        ferry_bin: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut server = Self::prepare(kind, ferry_bin, data_dir, extra, false)?;
         server.spawn().await?;
         Ok(server)
     }

@@ -110,6 +110,10 @@ struct RestoreArgs {
     /// The new data dir (must not hold a store yet).
     #[arg(long)]
     data_dir: PathBuf,
+    /// Accept a file without a SHA-256 trailer: an etcd backend database copied from a
+    /// member's data dir (`member/snap/db`), as `etcdctl snapshot restore --skip-hash-check`.
+    #[arg(long)]
+    skip_hash_check: bool,
 }
 
 impl StoreArgs {
@@ -124,7 +128,8 @@ impl StoreArgs {
 }
 
 fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let restored = ferry_store::snapshot::restore(&args.snapshot, &args.data_dir)?;
+    let restored =
+        ferry_store::snapshot::restore(&args.snapshot, &args.data_dir, args.skip_hash_check)?;
     println!(
         "restored {} revisions (store revision {}) into {}",
         restored.revisions,

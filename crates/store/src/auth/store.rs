@@ -13,7 +13,9 @@ use super::error::AuthError;
 use super::model::{PermType, Permission, Role, User, UserAddOptions};
 use super::perms::UserPermissions;
 use super::token::SimpleTokens;
-use crate::mvcc::backend::{AUTH, META, META_AUTH_ENABLED, META_AUTH_REVISION};
+use crate::mvcc::backend::{
+    AUTH, AUTH_ROLE_PREFIX, AUTH_USER_PREFIX, META, META_AUTH_ENABLED, META_AUTH_REVISION,
+};
 use crate::mvcc::kvstore::MvccStore;
 
 /// The root user and role: the root role passes every check.
@@ -71,11 +73,11 @@ fn backend(e: impl std::fmt::Display) -> AuthError {
 }
 
 fn user_key(name: &str) -> String {
-    format!("user/{name}")
+    format!("{AUTH_USER_PREFIX}{name}")
 }
 
 fn role_key(name: &str) -> String {
-    format!("role/{name}")
+    format!("{AUTH_ROLE_PREFIX}{name}")
 }
 
 /// etcd's check of a permission's range: a key, a range ending after it, or open ended.
@@ -109,10 +111,10 @@ impl AuthStore {
             for row in table.iter().map_err(backend)? {
                 let (k, v) = row.map_err(backend)?;
                 let key = k.value();
-                if let Some(name) = key.strip_prefix("user/") {
+                if let Some(name) = key.strip_prefix(AUTH_USER_PREFIX) {
                     let user = User::decode(v.value()).map_err(backend)?;
                     state.users.insert(name.to_string(), user);
-                } else if let Some(name) = key.strip_prefix("role/") {
+                } else if let Some(name) = key.strip_prefix(AUTH_ROLE_PREFIX) {
                     let role = Role::decode(v.value()).map_err(backend)?;
                     state.roles.insert(name.to_string(), role);
                 }

@@ -25,6 +25,11 @@ pub const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
 
 /// `meta` key: the revision the store was last compacted at.
 pub const META_COMPACT_REV: &str = "compact_revision";
+/// `auth` key prefix of a user: `user/<name>`.
+pub const AUTH_USER_PREFIX: &str = "user/";
+/// `auth` key prefix of a role: `role/<name>`.
+pub const AUTH_ROLE_PREFIX: &str = "role/";
+
 /// `meta` key: this store's cluster id.
 pub const META_CLUSTER_ID: &str = "cluster_id";
 /// `meta` key: this store's member id.

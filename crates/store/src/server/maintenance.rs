@@ -238,7 +238,7 @@ impl PbMaintenanceService for MaintenanceService {
             let size = {
                 let db = store.shared().db.read();
                 let mut writer = std::io::BufWriter::new(&mut file);
-                crate::snapshot::write(&db, &mut writer)?
+                crate::snapshot::write(&db, &dir, &mut writer)?
             };
             Ok((file, size))
         })
