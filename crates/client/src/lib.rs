@@ -19,6 +19,7 @@ mod endpoint;
 pub mod health;
 mod insecure;
 mod retry;
+pub mod tls;
 
 #[cfg(feature = "clap")]
 pub use args::ConnectionArgs;

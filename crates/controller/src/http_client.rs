@@ -4,7 +4,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::tls::{client_connector, ClientTlsFiles, TlsError};
+use ferry_client::tls::{client_connector, ClientTlsFiles, TlsError};
 
 /// Where the API is and how to reach it.
 #[derive(Clone)]

@@ -19,7 +19,6 @@ pub mod record;
 pub mod roles;
 pub mod serve;
 pub mod server;
-pub mod tls;
 pub mod token_reload;
 
 pub use document::{IngressDocument, ValidationError};

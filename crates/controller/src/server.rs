@@ -35,7 +35,7 @@ pub struct ControllerConfig {
     /// Where audit lines are appended, besides the log.
     pub audit_log: Option<std::path::PathBuf>,
     /// TLS for the API; plain HTTP when `None`.
-    pub tls: Option<crate::tls::ServerTlsFiles>,
+    pub tls: Option<ferry_client::tls::ServerTlsFiles>,
     /// How often the leader makes etcd match SQL.
     pub reconcile_interval: Duration,
 }
@@ -89,7 +89,7 @@ pub enum StartError {
     Invalid(#[from] crate::keys::KeyError),
     /// The TLS files are unusable.
     #[error("API TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] ferry_client::tls::TlsError),
     /// The audit log cannot be opened.
     #[error("audit log {path}: {source}")]
     AuditLog {
@@ -115,7 +115,7 @@ pub async fn start(
     config.validate()?;
     let keys = Keys::parse(&config.root)?;
     let acceptor = match &config.tls {
-        Some(files) => Some(crate::tls::server_acceptor(files)?),
+        Some(files) => Some(ferry_client::tls::server_acceptor(files, &[b"http/1.1"])?),
         None => None,
     };
     let audit = match &config.audit_log {

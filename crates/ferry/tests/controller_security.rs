@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::ferry_bin;
 use common::ingress::{token_line, Proc};
+use ferry_client::tls::ClientTlsFiles;
 use ferry_controller::http_client::ApiClient;
-use ferry_controller::tls::ClientTlsFiles;
 use serde_json::Value;
 
 const ALICE: &str = "alice-token-0123456789abcdef";

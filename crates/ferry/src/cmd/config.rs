@@ -7,8 +7,8 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use ferry_controller::api::Rollout;
 
+use ferry_client::tls::ClientTlsFiles;
 use ferry_controller::http_client::ApiClient;
-use ferry_controller::tls::ClientTlsFiles;
 
 /// How long one API call may take: a controller answers in milliseconds, so anything longer
 /// is a wrong address (a port that accepts and never answers).

@@ -67,10 +67,11 @@ impl ControllerArgs {
             tokens_file: Some(self.tokens.clone()),
             audit_log: self.audit_log,
             tls: match (self.tls_cert, self.tls_key) {
-                (Some(cert), Some(key)) => Some(ferry_controller::tls::ServerTlsFiles {
+                (Some(cert), Some(key)) => Some(ferry_client::tls::ServerTlsFiles {
                     cert,
                     key,
                     client_ca: self.client_ca,
+                    client_cert_optional: false,
                 }),
                 _ => None,
             },

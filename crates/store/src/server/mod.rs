@@ -15,6 +15,7 @@ mod lock;
 mod maintenance;
 pub mod metrics;
 mod queue;
+mod tls;
 mod watch;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 pub use auto_compaction::AutoCompaction;
+pub use tls::ServerTls;
 
 use crate::error::StoreError;
 use crate::mvcc::kvstore::{Limits, MvccStore};
@@ -82,54 +84,6 @@ pub struct StoreConfig {
     pub auth_token_ttl: Duration,
     /// The bcrypt cost of stored passwords (`--bcrypt-cost`).
     pub bcrypt_cost: u32,
-}
-
-/// TLS settings of the client listeners (etcd's `--cert-file`, `--key-file`,
-/// `--trusted-ca-file`, `--client-cert-auth`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerTls {
-    /// The server certificate (PEM).
-    pub cert_file: PathBuf,
-    /// Its key (PEM).
-    pub key_file: PathBuf,
-    /// CA that client certificates must be signed by.
-    pub trusted_ca_file: Option<PathBuf>,
-    /// Require a client certificate signed by the trusted CA.
-    pub client_cert_auth: bool,
-}
-
-impl ServerTls {
-    fn load(&self) -> Result<tonic::transport::ServerTlsConfig, StoreError> {
-        let read = |what: &str, path: &PathBuf| {
-            std::fs::read(path).map_err(|source| StoreError::Io {
-                what: format!("reading {what} {}", path.display()),
-                source,
-            })
-        };
-        let identity = tonic::transport::Identity::from_pem(
-            read("--cert-file", &self.cert_file)?,
-            read("--key-file", &self.key_file)?,
-        );
-        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-        match (&self.trusted_ca_file, self.client_cert_auth) {
-            (Some(ca), _) => {
-                config = config
-                    .client_ca_root(tonic::transport::Certificate::from_pem(read(
-                        "--trusted-ca-file",
-                        ca,
-                    )?))
-                    .client_auth_optional(!self.client_cert_auth);
-            }
-            (None, true) => {
-                return Err(StoreError::InvalidUrl {
-                    url: "--client-cert-auth".into(),
-                    reason: "needs --trusted-ca-file to check client certificates against".into(),
-                })
-            }
-            (None, false) => {}
-        }
-        Ok(config)
-    }
 }
 
 impl StoreConfig {
@@ -338,12 +292,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
     }
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for ((listener, addr), https) in listeners.into_iter().zip(&local_addrs).zip(secure) {
-        let mut builder = tonic::transport::Server::builder();
-        if let (true, Some(tls)) = (https, &tls) {
-            builder = builder
-                .tls_config(tls.clone())
-                .map_err(|e| StoreError::Backend(format!("TLS configuration: {e}")))?;
-        }
+        let builder = tonic::transport::Server::builder();
         // etcd's HTTP endpoints and JSON gateway share the port with gRPC (HTTP/1.1 and
         // HTTP/2).
         let routes = tonic::service::Routes::from(
@@ -388,23 +337,38 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
             .add_routes(routes);
         let mut stopped = stopped.clone();
         tracing::info!(address = %addr, tls = https, name = %config.name, "serving etcd v3 clients");
-        // Small responses (a put's header, a watch event) must leave at once: with Nagle's
-        // algorithm they wait for the client's delayed ACK, adding ~40 ms (etcd's Go server
-        // sets TCP_NODELAY too).
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            conn.and_then(|stream| {
-                stream.set_nodelay(true)?;
-                Ok(stream)
-            })
-        });
-        tasks.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-                .map_err(|e| StoreError::Backend(format!("gRPC server: {e}")))
-        });
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let failed = |e: tonic::transport::Error| StoreError::Backend(format!("gRPC server: {e}"));
+        match (https, &tls) {
+            (true, Some(acceptor)) => {
+                let incoming = tls::incoming(listener, acceptor.clone());
+                tasks.spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                        .map_err(failed)
+                });
+            }
+            _ => {
+                // Small responses (a put's header, a watch event) must leave at once: with
+                // Nagle's algorithm they wait for the client's delayed ACK, adding ~40 ms
+                // (etcd's Go server sets TCP_NODELAY too).
+                let incoming = TcpListenerStream::new(listener).map(|conn| {
+                    conn.and_then(|stream| {
+                        stream.set_nodelay(true)?;
+                        Ok(stream)
+                    })
+                });
+                tasks.spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                        .map_err(failed)
+                });
+            }
+        }
     }
     let mut metrics_addrs = Vec::new();
     for url in &config.listen_metrics_urls {

@@ -1,5 +1,5 @@
-//! TLS for the controller's API: the server side (`--tls-cert`, `--tls-key`, and
-//! `--client-ca` for mutual TLS) and the client side its CLI and tests use.
+//! TLS from PEM files for ferry's own servers and HTTP clients (rustls on the ring provider
+//! everywhere): the store's client port, the controller's API, and the API's clients.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,15 +7,19 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-/// PEM files of the API's server side.
+/// PEM files of a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTlsFiles {
     /// Certificate chain.
     pub cert: PathBuf,
     /// Its private key.
     pub key: PathBuf,
-    /// CA whose client certificates are required (mutual TLS), if any.
+    /// CA whose client certificates are checked (mutual TLS), if any.
     pub client_ca: Option<PathBuf>,
+    /// With a `client_ca`: clients without a certificate are let in too (a certificate that
+    /// is presented must still verify), as etcd does with `--trusted-ca-file` but without
+    /// `--client-cert-auth`.
+    pub client_cert_optional: bool,
 }
 
 /// PEM files of an API client.
@@ -87,8 +91,11 @@ fn roots(what: &'static str, path: &Path) -> Result<rustls::RootCertStore, TlsEr
     Ok(roots)
 }
 
-/// The acceptor for the API's listener.
-pub fn server_acceptor(files: &ServerTlsFiles) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+/// The acceptor for a server's listener, offering the `alpn` protocols (`h2`, `http/1.1`).
+pub fn server_acceptor(
+    files: &ServerTlsFiles,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let certs = certificates("certificate", &files.cert)?;
     let key = private_key(&files.key)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
@@ -99,7 +106,12 @@ pub fn server_acceptor(files: &ServerTlsFiles) -> Result<tokio_rustls::TlsAccept
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots("client CA", ca)?),
                 provider(),
-            )
+            );
+            let verifier = if files.client_cert_optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            }
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
@@ -109,7 +121,7 @@ pub fn server_acceptor(files: &ServerTlsFiles) -> Result<tokio_rustls::TlsAccept
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -141,6 +153,10 @@ pub fn client_connector(
             ))
         }
     };
+    // What this client speaks, declared as browsers and curl do; a server that offers
+    // only `h2` must refuse rather than get HTTP/1.1 it cannot parse.
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = ServerName::try_from(host.to_string())
         .map_err(|e| TlsError::Config(format!("server name {host:?}: {e}")))?;
     Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
