@@ -6,6 +6,9 @@ use std::sync::Arc;
 use base64::Engine;
 use gotmpl::{FuncMap, Template, TemplateError as Error, Value, ValueFunc};
 
+use crate::gopath;
+use crate::goprint::{self, is_kv_pair, kv_pair};
+use crate::slice_type::{self, tag, SliceType};
 use crate::snapshot::KvSnapshot;
 
 /// The longest list `seq` builds: confd allocates whatever it is asked for; a key in the
@@ -34,15 +37,12 @@ fn int(args: &[Value], i: usize, func: &str) -> Result<i64, Error> {
     }
 }
 
+/// A Go `[]string`.
 fn strings(values: impl IntoIterator<Item = String>) -> Value {
-    Value::from(values.into_iter().map(Value::from).collect::<Vec<_>>())
-}
-
-fn kv_pair(key: &str, value: &str) -> Value {
-    let mut m = BTreeMap::new();
-    m.insert("Key".to_string(), Value::from(key));
-    m.insert("Value".to_string(), Value::from(value));
-    Value::from(m)
+    tag(
+        Value::from(values.into_iter().map(Value::from).collect::<Vec<_>>()),
+        SliceType::Strings,
+    )
 }
 
 /// Go's `path.Match` (`*`, `?`, `[…]` classes; `*` does not cross `/`).
@@ -89,40 +89,44 @@ pub fn path_match(pattern: &str, name: &str) -> bool {
     go(&p, &n)
 }
 
-fn go_base(p: &str) -> String {
-    let t = p.trim_end_matches('/');
-    if t.is_empty() {
-        return if p.is_empty() { ".".into() } else { "/".into() };
-    }
-    t.rsplit('/').next().unwrap_or(t).to_string()
+/// memkv's `pathToTerms`: the cleaned path split at `/` (so `/` is two empty terms).
+fn terms(p: &str) -> Vec<String> {
+    gopath::clean(p).split('/').map(str::to_string).collect()
 }
 
-fn go_dir(p: &str) -> String {
-    match p.rfind('/') {
-        Some(0) => "/".into(),
-        Some(i) => p[..i].to_string(),
-        None => ".".into(),
-    }
+fn same_prefix_terms(prefix: &[String], test: &[String]) -> bool {
+    test.len() >= prefix.len() && prefix.iter().zip(test).all(|(a, b)| a == b)
 }
 
-/// memkv's List: the names directly below `dir` (`dirs_only`: only those with children).
-fn children(snapshot: &KvSnapshot, dir: &str, dirs_only: bool) -> Vec<String> {
-    let base = dir.trim_end_matches('/');
+/// memkv's `List` (`ls`): for each key whose directory starts with `dir`'s terms, the first
+/// segment after `dir`; a key equal to `dir` gives its base name. As in memkv, at `/` only
+/// top-level keys count (`/` splits into two empty terms).
+fn list(snapshot: &KvSnapshot, dir: &str) -> Vec<String> {
+    let prefix = terms(dir);
     let mut names = std::collections::BTreeSet::new();
     for key in snapshot.pairs.keys() {
-        if key == dir && !dirs_only {
-            names.insert(go_base(key));
+        if key == dir {
+            names.insert(gopath::base(key));
             continue;
         }
-        let Some(rest) = key.strip_prefix(base).and_then(|r| r.strip_prefix('/')) else {
-            continue;
-        };
-        let mut parts = rest.splitn(2, '/');
-        let Some(first) = parts.next().filter(|f| !f.is_empty()) else {
-            continue;
-        };
-        if !dirs_only || parts.next().is_some() {
-            names.insert(first.to_string());
+        if same_prefix_terms(&prefix, &terms(&gopath::dir(key))) {
+            let stripped = key.strip_prefix(dir).unwrap_or(key);
+            let stripped = stripped.strip_prefix('/').unwrap_or(stripped);
+            names.insert(stripped.split('/').next().unwrap_or("").to_string());
+        }
+    }
+    names.into_iter().collect()
+}
+
+/// memkv's `ListDir` (`lsdir`): the directories directly below `dir` among the keys that
+/// start with it as a string.
+fn list_dir(snapshot: &KvSnapshot, dir: &str) -> Vec<String> {
+    let prefix = terms(dir);
+    let mut names = std::collections::BTreeSet::new();
+    for key in snapshot.pairs.keys().filter(|k| k.starts_with(dir)) {
+        let items = terms(&gopath::dir(key));
+        if same_prefix_terms(&prefix, &items) && items.len() > prefix.len() {
+            names.insert(items[prefix.len()].clone());
         }
     }
     names.into_iter().collect()
@@ -138,14 +142,66 @@ fn json_to_value(v: serde_json::Value) -> Value {
             None => Value::Float(n.as_f64().unwrap_or(0.0)),
         },
         serde_json::Value::String(s) => Value::from(s),
-        serde_json::Value::Array(a) => {
-            Value::from(a.into_iter().map(json_to_value).collect::<Vec<_>>())
-        }
+        serde_json::Value::Array(a) => tag(
+            Value::from(a.into_iter().map(json_to_value).collect::<Vec<_>>()),
+            SliceType::Interfaces,
+        ),
         serde_json::Value::Object(o) => Value::from(
             o.into_iter()
                 .map(|(k, v)| (k, json_to_value(v)))
                 .collect::<BTreeMap<String, Value>>(),
         ),
+    }
+}
+
+/// gotmpl's own `printf` (its Go-compatible verbs, widths and `%!` errors), called through a
+/// one-line template because the renderer's `printf` replaces it by name.
+fn builtin_printf(format: String, args: Vec<Value>) -> Result<Value, Error> {
+    let mut src = String::from("{{printf .f");
+    for i in 0..args.len() {
+        src.push_str(&format!(" (index .a {i})"));
+    }
+    src.push_str("}}");
+    let mut data = BTreeMap::new();
+    data.insert("f".to_string(), Value::from(format));
+    data.insert("a".to_string(), Value::from(args));
+    gotmpl::execute(&src, &Value::from(data)).map(Value::from)
+}
+
+/// Whether `list` is a Go `[]string`: by its recorded type, else by its elements.
+fn is_strings(list: &Value, l: &[Value]) -> bool {
+    match slice_type::of(list) {
+        Some(kind) => kind == SliceType::Strings,
+        None => l.iter().all(|v| matches!(v, Value::String(_))),
+    }
+}
+
+/// Whether `list` can be passed as a Go `[]memkv.KVPair` (`memkv.KVPairs` converts).
+fn is_kv_pairs(list: &Value, l: &[Value]) -> bool {
+    match slice_type::of(list) {
+        Some(kind) => matches!(kind, SliceType::KvPairs | SliceType::KvPairSlice),
+        None => l.iter().all(is_kv_pair),
+    }
+}
+
+/// Whether confd's `reverse` reorders `list`: only a `[]string` or a `[]memkv.KVPair`.
+fn reorderable(list: &Value, l: &[Value]) -> bool {
+    match slice_type::of(list) {
+        Some(kind) => matches!(kind, SliceType::Strings | SliceType::KvPairSlice),
+        None => is_strings(list, l),
+    }
+}
+
+/// Go's `sort.Sort` (pdqsort in Go 1.19): not stable, so for elements that compare equal
+/// the order only matches confd's when the same algorithm runs. Lists up to 12 elements
+/// are insertion-sorted, which is stable.
+fn go_sort(v: &mut [Value], less: impl Fn(&Value, &Value) -> bool) {
+    for i in 1..v.len() {
+        let mut j = i;
+        while j > 0 && less(&v[j], &v[j - 1]) {
+            v.swap(j, j - 1);
+            j -= 1;
+        }
     }
 }
 
@@ -174,12 +230,15 @@ pub fn confd_functions(
         "gets",
         Arc::new(move |a| {
             let pattern = text(a, 0, "gets")?;
-            Ok(Value::from(
-                s.pairs
-                    .iter()
-                    .filter(|(k, _)| path_match(&pattern, k))
-                    .map(|(k, v)| kv_pair(k, v))
-                    .collect::<Vec<_>>(),
+            Ok(tag(
+                Value::from(
+                    s.pairs
+                        .iter()
+                        .filter(|(k, _)| path_match(&pattern, k))
+                        .map(|(k, v)| kv_pair(k, v))
+                        .collect::<Vec<_>>(),
+                ),
+                SliceType::KvPairs,
             ))
         }),
     );
@@ -213,12 +272,12 @@ pub fn confd_functions(
     let s = snapshot.clone();
     add(
         "ls",
-        Arc::new(move |a| Ok(strings(children(&s, &text(a, 0, "ls")?, false)))),
+        Arc::new(move |a| Ok(strings(list(&s, &text(a, 0, "ls")?)))),
     );
     let s = snapshot.clone();
     add(
         "lsdir",
-        Arc::new(move |a| Ok(strings(children(&s, &text(a, 0, "lsdir")?, true)))),
+        Arc::new(move |a| Ok(strings(list_dir(&s, &text(a, 0, "lsdir")?)))),
     );
     let s = snapshot.clone();
     add(
@@ -276,11 +335,11 @@ pub fn confd_functions(
     );
     add(
         "base",
-        Arc::new(|a| Ok(Value::from(go_base(&text(a, 0, "base")?)))),
+        Arc::new(|a| Ok(Value::from(gopath::base(&text(a, 0, "base")?)))),
     );
     add(
         "dir",
-        Arc::new(|a| Ok(Value::from(go_dir(&text(a, 0, "dir")?)))),
+        Arc::new(|a| Ok(Value::from(gopath::dir(&text(a, 0, "dir")?)))),
     );
     add(
         "map",
@@ -389,38 +448,78 @@ pub fn confd_functions(
             }
         }),
     );
+    // confd's reverse and sorts reorder `[]string` and `[]KVPair` slices in place (the
+    // variable passed keeps the new order: see rewrite.rs); reverse hands anything else back
+    // unchanged, and the sorts refuse other types as Go's call would.
     add(
         "reverse",
         Arc::new(|a| match a.first() {
-            Some(Value::List(l)) => Ok(Value::from(l.iter().rev().cloned().collect::<Vec<_>>())),
-            Some(Value::String(s)) => Ok(Value::from(s.chars().rev().collect::<String>())),
-            _ => Err(fail("reverse: argument must be a list or string")),
+            Some(list @ Value::List(l)) if reorderable(list, l) => {
+                let kind = slice_type::of(list).unwrap_or(SliceType::Strings);
+                Ok(tag(
+                    Value::from(l.iter().rev().cloned().collect::<Vec<_>>()),
+                    kind,
+                ))
+            }
+            Some(other) => Ok(other.clone()),
+            None => Err(fail("wrong number of args for reverse: want 1 got 0")),
         }),
     );
     add(
         "sortByLength",
         Arc::new(|a| match a.first() {
-            Some(Value::List(l)) => {
+            Some(list @ Value::List(l)) if is_strings(list, l) => {
                 let mut v: Vec<Value> = l.to_vec();
-                v.sort_by_key(|x| x.to_string().len());
-                Ok(Value::from(v))
+                go_sort(&mut v, |x, y| {
+                    goprint::value(x).len() < goprint::value(y).len()
+                });
+                Ok(tag(Value::from(v), SliceType::Strings))
             }
-            _ => Err(fail("sortByLength: argument must be a list")),
+            _ => Err(fail(
+                "sortByLength: wrong type for value; expected []string",
+            )),
         }),
     );
     add(
         "sortKVByLength",
         Arc::new(|a| match a.first() {
-            Some(Value::List(l)) => {
+            Some(list @ Value::List(l)) if is_kv_pairs(list, l) => {
                 let mut v: Vec<Value> = l.to_vec();
                 let key_len = |x: &Value| match x {
-                    Value::Map(m) => m.get("Key").map(|k| k.to_string().len()).unwrap_or(0),
+                    Value::Map(m) => m.get("Key").map(goprint::value).map_or(0, |k| k.len()),
                     _ => 0,
                 };
-                v.sort_by_key(key_len);
-                Ok(Value::from(v))
+                go_sort(&mut v, |x, y| key_len(x) < key_len(y));
+                Ok(tag(Value::from(v), SliceType::KvPairSlice))
             }
-            _ => Err(fail("sortKVByLength: argument must be a list")),
+            _ => Err(fail(
+                "sortKVByLength: wrong type for value; expected []memkv.KVPair",
+            )),
+        }),
+    );
+    // Printing as Go's fmt does (see goprint.rs).
+    add(
+        crate::rewrite::PRINT_FUNC,
+        Arc::new(|a| {
+            Ok(Value::from(goprint::action(
+                a.last().unwrap_or(&Value::Nil),
+            )))
+        }),
+    );
+    add("print", Arc::new(|a| Ok(Value::from(goprint::sprint(a)))));
+    add(
+        "println",
+        Arc::new(|a| Ok(Value::from(goprint::sprintln(a)))),
+    );
+    add(
+        "printf",
+        Arc::new(|a| {
+            let format = match a.first() {
+                Some(Value::String(f)) => f.to_string(),
+                _ => return Err(fail("printf: the format must be a string")),
+            };
+            let (format, args) = goprint::printf_args(&format, &a[1..]);
+            builtin_printf(format, args)
         }),
     );
     // Go's integers wrap on overflow (and MinInt64 / -1 is MinInt64), so these do too:
@@ -478,8 +577,9 @@ pub fn confd_functions(
                     "seq: {first}..{last} is longer than {SEQ_LIMIT} numbers"
                 )));
             }
-            Ok(Value::from(
-                (first..=last).map(Value::Int).collect::<Vec<_>>(),
+            Ok(tag(
+                Value::from((first..=last).map(Value::Int).collect::<Vec<_>>()),
+                SliceType::Ints,
             ))
         }),
     );
@@ -562,6 +662,26 @@ pub fn confd_functions(
     m
 }
 
+/// A parsed template with confd's functions, ready to run as confd runs it.
+pub struct ConfdTemplate {
+    template: Template,
+    name: String,
+}
+
+impl ConfdTemplate {
+    /// Runs the template (with no data, as confd does) and returns what it wrote.
+    pub fn execute_to_string(&self) -> Result<String, Error> {
+        let _types = slice_type::Execution::start();
+        if self.template.lookup(&self.name).is_some() {
+            self.template
+                .execute_template_to_string(&self.name, &Value::Nil)
+        } else {
+            // An empty template: there is nothing to run.
+            self.template.execute_to_string(&Value::Nil)
+        }
+    }
+}
+
 /// A template named `name` with confd's functions over `snapshot`, parsed from `text`;
 /// `nameserver` answers `lookupSRV` (default: the first of /etc/resolv.conf).
 pub fn template_for(
@@ -569,11 +689,21 @@ pub fn template_for(
     text: &str,
     snapshot: Arc<KvSnapshot>,
     nameserver: Option<std::net::SocketAddr>,
-) -> Result<Template, Error> {
+) -> Result<ConfdTemplate, Error> {
     let text = text.replace("datetime.Format", "datetimeFormat");
-    Template::new(name)
+    let mut template = Template::new(name)
         .funcs(confd_functions(snapshot, nameserver))
-        .parse(&text)
+        .parse(&text)?;
+    let names: Vec<String> = template.templates().iter().map(|n| n.to_string()).collect();
+    for tree_name in names {
+        if let Some(tree) = template.lookup(&tree_name).map(crate::rewrite::rewrite) {
+            template = template.add_parse_tree(&tree_name, tree);
+        }
+    }
+    Ok(ConfdTemplate {
+        template,
+        name: name.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -597,8 +727,7 @@ mod tests {
     }
 
     fn render(text: &str) -> Result<String, Error> {
-        template_for("t", text, snap(), Some(crate::dns::tests::fake_dns()))?
-            .execute_to_string(&Value::Nil)
+        template_for("t", text, snap(), Some(crate::dns::tests::fake_dns()))?.execute_to_string()
     }
 
     fn ok(text: &str) -> String {
@@ -674,7 +803,8 @@ mod tests {
             ok("{{add 2 3}} {{sub 5 1}} {{mul 3 4}} {{div 9 2}} {{mod 9 2}} {{atoi \"42\"}}"),
             "5 4 12 4 1 42"
         );
-        assert_eq!(ok("{{seq 1 3}} {{reverse (seq 1 3)}}"), "[1 2 3] [3 2 1]");
+        // confd's reverse leaves a []int as it is.
+        assert_eq!(ok("{{seq 1 3}} {{reverse (seq 1 3)}}"), "[1 2 3] [1 2 3]");
         assert_eq!(
             ok("{{sortByLength (split \"ccc,a,bb\" \",\")}}"),
             "[a bb ccc]"

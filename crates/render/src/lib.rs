@@ -8,14 +8,18 @@
 
 pub mod dns;
 pub mod functions;
+mod gopath;
+pub mod goprint;
 mod gotime;
 pub mod pipeline;
 pub mod resource;
+mod rewrite;
+mod slice_type;
 pub mod snapshot;
 pub mod status;
 pub mod watch;
 
-pub use functions::template_for;
+pub use functions::{template_for, ConfdTemplate};
 pub use pipeline::{render_resource, Outcome, RenderError, RenderOptions};
 pub use resource::{load_confdir, TemplateResource};
 pub use snapshot::KvSnapshot;

@@ -5,8 +5,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gotmpl::Value;
-
 use crate::functions::template_for;
 use crate::resource::TemplateResource;
 use crate::snapshot::KvSnapshot;
@@ -153,7 +151,7 @@ pub async fn render_resource(
     let text = std::fs::read_to_string(&src).map_err(io(&src))?;
     let name = src.display().to_string();
     let rendered = template_for(&name, &text, snapshot, options.nameserver)
-        .and_then(|t| t.execute_to_string(&Value::Nil))
+        .and_then(|t| t.execute_to_string())
         .map_err(|e| RenderError::Template(e.to_string()))?;
     let mode = resource.file_mode().unwrap_or(0o644);
     let current = std::fs::read_to_string(&resource.dest).ok();

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use etcd_client::{Client, GetOptions};
 
+use crate::gopath;
+
 /// Keys and values (prefix already stripped), as templates see them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KvSnapshot {
@@ -13,36 +15,25 @@ pub struct KvSnapshot {
     pub revision: i64,
 }
 
-fn join(prefix: &str, key: &str) -> String {
-    let joined = format!(
-        "/{}/{}",
-        prefix.trim_matches('/'),
-        key.trim_start_matches('/')
-    );
-    let mut out = String::new();
-    for part in joined.split('/').filter(|p| !p.is_empty()) {
-        out.push('/');
-        out.push_str(part);
-    }
-    if out.is_empty() {
-        "/".into()
-    } else {
-        out
-    }
-}
-
 impl KvSnapshot {
-    /// Reads every key under `prefix + key` for each of `keys`, all at one revision, and
-    /// strips `prefix` as confd does.
+    /// Reads, all at one revision, each of `keys` below `prefix` with everything under it
+    /// (by path: `/db` takes `/db` and `/db/...`, not `/database`), and strips `prefix` from
+    /// the keys as confd's etcd v3 backend does.
     pub async fn read(
         client: &mut Client,
         prefix: &str,
         keys: &[String],
     ) -> Result<Self, etcd_client::Error> {
+        // confd only makes the prefix absolute; it strips it as a plain string.
+        let prefix = if prefix.starts_with('/') {
+            prefix.to_string()
+        } else {
+            format!("/{prefix}")
+        };
         let mut pairs = BTreeMap::new();
         let mut revision = 0;
         for key in keys {
-            let full = join(prefix, key);
+            let full = gopath::join(&[&prefix, key]);
             let mut options = GetOptions::new().with_prefix();
             if revision > 0 {
                 options = options.with_revision(revision);
@@ -51,31 +42,20 @@ impl KvSnapshot {
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             }
-            let base = join(prefix, "");
+            let below = if full.ends_with('/') {
+                full.clone()
+            } else {
+                format!("{full}/")
+            };
             for kv in resp.kvs() {
-                // Like confd, a prefix read takes every key that starts with it.
                 let k = String::from_utf8_lossy(kv.key()).into_owned();
-                let stripped = if base == "/" {
-                    k.clone()
-                } else {
-                    join("/", k.strip_prefix(&base).unwrap_or(&k))
-                };
+                if k != full && !k.starts_with(&below) {
+                    continue;
+                }
+                let stripped = gopath::join(&["/", k.strip_prefix(prefix.as_str()).unwrap_or(&k)]);
                 pairs.insert(stripped, String::from_utf8_lossy(kv.value()).into_owned());
             }
         }
         Ok(Self { pairs, revision })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::join;
-
-    #[test]
-    fn joins_like_go_path_join() {
-        assert_eq!(join("/app", "/db/host"), "/app/db/host");
-        assert_eq!(join("", "/db"), "/db");
-        assert_eq!(join("/", "x/"), "/x");
-        assert_eq!(join("/", ""), "/");
     }
 }
