@@ -330,7 +330,7 @@ async fn classic_confd_templates_render_as_confd_does(server: &Server) -> anyhow
     c.put("/myapp/subdomain", "myapp", None).await?;
     c.put("/myapp/upstream/app2", "10.0.1.11:80", None).await?;
     c.put("/myapp/upstream/app1", "10.0.1.10:80", None).await?;
-    let out = render(server, dir, &["-prefix", "/"])?;
+    let out = render(server, dir, &[])?;
     assert!(
         out.status.success(),
         "{}",
@@ -343,6 +343,28 @@ async fn classic_confd_templates_render_as_confd_does(server: &Server) -> anyhow
     assert_eq!(
         std::fs::read_to_string(dir.join("out/haproxy"))?,
         "backend myapp\n    server app1 10.0.1.10:80 check\n    server app2 10.0.1.11:80 check\n"
+    );
+    // confd's global -prefix replaces a resource's prefix, it is not joined to it (checked
+    // against confd 0.17): under `-prefix /` the keys are read from `/subdomain`, which does
+    // not exist, so the render fails and the files stay as they are.
+    let out = render(server, dir, &["-prefix", "/"])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("key does not exist: /subdomain"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.put("/other/subdomain", "other", None).await?;
+    c.put("/other/upstream/a", "10.9.9.9:80", None).await?;
+    let out = render(server, dir, &["-prefix", "/other"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/haproxy"))?,
+        "backend other\n    server a 10.9.9.9:80 check\n"
     );
     Ok(())
 }

@@ -19,20 +19,107 @@ fn fail(message: impl Into<String>) -> Error {
     Error::Exec(message.into())
 }
 
+/// A `string` parameter of a confd function: Go passes only strings to it.
 fn text(args: &[Value], i: usize, func: &str) -> Result<String, Error> {
     match args.get(i) {
         Some(Value::String(s)) => Ok(s.to_string()),
-        Some(other) => Ok(other.to_string()),
+        Some(other) => Err(fail(format!(
+            "{func}: wrong type for value; expected string; got {}",
+            other.type_name()
+        ))),
         None => Err(fail(format!("{func}: missing argument {}", i + 1))),
     }
 }
 
+/// How many arguments each of confd's functions takes (fewest, most; `None`: variadic),
+/// from their Go signatures: Go refuses a call with any other count.
+const ARITY: [(&str, usize, Option<usize>); 38] = [
+    ("base", 1, Some(1)),
+    ("split", 2, Some(2)),
+    ("json", 1, Some(1)),
+    ("jsonArray", 1, Some(1)),
+    ("dir", 1, Some(1)),
+    ("map", 0, None),
+    ("getenv", 1, None),
+    ("join", 2, Some(2)),
+    ("datetime", 0, Some(0)),
+    ("datetimeFormat", 1, Some(1)),
+    ("toUpper", 1, Some(1)),
+    ("toLower", 1, Some(1)),
+    ("contains", 2, Some(2)),
+    ("replace", 4, Some(4)),
+    ("trimSuffix", 2, Some(2)),
+    ("lookupIP", 1, Some(1)),
+    ("lookupIPV4", 1, Some(1)),
+    ("lookupIPV6", 1, Some(1)),
+    ("lookupSRV", 3, Some(3)),
+    ("fileExists", 1, Some(1)),
+    ("base64Encode", 1, Some(1)),
+    ("base64Decode", 1, Some(1)),
+    ("parseBool", 1, Some(1)),
+    ("reverse", 1, Some(1)),
+    ("sortByLength", 1, Some(1)),
+    ("sortKVByLength", 1, Some(1)),
+    ("add", 2, Some(2)),
+    ("sub", 2, Some(2)),
+    ("div", 2, Some(2)),
+    ("mod", 2, Some(2)),
+    ("mul", 2, Some(2)),
+    ("seq", 2, Some(2)),
+    ("atoi", 1, Some(1)),
+    ("exists", 1, Some(1)),
+    ("ls", 1, Some(1)),
+    ("lsdir", 1, Some(1)),
+    ("get", 1, Some(1)),
+    ("gets", 1, Some(1)),
+];
+
+/// memkv's `getv` and `getvs` complete the table.
+const ARITY_MEMKV: [(&str, usize, Option<usize>); 2] = [("getv", 1, None), ("getvs", 1, Some(1))];
+
+/// Wraps every function of `m` named in the tables with Go's argument count check.
+fn check_arity(m: FuncMap) -> FuncMap {
+    m.into_iter()
+        .map(|(name, f)| {
+            let Some(&(_, min, max)) = ARITY
+                .iter()
+                .chain(ARITY_MEMKV.iter())
+                .find(|(n, _, _)| *n == name)
+            else {
+                return (name, f);
+            };
+            let fname = name.clone();
+            let checked: ValueFunc = Arc::new(move |a: &[Value]| {
+                let ok = a.len() >= min && max.is_none_or(|max| a.len() <= max);
+                if !ok {
+                    let want = match max {
+                        Some(_) => format!("{min}"),
+                        None => format!("at least {min}"),
+                    };
+                    return Err(fail(format!(
+                        "wrong number of args for {fname}: want {want} got {}",
+                        a.len()
+                    )));
+                }
+                f(a)
+            });
+            (name, checked)
+        })
+        .collect()
+}
+
+/// An `int` parameter of a confd function: Go converts only integers to it (a float such as
+/// a number from `json`, or a string, is a type error, not a conversion).
 fn int(args: &[Value], i: usize, func: &str) -> Result<i64, Error> {
     match args.get(i) {
-        Some(v) => v
-            .as_int()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .ok_or_else(|| fail(format!("{func}: argument {} is not an integer", i + 1))),
+        Some(Value::Int(n)) => Ok(*n),
+        Some(Value::Uint(n)) => {
+            i64::try_from(*n).map_err(|_| fail(format!("{func}: argument {} overflows int", i + 1)))
+        }
+        Some(other) => Err(fail(format!(
+            "{func}: wrong type for value; expected int; got {}",
+            other.type_name()
+        ))),
         None => Err(fail(format!("{func}: missing argument {}", i + 1))),
     }
 }
@@ -45,48 +132,53 @@ fn strings(values: impl IntoIterator<Item = String>) -> Value {
     )
 }
 
-/// Go's `path.Match` (`*`, `?`, `[…]` classes; `*` does not cross `/`).
-pub fn path_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') => {
-                let rest = &p[1..];
-                (0..=n.len())
-                    .take_while(|&i| i == 0 || n[i - 1] != '/')
-                    .any(|i| go(rest, &n[i..]))
+/// Go's `strings.ToUpper`: each character on its own (Unicode's simple mapping), so `ß`
+/// stays `ß` where Rust's full mapping writes `SS`.
+fn go_to_upper(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let mut up = c.to_uppercase();
+            match (up.next(), up.next()) {
+                (Some(u), None) => u,
+                _ => c,
             }
-            Some('?') => n.first().is_some_and(|c| *c != '/') && go(&p[1..], &n[1..]),
-            Some('[') => {
-                let Some(end) = p.iter().position(|c| *c == ']') else {
-                    return false;
-                };
-                let Some(c) = n.first() else { return false };
-                let class = &p[1..end];
-                let (negate, class) = match class.first() {
-                    Some('^') => (true, &class[1..]),
-                    _ => (false, class),
-                };
-                let mut hit = false;
-                let mut i = 0;
-                while i < class.len() {
-                    if i + 2 < class.len() && class[i + 1] == '-' {
-                        hit |= class[i] <= *c && *c <= class[i + 2];
-                        i += 3;
-                    } else {
-                        hit |= class[i] == *c;
-                        i += 1;
-                    }
-                }
-                hit != negate && go(&p[end + 1..], &n[1..])
-            }
-            Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && go(&p[2..], &n[1..]),
-            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+        })
+        .collect()
+}
+
+/// Go's `strings.ToLower`: each character on its own (`İ` becomes `i`, not `i̇`).
+fn go_to_lower(s: &str) -> String {
+    s.chars()
+        .map(|c| c.to_lowercase().next().unwrap_or(c))
+        .collect()
+}
+
+/// What a `range` is given: Go 1.19's text/template ranges over slices, maps and nothing
+/// (no iterations); gotmpl also ranges over integers, which Go refuses.
+fn rangeable(a: &[Value]) -> Result<Value, Error> {
+    match a.last() {
+        Some(v @ (Value::List(_) | Value::Map(_) | Value::Nil)) => Ok(v.clone()),
+        Some(other) => Err(fail(format!(
+            "range can't iterate over {}",
+            goprint::value(other)
+        ))),
+        None => Ok(Value::Nil),
+    }
+}
+
+/// memkv's `GetAll` filter: the pairs whose key matches `pattern`; a malformed pattern is
+/// an error as soon as there is a key to match.
+fn matching<'s>(
+    snapshot: &'s KvSnapshot,
+    pattern: &str,
+) -> Result<Vec<(&'s String, &'s String)>, Error> {
+    let mut out = Vec::new();
+    for (k, v) in &snapshot.pairs {
+        if gopath::matches(pattern, k).map_err(|e| fail(e.to_string()))? {
+            out.push((k, v));
         }
     }
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    go(&p, &n)
+    Ok(out)
 }
 
 /// memkv's `pathToTerms`: the cleaned path split at `/` (so `/` is two empty terms).
@@ -132,6 +224,18 @@ fn list_dir(snapshot: &KvSnapshot, dir: &str) -> Vec<String> {
     names.into_iter().collect()
 }
 
+/// How Go's encoding/json names a JSON value's kind in its errors.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
 fn json_to_value(v: serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Nil,
@@ -152,20 +256,6 @@ fn json_to_value(v: serde_json::Value) -> Value {
                 .collect::<BTreeMap<String, Value>>(),
         ),
     }
-}
-
-/// gotmpl's own `printf` (its Go-compatible verbs, widths and `%!` errors), called through a
-/// one-line template because the renderer's `printf` replaces it by name.
-fn builtin_printf(format: String, args: Vec<Value>) -> Result<Value, Error> {
-    let mut src = String::from("{{printf .f");
-    for i in 0..args.len() {
-        src.push_str(&format!(" (index .a {i})"));
-    }
-    src.push_str("}}");
-    let mut data = BTreeMap::new();
-    data.insert("f".to_string(), Value::from(format));
-    data.insert("a".to_string(), Value::from(args));
-    gotmpl::execute(&src, &Value::from(data)).map(Value::from)
 }
 
 /// Whether `list` is a Go `[]string`: by its recorded type, else by its elements.
@@ -232,9 +322,8 @@ pub fn confd_functions(
             let pattern = text(a, 0, "gets")?;
             Ok(tag(
                 Value::from(
-                    s.pairs
-                        .iter()
-                        .filter(|(k, _)| path_match(&pattern, k))
+                    matching(&s, &pattern)?
+                        .into_iter()
                         .map(|(k, v)| kv_pair(k, v))
                         .collect::<Vec<_>>(),
                 ),
@@ -247,9 +336,13 @@ pub fn confd_functions(
         "getv",
         Arc::new(move |a| {
             let key = text(a, 0, "getv")?;
-            match (s.pairs.get(&key), a.get(1)) {
+            let default = match a.get(1) {
+                Some(_) => Some(text(a, 1, "getv")?),
+                None => None,
+            };
+            match (s.pairs.get(&key), default) {
                 (Some(v), _) => Ok(Value::from(v.as_str())),
-                (None, Some(default)) => Ok(Value::from(default.to_string())),
+                (None, Some(default)) => Ok(Value::from(default)),
                 (None, None) => Err(fail(format!("key does not exist: {key}"))),
             }
         }),
@@ -259,10 +352,8 @@ pub fn confd_functions(
         "getvs",
         Arc::new(move |a| {
             let pattern = text(a, 0, "getvs")?;
-            let mut values: Vec<String> = s
-                .pairs
-                .iter()
-                .filter(|(k, _)| path_match(&pattern, k))
+            let mut values: Vec<String> = matching(&s, &pattern)?
+                .into_iter()
                 .map(|(_, v)| v.clone())
                 .collect();
             values.sort();
@@ -290,7 +381,12 @@ pub fn confd_functions(
             let raw = text(a, 0, "json")?;
             match serde_json::from_str::<serde_json::Value>(&raw) {
                 Ok(v @ serde_json::Value::Object(_)) => Ok(json_to_value(v)),
-                Ok(_) => Err(fail("json: value is not a JSON object")),
+                // Go's Unmarshal of `null` leaves the map nil: an empty map, no error.
+                Ok(serde_json::Value::Null) => Ok(Value::from(BTreeMap::<String, Value>::new())),
+                Ok(other) => Err(fail(format!(
+                    "json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
+                    json_kind(&other)
+                ))),
                 Err(e) => Err(fail(format!("json: {e}"))),
             }
         }),
@@ -301,7 +397,13 @@ pub fn confd_functions(
             let raw = text(a, 0, "jsonArray")?;
             match serde_json::from_str::<serde_json::Value>(&raw) {
                 Ok(v @ serde_json::Value::Array(_)) => Ok(json_to_value(v)),
-                Ok(_) => Err(fail("jsonArray: value is not a JSON array")),
+                Ok(serde_json::Value::Null) => {
+                    Ok(tag(Value::from(Vec::<Value>::new()), SliceType::Interfaces))
+                }
+                Ok(other) => Err(fail(format!(
+                    "json: cannot unmarshal {} into Go value of type []interface {{}}",
+                    json_kind(&other)
+                ))),
                 Err(e) => Err(fail(format!("jsonArray: {e}"))),
             }
         }),
@@ -371,11 +473,11 @@ pub fn confd_functions(
     );
     add(
         "toUpper",
-        Arc::new(|a| Ok(Value::from(text(a, 0, "toUpper")?.to_uppercase()))),
+        Arc::new(|a| Ok(Value::from(go_to_upper(&text(a, 0, "toUpper")?)))),
     );
     add(
         "toLower",
-        Arc::new(|a| Ok(Value::from(text(a, 0, "toLower")?.to_lowercase()))),
+        Arc::new(|a| Ok(Value::from(go_to_lower(&text(a, 0, "toLower")?)))),
     );
     add(
         "contains",
@@ -506,6 +608,7 @@ pub fn confd_functions(
             )))
         }),
     );
+    add(crate::rewrite::RANGE_FUNC, Arc::new(rangeable));
     add("print", Arc::new(|a| Ok(Value::from(goprint::sprint(a)))));
     add(
         "println",
@@ -518,8 +621,7 @@ pub fn confd_functions(
                 Some(Value::String(f)) => f.to_string(),
                 _ => return Err(fail("printf: the format must be a string")),
             };
-            let (format, args) = goprint::printf_args(&format, &a[1..]);
-            builtin_printf(format, args)
+            crate::gofmt::sprintf(&format, &a[1..]).map(Value::from)
         }),
     );
     // Go's integers wrap on overflow (and MinInt64 / -1 is MinInt64), so these do too:
@@ -682,6 +784,21 @@ impl ConfdTemplate {
     }
 }
 
+/// Go's parse error for an `{{end}}` or `{{else}}` that closes no block.
+fn stray_end(name: &str, text: &str) -> Error {
+    let at = ["{{end", "{{- end", "{{else", "{{- else"]
+        .iter()
+        .filter_map(|t| text.find(t))
+        .min()
+        .unwrap_or(0);
+    Error::Parse {
+        name: Some(name.to_string()),
+        line: text[..at].matches('\n').count() + 1,
+        col: 0,
+        message: "unexpected {{end}} or {{else}} outside any block".into(),
+    }
+}
+
 /// A template named `name` with confd's functions over `snapshot`, parsed from `text`;
 /// `nameserver` answers `lookupSRV` (default: the first of /etc/resolv.conf).
 pub fn template_for(
@@ -690,10 +807,21 @@ pub fn template_for(
     snapshot: Arc<KvSnapshot>,
     nameserver: Option<std::net::SocketAddr>,
 ) -> Result<ConfdTemplate, Error> {
-    let text = text.replace("datetime.Format", "datetimeFormat");
+    let text = text
+        .replace("(datetime).Format", "datetimeFormat")
+        .replace("datetime.Format", "datetimeFormat");
+    // gotmpl stops parsing, silently, at a top-level `{{end}}` or `{{else}}` that closes
+    // nothing; Go refuses the template. A sentinel at the very end shows whether the parse
+    // got there.
+    let with_sentinel = format!("{text}{}", crate::rewrite::SENTINEL);
     let mut template = Template::new(name)
-        .funcs(confd_functions(snapshot, nameserver))
-        .parse(&text)?;
+        .funcs(check_arity(confd_functions(snapshot, nameserver)))
+        .parse(&with_sentinel)?;
+    let main = template
+        .lookup(name)
+        .ok_or_else(|| stray_end(name, &text))?;
+    let main = crate::rewrite::strip_sentinel(main).ok_or_else(|| stray_end(name, &text))?;
+    template = template.add_parse_tree(name, main);
     let names: Vec<String> = template.templates().iter().map(|n| n.to_string()).collect();
     for tree_name in names {
         if let Some(tree) = template.lookup(&tree_name).map(crate::rewrite::rewrite) {
@@ -780,6 +908,11 @@ mod tests {
     }
 
     #[test]
+    fn a_stray_end_is_a_parse_error() {
+        assert!(render("a{{end}}b").is_err());
+    }
+
+    #[test]
     fn string_and_number_helpers() {
         assert_eq!(
             ok("{{$j := json (getv \"/app/json\")}}{{index $j.b 1}}"),
@@ -820,13 +953,5 @@ mod tests {
             "a.example.:80 b.example.:8080 "
         );
         assert!(render("{{div 1 0}}").is_err());
-    }
-
-    #[test]
-    fn go_path_match() {
-        assert!(path_match("/services/*", "/services/a"));
-        assert!(!path_match("/services/*", "/services/a/b"));
-        assert!(path_match("/s/[a-c]?", "/s/bz"));
-        assert!(!path_match("/s/[^a-c]", "/s/b"));
     }
 }

@@ -3,8 +3,8 @@
 //! and slices and maps of them.
 //!
 //! gotmpl prints its values with Rust's formatting, so the renderer routes everything a
-//! template prints through [`action`] (see `rewrite.rs`) and through its own `print`,
-//! `println` and `printf`.
+//! template prints through [`action`] (see `rewrite.rs`) and through its own `print` and
+//! `println` (`printf` is `gofmt.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -147,127 +147,6 @@ pub fn sprintln(args: &[Value]) -> String {
     out
 }
 
-/// `printf`'s format and arguments, with every operand of a plain `%v` (optionally with
-/// `-` and a width) already printed the Go way — a width pads each element of a slice,
-/// struct or map, as Go's `fmt` does — and its verb turned into a bare `%v`; gotmpl's
-/// formatter handles every other verb. Explicit argument indexes (`%[2]v`) and `*` widths
-/// leave everything as it is.
-pub fn printf_args(format: &str, args: &[Value]) -> (String, Vec<Value>) {
-    let untouched = || (format.to_string(), args.to_vec());
-    let mut out_format = String::with_capacity(format.len());
-    let mut out = args.to_vec();
-    let mut chars = format.chars().peekable();
-    let mut arg = 0;
-    while let Some(c) = chars.next() {
-        out_format.push(c);
-        if c != '%' {
-            continue;
-        }
-        if chars.peek() == Some(&'%') {
-            chars.next();
-            out_format.push('%');
-            continue;
-        }
-        let mut spec = String::new();
-        let mut plain = true;
-        let mut left = false;
-        loop {
-            match chars.peek().copied() {
-                Some('-') => {
-                    left = true;
-                    spec.push('-');
-                    chars.next();
-                }
-                Some(d @ '0'..='9') => {
-                    if d == '0' && !spec.chars().any(|c| c.is_ascii_digit()) {
-                        // The zero flag: leave padding to the formatter.
-                        plain = false;
-                    }
-                    spec.push(d);
-                    chars.next();
-                }
-                Some(f @ ('+' | '#' | ' ' | '.')) => {
-                    plain = false;
-                    spec.push(f);
-                    chars.next();
-                }
-                Some('*') | Some('[') => return untouched(),
-                Some(verb) => {
-                    chars.next();
-                    let target = out.get_mut(arg).filter(|_| verb == 'v' && plain);
-                    match target {
-                        Some(v) if !matches!(v, Value::String(_)) || !spec.is_empty() => {
-                            let width: usize = spec.trim_start_matches('-').parse().unwrap_or(0);
-                            let mut text = String::new();
-                            write_padded(&mut text, v, width, left);
-                            *v = Value::from(text);
-                        }
-                        _ => out_format.push_str(&spec),
-                    }
-                    out_format.push(verb);
-                    arg += 1;
-                    break;
-                }
-                None => {
-                    out_format.push_str(&spec);
-                    break;
-                }
-            }
-        }
-    }
-    (out_format, out)
-}
-
-/// `%<width>v` (`left`: `%-<width>v`): composites pad each element, scalars pad whole.
-fn write_padded(out: &mut String, v: &Value, width: usize, left: bool) {
-    let leaf = |out: &mut String, text: &str| {
-        let fill = width.saturating_sub(text.chars().count());
-        if !left {
-            out.extend(std::iter::repeat_n(' ', fill));
-        }
-        out.push_str(text);
-        if left {
-            out.extend(std::iter::repeat_n(' ', fill));
-        }
-    };
-    match v {
-        Value::List(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(' ');
-                }
-                write_padded(out, item, width, left);
-            }
-            out.push(']');
-        }
-        Value::Map(m) if m.contains_key(KV_PAIR_MARK) => {
-            out.push('{');
-            if let Some(k) = m.get("Key") {
-                write_padded(out, k, width, left);
-            }
-            out.push(' ');
-            if let Some(v) = m.get("Value") {
-                write_padded(out, v, width, left);
-            }
-            out.push('}');
-        }
-        Value::Map(m) => {
-            out.push_str("map[");
-            for (i, (k, v)) in m.iter().enumerate() {
-                if i > 0 {
-                    out.push(' ');
-                }
-                leaf(out, k);
-                out.push(':');
-                write_padded(out, v, width, left);
-            }
-            out.push(']');
-        }
-        scalar => leaf(out, &value(scalar)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,20 +199,5 @@ mod tests {
         ];
         assert_eq!(sprint(&args), "a1 2b1e+06");
         assert_eq!(sprintln(&args), "a 1 2 b 1e+06\n");
-    }
-
-    #[test]
-    fn printf_preformats_only_plain_v_operands() {
-        let args = [Value::Float(1e6), Value::Float(1e6), Value::Int(3)];
-        let (format, out) = printf_args("%v %5.1f %-8v %%", &args);
-        assert_eq!(format, "%v %5.1f %v %%");
-        assert_eq!(out[0], Value::from("1e+06"));
-        assert_eq!(out[1], Value::Float(1e6));
-        assert_eq!(out[2], Value::from("3       "));
-        // A width pads each field of a struct and each element of a slice.
-        let (format, out) = printf_args("%5v|%v", &[kv_pair("/k", "v"), Value::from("s")]);
-        assert_eq!(format, "%v|%v");
-        assert_eq!(out[0], Value::from("{   /k     v}"));
-        assert_eq!(out[1], Value::from("s"));
     }
 }

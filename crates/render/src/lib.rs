@@ -8,6 +8,7 @@
 
 pub mod dns;
 pub mod functions;
+mod gofmt;
 mod gopath;
 pub mod goprint;
 mod gotime;

@@ -7,11 +7,41 @@
 //!   lists are immutable; `F $v` becomes an assignment `{{$v = F $v}}` placed just before the
 //!   node, and the call itself reads `$v`. (Another variable that aliases the same slice is
 //!   not followed; neither is `$v | F`.)
+//! - A number constant such as `2.0` or `1e2` passed to one of confd's `int` parameters is
+//!   an integer in Go (its value is integral); gotmpl parses it as a float, which those
+//!   functions refuse (as Go refuses a `float64` value), so such constants become integers.
 
-use gotmpl::parse::{ActionNode, CommandNode, Expr, ListNode, Node, PipeNode, SmolStr};
+use gotmpl::parse::{ActionNode, CommandNode, Expr, ListNode, Node, Number, PipeNode, SmolStr};
+
+/// Appended to a template's text before parsing, so that the parse tree shows whether the
+/// parser read the whole text (it has no `{{` and no meaning to a template).
+pub const SENTINEL: &str = "\u{0}ferry:end-of-template\u{0}";
+
+/// The main tree without the [`SENTINEL`] text at its end; `None` if the sentinel is not
+/// there (the parser stopped early).
+pub fn strip_sentinel(tree: &ListNode) -> Option<ListNode> {
+    let mut tree = tree.clone();
+    let Some(Node::Text(last)) = tree.nodes.last_mut() else {
+        return None;
+    };
+    let kept = last.text.strip_suffix(SENTINEL)?.to_string();
+    if kept.is_empty() {
+        tree.nodes.pop();
+    } else {
+        last.text = kept.into();
+    }
+    Some(tree)
+}
+
+/// The function every `range` pipeline's value is piped into (it refuses what Go cannot
+/// range over).
+pub const RANGE_FUNC: &str = "_ferryRange";
 
 /// The function every printing action's value is piped into.
 pub const PRINT_FUNC: &str = "_ferryPrint";
+
+/// confd's functions whose parameters are Go `int`s.
+const INT_PARAMS: [&str; 6] = ["add", "sub", "mul", "div", "mod", "seq"];
 
 /// confd's functions that reorder their argument in place.
 const IN_PLACE: [&str; 3] = ["reverse", "sortByLength", "sortKVByLength"];
@@ -36,6 +66,13 @@ pub fn rewrite(list: &ListNode) -> ListNode {
             Node::If(branch) | Node::Range(branch) | Node::With(branch) => {
                 let mut branch = branch.clone();
                 nodes.extend(hoist_in_place(&mut branch.pipe));
+                if matches!(node, Node::Range(_)) {
+                    let pos = branch.pipe.pos;
+                    branch.pipe.commands.push(CommandNode {
+                        pos,
+                        args: vec![Expr::Identifier(pos, SmolStr::from(RANGE_FUNC))],
+                    });
+                }
                 branch.body = rewrite(&branch.body);
                 branch.else_body = branch.else_body.as_ref().map(rewrite);
                 nodes.push(match node {
@@ -70,9 +107,21 @@ fn hoist_in_place(pipe: &mut PipeNode) -> Vec<Node> {
 }
 
 fn hoist_command(command: &mut CommandNode, hoisted: &mut Vec<Node>) {
+    let int_params = matches!(
+        command.args.first(),
+        Some(Expr::Identifier(_, f)) if INT_PARAMS.contains(&f.as_str())
+    );
     for arg in &mut command.args {
-        if let Expr::Pipe(_, inner) = arg {
-            hoisted.extend(hoist_in_place(inner));
+        match arg {
+            Expr::Pipe(_, inner) => hoisted.extend(hoist_in_place(inner)),
+            Expr::Number(_, n @ Number::Float(_)) if int_params => {
+                if let Number::Float(f) = *n {
+                    if f.fract() == 0.0 && f.abs() < 9.2e18 {
+                        *n = Number::Int(f as i64);
+                    }
+                }
+            }
+            _ => {}
         }
     }
     let (Some(Expr::Identifier(_, func)), Some(Expr::Variable(pos, var, fields)), 2) = (

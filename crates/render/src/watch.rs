@@ -53,7 +53,7 @@ pub type Report = Arc<dyn Fn(&TemplateResource, i64, Result<Outcome, String>) + 
 pub struct Job {
     /// The store connection.
     pub client: Client,
-    /// The global key prefix (`-prefix`).
+    /// The global key prefix (`-prefix`): when set, it replaces every resource's `prefix`.
     pub prefix: String,
     /// `<confdir>/templates`.
     pub templates: PathBuf,
@@ -64,12 +64,14 @@ pub struct Job {
 }
 
 impl Job {
+    /// The prefix a resource's keys are read under: as in confd, a global `-prefix`
+    /// replaces the resource's own `prefix` rather than joining it.
     fn full_prefix(&self, resource: &TemplateResource) -> String {
-        format!(
-            "{}/{}",
-            self.prefix.trim_end_matches('/'),
-            resource.prefix.trim_matches('/')
-        )
+        if self.prefix.is_empty() {
+            resource.prefix.clone()
+        } else {
+            self.prefix.clone()
+        }
     }
 
     /// Renders `resource` now from a fresh snapshot; returns the snapshot's revision.
@@ -112,14 +114,10 @@ pub async fn watch_mode(mut job: Job, resource: TemplateResource, wait: Wait) {
         };
         backoff = Duration::from_millis(100);
         // One stream, one watch per key prefix, all from just after the snapshot.
-        let mut keys = resource.keys.iter().map(|k| {
-            format!(
-                "/{}/{}",
-                full_prefix.trim_matches('/'),
-                k.trim_start_matches('/')
-            )
-            .replace("//", "/")
-        });
+        let mut keys = resource
+            .keys
+            .iter()
+            .map(|k| crate::gopath::join(&["/", &full_prefix, k]));
         let Some(first) = keys.next() else {
             tracing::warn!(
                 resource = %resource.src,
