@@ -282,19 +282,6 @@ fn reorderable(list: &Value, l: &[Value]) -> bool {
     }
 }
 
-/// Go's `sort.Sort` (pdqsort in Go 1.19): not stable, so for elements that compare equal
-/// the order only matches confd's when the same algorithm runs. Lists up to 12 elements
-/// are insertion-sorted, which is stable.
-fn go_sort(v: &mut [Value], less: impl Fn(&Value, &Value) -> bool) {
-    for i in 1..v.len() {
-        let mut j = i;
-        while j > 0 && less(&v[j], &v[j - 1]) {
-            v.swap(j, j - 1);
-            j -= 1;
-        }
-    }
-}
-
 /// confd's function map, bound to `snapshot`.
 pub fn confd_functions(
     snapshot: Arc<KvSnapshot>,
@@ -572,7 +559,7 @@ pub fn confd_functions(
         Arc::new(|a| match a.first() {
             Some(list @ Value::List(l)) if is_strings(list, l) => {
                 let mut v: Vec<Value> = l.to_vec();
-                go_sort(&mut v, |x, y| {
+                crate::gosort::sort(&mut v, |x, y| {
                     goprint::value(x).len() < goprint::value(y).len()
                 });
                 Ok(tag(Value::from(v), SliceType::Strings))
@@ -591,7 +578,7 @@ pub fn confd_functions(
                     Value::Map(m) => m.get("Key").map(goprint::value).map_or(0, |k| k.len()),
                     _ => 0,
                 };
-                go_sort(&mut v, |x, y| key_len(x) < key_len(y));
+                crate::gosort::sort(&mut v, |x, y| key_len(x) < key_len(y));
                 Ok(tag(Value::from(v), SliceType::KvPairSlice))
             }
             _ => Err(fail(

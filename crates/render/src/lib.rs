@@ -11,6 +11,7 @@ pub mod functions;
 mod gofmt;
 mod gopath;
 pub mod goprint;
+mod gosort;
 mod gotime;
 pub mod pipeline;
 pub mod resource;
