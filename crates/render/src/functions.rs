@@ -282,6 +282,45 @@ fn reorderable(list: &Value, l: &[Value]) -> bool {
     }
 }
 
+/// confd's `sortByLength` (`sort.Sort` of a `[]string` by length).
+fn sort_by_length(a: &[Value], _in_place: bool) -> Result<Value, Error> {
+    match a.first() {
+        Some(list @ Value::List(l)) if is_strings(list, l) => {
+            let mut v: Vec<Value> = l.to_vec();
+            crate::gosort::sort(&mut v, |x, y| {
+                goprint::value(x).len() < goprint::value(y).len()
+            });
+            Ok(tag(Value::from(v), SliceType::Strings))
+        }
+        _ => Err(fail(
+            "sortByLength: wrong type for value; expected []string",
+        )),
+    }
+}
+
+/// confd's `sortKVByLength` (`sort.Sort` of a `[]memkv.KVPair` by key length). It returns
+/// a `[]KVPair`; sorted in place (`in_place`), a `KVPairs` variable stays a `KVPairs`.
+fn sort_kv_by_length(a: &[Value], in_place: bool) -> Result<Value, Error> {
+    match a.first() {
+        Some(list @ Value::List(l)) if is_kv_pairs(list, l) => {
+            let mut v: Vec<Value> = l.to_vec();
+            let key_len = |x: &Value| match x {
+                Value::Map(m) => m.get("Key").map(goprint::value).map_or(0, |k| k.len()),
+                _ => 0,
+            };
+            crate::gosort::sort(&mut v, |x, y| key_len(x) < key_len(y));
+            let kind = match (in_place, slice_type::of(list)) {
+                (true, Some(kind)) => kind,
+                _ => SliceType::KvPairSlice,
+            };
+            Ok(tag(Value::from(v), kind))
+        }
+        _ => Err(fail(
+            "sortKVByLength: wrong type for value; expected []memkv.KVPair",
+        )),
+    }
+}
+
 /// confd's function map, bound to `snapshot`.
 pub fn confd_functions(
     snapshot: Arc<KvSnapshot>,
@@ -454,7 +493,10 @@ pub fn confd_functions(
             let key = text(a, 0, "getenv")?;
             Ok(Value::from(match std::env::var(&key) {
                 Ok(v) if !v.is_empty() => v,
-                _ => a.get(1).map(|d| d.to_string()).unwrap_or_default(),
+                _ => match a.get(1) {
+                    Some(_) => text(a, 1, "getenv")?,
+                    None => String::new(),
+                },
             }))
         }),
     );
@@ -554,37 +596,16 @@ pub fn confd_functions(
             None => Err(fail("wrong number of args for reverse: want 1 got 0")),
         }),
     );
+    add("sortByLength", Arc::new(|a| sort_by_length(a, false)));
+    add("sortKVByLength", Arc::new(|a| sort_kv_by_length(a, false)));
+    // The in-place half (rewrite.rs): the variable passed keeps its own Go type.
     add(
-        "sortByLength",
-        Arc::new(|a| match a.first() {
-            Some(list @ Value::List(l)) if is_strings(list, l) => {
-                let mut v: Vec<Value> = l.to_vec();
-                crate::gosort::sort(&mut v, |x, y| {
-                    goprint::value(x).len() < goprint::value(y).len()
-                });
-                Ok(tag(Value::from(v), SliceType::Strings))
-            }
-            _ => Err(fail(
-                "sortByLength: wrong type for value; expected []string",
-            )),
-        }),
+        crate::rewrite::SORT_IN_PLACE,
+        Arc::new(|a| sort_by_length(a, true)),
     );
     add(
-        "sortKVByLength",
-        Arc::new(|a| match a.first() {
-            Some(list @ Value::List(l)) if is_kv_pairs(list, l) => {
-                let mut v: Vec<Value> = l.to_vec();
-                let key_len = |x: &Value| match x {
-                    Value::Map(m) => m.get("Key").map(goprint::value).map_or(0, |k| k.len()),
-                    _ => 0,
-                };
-                crate::gosort::sort(&mut v, |x, y| key_len(x) < key_len(y));
-                Ok(tag(Value::from(v), SliceType::KvPairSlice))
-            }
-            _ => Err(fail(
-                "sortKVByLength: wrong type for value; expected []memkv.KVPair",
-            )),
-        }),
+        crate::rewrite::SORT_KV_IN_PLACE,
+        Arc::new(|a| sort_kv_by_length(a, true)),
     );
     // Printing as Go's fmt does (see goprint.rs).
     add(

@@ -43,8 +43,20 @@ pub const PRINT_FUNC: &str = "_ferryPrint";
 /// confd's functions whose parameters are Go `int`s.
 const INT_PARAMS: [&str; 6] = ["add", "sub", "mul", "div", "mod", "seq"];
 
-/// confd's functions that reorder their argument in place.
-const IN_PLACE: [&str; 3] = ["reverse", "sortByLength", "sortKVByLength"];
+/// `sortByLength` applied to the variable it was given, keeping the variable's type.
+pub const SORT_IN_PLACE: &str = "_ferrySortByLengthInPlace";
+/// `sortKVByLength` applied to the variable it was given, keeping the variable's type.
+pub const SORT_KV_IN_PLACE: &str = "_ferrySortKVByLengthInPlace";
+
+/// confd's functions that reorder their argument in place, and what the hoisted
+/// assignment calls. `reverse` is then read from the variable; a sort runs again on the
+/// sorted variable (Go's sort leaves sorted input as it is) so the call keeps its own
+/// result type.
+const IN_PLACE: [(&str, &str); 3] = [
+    ("reverse", "reverse"),
+    ("sortByLength", SORT_IN_PLACE),
+    ("sortKVByLength", SORT_KV_IN_PLACE),
+];
 
 /// `list` with both rewrites applied, recursively.
 pub fn rewrite(list: &ListNode) -> ListNode {
@@ -131,10 +143,14 @@ fn hoist_command(command: &mut CommandNode, hoisted: &mut Vec<Node>) {
     ) else {
         return;
     };
-    if !IN_PLACE.contains(&func.as_str()) || !fields.is_empty() || var == "$" {
+    let Some(&(_, hoisted_func)) = IN_PLACE.iter().find(|(f, _)| *f == func.as_str()) else {
+        return;
+    };
+    if !fields.is_empty() || var == "$" {
         return;
     }
-    let (pos, var, func) = (*pos, var.clone(), func.clone());
+    let replace_call = func.as_str() == "reverse";
+    let (pos, var, func) = (*pos, var.clone(), SmolStr::from(hoisted_func));
     hoisted.push(Node::Action(ActionNode {
         pos,
         pipe: PipeNode {
@@ -150,5 +166,7 @@ fn hoist_command(command: &mut CommandNode, hoisted: &mut Vec<Node>) {
             is_assign: true,
         },
     }));
-    command.args = vec![Expr::Variable(pos, var, Vec::new())];
+    if replace_call {
+        command.args = vec![Expr::Variable(pos, var, Vec::new())];
+    }
 }
