@@ -2028,7 +2028,8 @@ def main() -> int:
     ap.add_argument("--avoid", default="", metavar="NAMES",
                     help="comma-separated known differences to keep out of the generated cases "
                          "(this changes the cases): " + ", ".join(
-                             "%s (%s)" % kv for kv in AVOIDABLE.items()) + "; 'all'; '-NAME' takes one out again")
+                             "%s (%s)" % kv for kv in AVOIDABLE.items()).replace("%", "%%") +
+                         "; 'all'; '-NAME' takes one out again")
     ap.add_argument("--timeout", type=float, default=20, help="seconds per tool run")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary directory")
     ap.add_argument("--quiet", action="store_true", help="only the summary")
