@@ -542,6 +542,8 @@ pub fn router(state: Shared) -> Router {
             "/api/v1/environments/{env}/configs/{id}/status",
             get(status),
         )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::map_response(crate::refusal::as_json))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let counter = counter.clone();

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod openapi;
 pub mod publish;
 pub mod record;
+pub mod refusal;
 pub mod roles;
 pub mod serve;
 pub mod server;

@@ -205,6 +205,31 @@ async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
         (200, Some(3))
     );
 
+    // Every refusal has the API's JSON shape, including axum's own: a query without
+    // `version`, a path that is not UTF-8, an unknown route, a method a route does not take.
+    for (method, path, status) in [
+        ("POST", format!("{one}/rollback"), 400),
+        ("GET", "/api/v1/environments/%FF/configs".to_string(), 400),
+        ("GET", "/api/v1/nowhere".to_string(), 404),
+        ("PATCH", one.clone(), 405),
+    ] {
+        let reply = http(&addr, method, &path, Some(ADMIN), &[("If-Match", "3")], "").await?;
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.body);
+        assert!(
+            reply.headers.contains("content-type: application/json"),
+            "{method} {path}: {}",
+            reply.headers
+        );
+        let message = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!message.is_empty(), "{method} {path}: {}", reply.body);
+        if path.ends_with("/rollback") {
+            assert!(message.contains("version"), "{message}");
+        }
+    }
+
     // Rollout status: two live agents, one applied version 3, one failed it.
     for (agent, ok) in [("a1", true), ("a2", false)] {
         let instance = ferry_registry::Instance::new(
