@@ -232,22 +232,34 @@ fn parse_document(body: &[u8]) -> Result<IngressDocument, ApiError> {
     })
 }
 
-async fn publish_after_commit(state: &ApiState, rec: &ConfigRecord) {
+/// Publishes a committed change; `Err` says why it is not in the store yet.
+async fn publish_after_commit(state: &ApiState, rec: &ConfigRecord) -> Result<(), String> {
     let result = if rec.deleted {
         state.publisher.unpublish(&rec.env, &rec.id).await
     } else {
         state.publisher.publish(rec).await.map(|_| ())
     };
-    if let Err(e) = result {
+    result.map_err(|e| {
         // SQL holds the change; the periodic reconciliation publishes it.
         tracing::warn!(env = %rec.env, id = %rec.id, error = %e, "publishing failed; reconciliation will retry");
-    }
+        e.to_string()
+    })
 }
 
-/// The answer to a committed change, once it is published.
+/// The answer to a committed change: the record, and whether it reached the store
+/// (`"published": false` with `"publish_error"` until the reconciliation publishes it).
 async fn changed(state: &ApiState, status: StatusCode, rec: ConfigRecord) -> Response {
-    publish_after_commit(state, &rec).await;
-    with_etag(status, &rec)
+    let published = publish_after_commit(state, &rec).await;
+    let mut body = serde_json::to_value(&rec).unwrap_or_else(|_| json!({}));
+    body["published"] = json!(published.is_ok());
+    if let Err(reason) = published {
+        body["publish_error"] = json!(reason);
+    }
+    let mut resp = (status, Json(body)).into_response();
+    if let Ok(v) = format!("\"{}\"", rec.version).parse() {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
 }
 
 async fn create(
@@ -372,6 +384,17 @@ pub struct Rollout {
     pub agents: Vec<AgentRollout>,
     /// Counts.
     pub summary: Summary,
+    /// Whether the store holds this version (SQL committed it; publishing may have failed,
+    /// and the reconciliation publishes it when the store takes writes again).
+    #[serde(default = "published_default")]
+    pub published: bool,
+    /// Why not, while not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_pending: Option<String>,
+}
+
+fn published_default() -> bool {
+    true
 }
 
 /// One live agent's state for a configuration.
@@ -446,18 +469,39 @@ async fn status(
             message,
         });
     }
+    let stored = s
+        .client
+        .clone()
+        .get(s.keys.config(&env, &id), None)
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")))?;
+    let stored_version = stored
+        .kvs()
+        .first()
+        .and_then(|kv| crate::publish::stored_version(kv.value()));
+    let published = stored_version.is_some_and(|v| v >= rec.version);
+    let publish_pending = (!published).then(|| {
+        format!(
+            "version {} is committed but not yet in the store (it holds {}); the \
+             reconciliation publishes it once the store takes writes",
+            rec.version,
+            stored_version.map_or("no version".to_string(), |v| format!("version {v}"))
+        )
+    });
     let count = |s: &str| rows.iter().filter(|r| r.state == s).count();
     let summary = Summary {
         live: rows.len(),
         applied: count("applied"),
         failed: count("failed"),
         pending: count("pending"),
-        complete: !rows.is_empty() && count("applied") == rows.len(),
+        complete: published && !rows.is_empty() && count("applied") == rows.len(),
     };
     Ok(Json(Rollout {
         version: rec.version,
         agents: rows,
         summary,
+        published,
+        publish_pending,
     })
     .into_response())
 }

@@ -70,7 +70,8 @@ pub struct Publisher {
     keys: Keys,
 }
 
-fn stored_version(value: &[u8]) -> Option<i64> {
+/// The version of a published configuration's stored value.
+pub fn stored_version(value: &[u8]) -> Option<i64> {
     serde_json::from_slice::<PublishedConfig>(value)
         .ok()
         .map(|p| p.version)

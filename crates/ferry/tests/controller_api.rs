@@ -16,6 +16,7 @@ use ferry_controller::PublishedConfig;
 against_both!(&[];
     configuration_api_end_to_end,
     config_cli_round_trip,
+    a_change_the_store_refuses_is_reported_unpublished_until_reconciled,
 );
 
 const READER: &str = "reader-token-0123456789abcdef";
@@ -422,5 +423,108 @@ async fn config_cli_round_trip(server: &Server) -> anyhow::Result<()> {
     assert!(ok && out.contains("(deleted)"), "{out}");
     let (ok, out, _) = ferry_config(&addr, &["list", "--env", "prod"])?;
     assert!(ok && out.trim().is_empty(), "{out}");
+    Ok(())
+}
+
+/// SQL commits a change the store then refuses (its NOSPACE alarm blocks writes, reads still
+/// work): the API answer and the rollout status say it is not published and why, until the
+/// reconciliation publishes it once the alarm is cleared.
+async fn a_change_the_store_refuses_is_reported_unpublished_until_reconciled(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let controller = Controller::start(
+        &server.endpoint(),
+        &sqlite_url(tmp.path()),
+        "c1",
+        tmp.path(),
+    )
+    .await?;
+    let addr = controller.addr.clone();
+    let configs = "/api/v1/environments/prod/configs";
+    let created = http(&addr, "POST", configs, Some(ADMIN), &[], DOC).await?;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.json()["published"], true, "{}", created.body);
+    let id = created.json()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let one = format!("{configs}/{id}");
+
+    let mut c = server.client().await?;
+    let member = c
+        .status()
+        .await?
+        .header()
+        .map(|h| h.member_id())
+        .unwrap_or(0);
+    let nospace = |action| {
+        (
+            action,
+            etcd_client::AlarmType::Nospace,
+            Some({
+                let mut options = etcd_client::AlarmOptions::new();
+                options.with_member(member);
+                options
+            }),
+        )
+    };
+    let (action, kind, options) = nospace(etcd_client::AlarmAction::Activate);
+    c.alarm(action, kind, options).await?;
+
+    let doc2 = DOC.replace("shop.example.com", "shop2.example.com");
+    let updated = http(&addr, "PUT", &one, Some(ADMIN), &[("If-Match", "1")], &doc2).await?;
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    let body = updated.json();
+    assert_eq!(
+        (body["version"].as_i64(), &body["published"]),
+        (Some(2), &serde_json::json!(false)),
+        "{body}"
+    );
+    assert!(
+        body["publish_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("database space exceeded"),
+        "{body}"
+    );
+    let status = http(&addr, "GET", &format!("{one}/status"), Some(ADMIN), &[], "").await?;
+    let rollout: Rollout = serde_json::from_str(&status.body)?;
+    assert!(!rollout.published, "{}", status.body);
+    assert!(!rollout.summary.complete);
+    assert!(
+        rollout
+            .publish_pending
+            .as_deref()
+            .unwrap_or_default()
+            .contains("version 2 is committed"),
+        "{}",
+        status.body
+    );
+
+    let (ok, out, err) = ferry_config(&addr, &["status", &id, "--env", "prod"])?;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("not published: version 2 is committed"),
+        "{out}"
+    );
+
+    // The store takes writes again: the reconciliation (every second here) publishes it.
+    let (action, kind, options) = nospace(etcd_client::AlarmAction::Deactivate);
+    c.alarm(action, kind, options).await?;
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = http(&addr, "GET", &format!("{one}/status"), Some(ADMIN), &[], "").await?;
+        let rollout: Rollout = serde_json::from_str(&status.body)?;
+        if rollout.published {
+            assert_eq!(rollout.publish_pending, None);
+            break;
+        }
+        anyhow::ensure!(Instant::now() < until, "never published: {}", status.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = c.get(Keys::default().config("prod", &id), None).await?;
+    let published: PublishedConfig = serde_json::from_slice(stored.kvs()[0].value())?;
+    assert_eq!(published.version, 2);
     Ok(())
 }

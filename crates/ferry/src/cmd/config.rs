@@ -218,6 +218,9 @@ fn print_rollout(r: &Rollout, output: Output) {
                 r.summary.pending,
                 r.summary.complete
             );
+            if let Some(reason) = &r.publish_pending {
+                println!("not published: {reason}");
+            }
             println!(
                 "{:<24} {:<16} {:>8}  {:<8} MESSAGE",
                 "AGENT", "IP", "APPLIED", "STATE"
