@@ -8,11 +8,12 @@ use std::sync::Arc;
 use etcd_client::Client;
 use ferry_controller::api::AgentStatus;
 use ferry_controller::keys::Keys;
-use ferry_controller::IngressDocument;
+use ferry_controller::{IngressDocument, PublishedConfig};
 use ferry_registry::Instance;
 use ferry_render::{render_resource, KvSnapshot, Outcome, RenderOptions, TemplateResource};
 use ferry_runtime::Informer;
 
+use crate::blame::{self, RenderSet};
 use crate::{admission, AgentConfig, AgentMetrics, SETTLE};
 
 /// Everything one agent's render-check-report cycle needs.
@@ -28,6 +29,43 @@ pub(crate) struct Applier {
     pub(crate) reported: HashMap<String, (i64, bool, String)>,
     /// The refusals already logged.
     pub(crate) warned: std::collections::HashSet<String>,
+    /// Per configuration, the version last installed (the one to fall back to when a new
+    /// version is to blame for a failing check).
+    pub(crate) last_good: HashMap<String, Arc<PublishedConfig>>,
+}
+
+/// The agent's nginx.conf from a set of configurations (and the agent's own keys and the
+/// admitted registry instances in `base`).
+struct NginxRender {
+    base: BTreeMap<String, String>,
+    revision: i64,
+    templates: PathBuf,
+    resource: TemplateResource,
+}
+
+impl blame::RenderSet for NginxRender {
+    async fn render(
+        &self,
+        set: &[Arc<PublishedConfig>],
+        check_only: bool,
+    ) -> Result<Outcome, ferry_render::RenderError> {
+        let mut pairs = self.base.clone();
+        for c in set {
+            pairs.insert(
+                format!("/configs/{}", c.id),
+                serde_json::to_string(c.as_ref()).unwrap_or_default(),
+            );
+        }
+        let snapshot = KvSnapshot {
+            pairs,
+            revision: self.revision,
+        };
+        let options = RenderOptions {
+            check_only,
+            ..RenderOptions::default()
+        };
+        render_resource(&self.resource, &self.templates, Arc::new(snapshot), options).await
+    }
 }
 
 impl Applier {
@@ -62,6 +100,7 @@ impl Applier {
             metrics,
             reported,
             warned,
+            last_good,
         } = self;
         let admission = admission::admit(
             &config.env,
@@ -88,65 +127,65 @@ impl Applier {
         }
         *warned = now_warned;
         let current = &admission.configs;
-        let mut pairs = BTreeMap::new();
-        pairs.insert("/agent/name".to_string(), config.name.clone());
-        pairs.insert("/agent/env".to_string(), config.env.clone());
-        pairs.insert(
+        let mut base = BTreeMap::new();
+        base.insert("/agent/name".to_string(), config.name.clone());
+        base.insert("/agent/env".to_string(), config.env.clone());
+        base.insert(
             "/agent/prefix".to_string(),
             config.nginx_prefix.display().to_string(),
         );
-        pairs.insert("/agent/listen".to_string(), config.listen.clone());
-        pairs.insert("/agent/tls_listen".to_string(), config.tls_listen.clone());
+        base.insert("/agent/listen".to_string(), config.listen.clone());
+        base.insert("/agent/tls_listen".to_string(), config.tls_listen.clone());
         // Redirects name the HTTPS port unless it is the default one.
         let tls_port = config.tls_listen.rsplit(':').next().unwrap_or("443");
-        pairs.insert(
+        base.insert(
             "/agent/tls_port_suffix".to_string(),
             match tls_port {
                 "443" => String::new(),
                 port => format!(":{port}"),
             },
         );
-        for c in current {
-            pairs.insert(
-                format!("/configs/{}", c.id),
-                serde_json::to_string(c.as_ref()).unwrap_or_default(),
-            );
-        }
         for (relative, instance) in &admission.instances {
-            pairs.insert(
+            base.insert(
                 format!("/services/{relative}"),
                 serde_json::to_string(instance.as_ref()).unwrap_or_default(),
             );
         }
-        let snapshot = KvSnapshot {
-            pairs,
+        let renderer = NginxRender {
+            base,
             revision: configs.cache().revision(),
+            templates: templates.clone(),
+            resource: TemplateResource {
+                src: "nginx.tmpl".into(),
+                dest: config.nginx_prefix.join("conf/nginx.conf"),
+                keys: vec![],
+                prefix: String::new(),
+                mode: Some("0644".into()),
+                uid: None,
+                gid: None,
+                owner: None,
+                group: None,
+                check_cmd: config.check_cmd.clone(),
+                reload_cmd: config.reload_cmd.clone(),
+                wait: None,
+                file: PathBuf::from("ferry-agent"),
+            },
         };
-        let resource = TemplateResource {
-            src: "nginx.tmpl".into(),
-            dest: config.nginx_prefix.join("conf/nginx.conf"),
-            keys: vec![],
-            prefix: String::new(),
-            mode: Some("0644".into()),
-            uid: None,
-            gid: None,
-            owner: None,
-            group: None,
-            check_cmd: config.check_cmd.clone(),
-            reload_cmd: config.reload_cmd.clone(),
-            wait: None,
-            file: PathBuf::from("ferry-agent"),
-        };
-        let outcome = render_resource(
-            &resource,
-            templates,
-            Arc::new(snapshot),
-            RenderOptions::default(),
-        )
-        .await;
+        let mut outcome = renderer.render(current, false).await;
+        let mut blamed = BTreeMap::new();
+        let mut installed: Vec<Arc<PublishedConfig>> = current.clone();
+        if let Err(ferry_render::RenderError::Check { .. }) = &outcome {
+            let verdict = blame::blame(&renderer, current, last_good).await;
+            if !verdict.blamed.is_empty() {
+                tracing::warn!(agent = %config.name, blamed = ?verdict.blamed.keys().collect::<Vec<_>>(), "the check fails because of these configurations; installing the others");
+                outcome = renderer.render(&verdict.installable, false).await;
+                blamed = verdict.blamed;
+                installed = verdict.installable;
+            }
+        }
         let failure = match &outcome {
             Ok(Outcome::Updated) => {
-                tracing::info!(agent = %config.name, configs = current.len(), "configuration applied");
+                tracing::info!(agent = %config.name, configs = installed.len(), "configuration applied");
                 None
             }
             Ok(_) => None,
@@ -155,12 +194,20 @@ impl Applier {
                 Some(e.to_string())
             }
         };
+        if failure.is_none() {
+            for c in &installed {
+                last_good.insert(c.id.clone(), c.clone());
+            }
+        }
         let builtin = config.template.is_none();
         let results = current
             .iter()
             .map(|c| {
                 let result = match (&failure, &c.document) {
                     (Some(reason), _) => (false, reason.clone()),
+                    (None, _) if blamed.contains_key(&c.id) => {
+                        (false, blamed.get(&c.id).cloned().unwrap_or_default())
+                    }
                     (None, IngressDocument::Opaque { .. }) if builtin => (
                         false,
                         "an opaque configuration needs a custom --template".to_string(),

@@ -10,6 +10,7 @@
 
 pub mod admission;
 mod apply;
+mod blame;
 mod metrics;
 
 pub use metrics::AgentMetrics;
@@ -212,6 +213,7 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
             metrics: metrics.clone(),
             reported: HashMap::new(),
             warned: Default::default(),
+            last_good: HashMap::new(),
         }
         .run(),
     );

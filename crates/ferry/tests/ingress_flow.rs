@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::ingress::{
-    call, config_path, create, document, wait_complete, wait_rollout, Agent, Controller,
+    call, config_path, create, document, rollout, wait_complete, wait_rollout, Agent, Controller,
 };
 use common::Server;
 use ferry_controller::keys::Keys;
@@ -98,6 +98,30 @@ async fn flow(server: &Server, database: &str) -> anyhow::Result<()> {
     assert!(a3.message.contains("check_cmd"), "{a3:?}");
     assert!(!agents[2].nginx_conf().contains("refused.example.com"));
     assert!(agents[0].nginx_conf().contains("refused.example.com"));
+    // The refused configuration is blamed alone: a change to another configuration still
+    // reaches that agent, which installs it without the refused one.
+    let (status, body) = call(
+        &c1.addr,
+        "PUT",
+        &config_path(&shop),
+        Some(2),
+        &document("shop3.example.com"),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let done = wait_complete(&c2.addr, &shop, 3, 3).await?;
+    assert_eq!((done.summary.applied, done.summary.failed), (3, 0));
+    assert!(agents[2]
+        .nginx_conf()
+        .contains("server_name \"shop3.example.com\";"));
+    assert!(!agents[2].nginx_conf().contains("refused.example.com"));
+    let still = rollout(&c1.addr, &refused).await?;
+    let a3 = still
+        .agents
+        .iter()
+        .find(|a| a.agent == "a3")
+        .ok_or_else(|| anyhow::anyhow!("a3 missing from {still:?}"))?;
+    assert_eq!(a3.state, "failed", "{still:?}");
     let (status, _) = call(&c2.addr, "DELETE", &config_path(&refused), Some(1), "").await?;
     assert_eq!(status, 200);
 
@@ -130,7 +154,7 @@ async fn flow(server: &Server, database: &str) -> anyhow::Result<()> {
                 &addr,
                 "PUT",
                 &path,
-                Some(2),
+                Some(3),
                 &document(&format!("race{i}.example.com")),
             )
             .await
@@ -164,13 +188,13 @@ async fn flow(server: &Server, database: &str) -> anyhow::Result<()> {
     for id in &ids {
         wait_complete(&c1.addr, id, 1, 3).await?;
     }
-    let shop_now = wait_complete(&c2.addr, &shop, 3, 3).await?;
-    assert_eq!(shop_now.version, 3);
+    let shop_now = wait_complete(&c2.addr, &shop, 4, 3).await?;
+    assert_eq!(shop_now.version, 4);
     let winner = &agents[0].nginx_conf();
     assert_eq!(winner.matches("server_name \"race").count(), 1, "{winner}");
 
     // Delete: gone from etcd, from every agent's nginx, and its status keys are removed.
-    let (status, _) = call(&c1.addr, "DELETE", &config_path(&shop), Some(3), "").await?;
+    let (status, _) = call(&c1.addr, "DELETE", &config_path(&shop), Some(4), "").await?;
     assert_eq!(status, 200);
     let keys = Keys::default();
     let mut client = server.client().await?;

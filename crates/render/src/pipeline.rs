@@ -16,6 +16,8 @@ pub enum Outcome {
     Unchanged,
     /// `dest` was replaced (and the reload command ran).
     Updated,
+    /// `check_only`: the rendered file passed `check_cmd` (and was discarded).
+    Checked,
     /// Dry run: what would change.
     WouldUpdate {
         /// A unified-style listing of changed lines.
@@ -102,6 +104,9 @@ pub struct RenderOptions {
     pub sync_only: bool,
     /// Keep the staged file after a failed check (for debugging).
     pub keep_stage_file: bool,
+    /// Render and run `check_cmd` on the staged file, even when `dest` already has the
+    /// content, then discard it: install nothing, reload nothing ([`Outcome::Checked`]).
+    pub check_only: bool,
     /// DNS server for `lookupSRV` (default: /etc/resolv.conf's first).
     pub nameserver: Option<std::net::SocketAddr>,
 }
@@ -160,7 +165,11 @@ pub async fn render_resource(
     let owner_ok = meta
         .as_ref()
         .is_some_and(|m| uid.is_none_or(|u| u == m.uid()) && gid.is_none_or(|g| g == m.gid()));
-    if current.as_deref() == Some(rendered.as_str()) && current_mode == Some(mode) && owner_ok {
+    if current.as_deref() == Some(rendered.as_str())
+        && current_mode == Some(mode)
+        && owner_ok
+        && !options.check_only
+    {
         return Ok(Outcome::Unchanged);
     }
     if noop {
@@ -197,6 +206,9 @@ pub async fn render_resource(
                 output,
             });
         }
+    }
+    if options.check_only {
+        return Ok(Outcome::Checked);
     }
     staged
         .persist(&resource.dest)

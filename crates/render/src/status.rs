@@ -96,6 +96,7 @@ impl StatusBoard {
             Ok(Outcome::Updated) => (true, "updated", String::new()),
             Ok(Outcome::Unchanged) => (true, "unchanged", String::new()),
             Ok(Outcome::WouldUpdate { .. }) => (true, "would-update", String::new()),
+            Ok(Outcome::Checked) => (true, "checked", String::new()),
             Err(e) => (false, "error", e.clone()),
         };
         let now = std::time::SystemTime::now();

@@ -226,6 +226,7 @@ impl RenderArgs {
                     Ok(Outcome::WouldUpdate { diff }) => {
                         println!("{} would change:\n{diff}", resource.dest.display())
                     }
+                    Ok(Outcome::Checked) => {}
                     Err(e) => {
                         failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!(resource = %resource.file.display(), revision, error = %e, "render failed");
@@ -248,6 +249,7 @@ impl RenderArgs {
                 sync_only: self.sync_only,
                 keep_stage_file: self.keep_stage_file,
                 nameserver: self.nameserver,
+                check_only: false,
             },
             report,
         };
