@@ -364,6 +364,60 @@ async fn agent_serves_tls_virtual_hosts_through_nginx(server: &Server) -> anyhow
         common::http::get_tls(https_port, "localhost", &certs.ca).await?,
         "secure-backend"
     );
+
+    // Two configurations; the certificate of one is removed on this host only, behind the
+    // controller's back. A change to the other still installs: only the one whose
+    // certificate is gone reports failed, with nginx's reason.
+    let removable = tmp.path().join("removable.pem");
+    std::fs::copy(&certs.server_cert, &removable)?;
+    let secure4 = record
+        .update("prod", &secure.id, 3, &tls_doc(&removable, false)?, "bob")
+        .await?;
+    publisher.publish(&secure4).await?;
+    assert!(wait_status(server, &keys, &secure.id, 4).await?.ok);
+    let plain = record
+        .create(
+            "prod",
+            &doc(
+                "plain.example.com",
+                &format!(r#""backends":["127.0.0.1:{backend_port}"]"#),
+            ),
+            "carol",
+        )
+        .await?;
+    publisher.publish(&plain).await?;
+    assert!(wait_status(server, &keys, &plain.id, 1).await?.ok);
+    std::fs::remove_file(&removable)?;
+    let plain2 = record
+        .update(
+            "prod",
+            &plain.id,
+            1,
+            &doc(
+                "plain2.example.com",
+                &format!(r#""backends":["127.0.0.1:{backend_port}"]"#),
+            ),
+            "carol",
+        )
+        .await?;
+    publisher.publish(&plain2).await?;
+    let applied = wait_status(server, &keys, &plain.id, 2).await?;
+    assert!(applied.ok, "{applied:?}");
+    let conf = std::fs::read_to_string(prefix.join("conf/nginx.conf"))?;
+    assert!(conf.contains("plain2.example.com"), "{conf}");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let blamed = status(server, &keys, &secure.id).await?;
+        if let Some(b) = blamed.filter(|b| b.version == 4 && !b.ok) {
+            assert!(b.message.contains("removable.pem"), "{b:?}");
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "the configuration without its certificate was not reported failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
 
