@@ -179,7 +179,10 @@ async fn keep_registered(
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stopped.wait_for(|s| *s) => return,
                 }
-                backoff = (backoff * 2).min(config.max_retry_backoff);
+                // The lease is still alive and must be renewed within its TTL: retries on a
+                // broken stream stay at most one keep-alive interval apart (a growing
+                // backoff outlasted a 5 s TTL while a paused member kept timing out).
+                backoff = (backoff * 2).min(config.keep_alive_interval);
                 continue;
             }
             KeepAliveEnd::LeaseGone => {
