@@ -121,6 +121,18 @@ fn etcdctl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `etcdctl snapshot save` from `server` into `file`.
+fn snapshot_save(server: &Server, file: &Path) -> anyhow::Result<()> {
+    etcdctl(&[
+        "--endpoints",
+        &endpoint(server),
+        "snapshot",
+        "save",
+        &path(file),
+    ])?;
+    Ok(())
+}
+
 fn endpoint(server: &Server) -> String {
     server.endpoint().trim_start_matches("http://").to_string()
 }
@@ -151,13 +163,7 @@ async fn a_ferry_snapshot_restores_a_real_etcd_member() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let snap = dir.path().join("ferry.db");
-    etcdctl(&[
-        "--endpoints",
-        &endpoint(&ferry),
-        "snapshot",
-        "save",
-        &path(&snap),
-    ])?;
+    snapshot_save(&ferry, &snap)?;
     let status: serde_json::Value = serde_json::from_str(&etcdctl(&[
         "snapshot",
         "status",
@@ -204,13 +210,7 @@ async fn an_etcd_snapshot_restores_into_ferry() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let snap = dir.path().join("etcd.db");
-    etcdctl(&[
-        "--endpoints",
-        &endpoint(&etcd),
-        "snapshot",
-        "save",
-        &path(&snap),
-    ])?;
+    snapshot_save(&etcd, &snap)?;
     let target = dir.path().join("ferry");
     let out = ferry_restore(&snap, &target, &[]);
     assert!(
@@ -263,13 +263,7 @@ async fn a_damaged_etcd_snapshot_is_refused_and_creates_nothing() -> anyhow::Res
     }
     let dir = tempfile::tempdir()?;
     let snap = dir.path().join("etcd.db");
-    etcdctl(&[
-        "--endpoints",
-        &endpoint(&etcd),
-        "snapshot",
-        "save",
-        &path(&snap),
-    ])?;
+    snapshot_save(&etcd, &snap)?;
     let good = std::fs::read(&snap)?;
 
     let cases: Vec<(&str, Vec<u8>, &[&str], &str)> = vec![

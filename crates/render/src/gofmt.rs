@@ -29,6 +29,19 @@ impl Spec {
         self.flags.contains(flag)
     }
 
+    /// Only the width and `-` of this directive: padding for text formatted here.
+    fn padding_only(&self) -> Spec {
+        Spec {
+            flags: if self.has('-') {
+                "-".into()
+            } else {
+                String::new()
+            },
+            width: self.width,
+            ..Spec::default()
+        }
+    }
+
     /// The directive as text, for gotmpl's formatter.
     fn directive(&self, verb: char) -> String {
         let mut out = format!("%{}", self.flags);
@@ -252,15 +265,7 @@ fn int_with_precision(n: i128, spec: &Spec, precision: usize) -> Result<String, 
     } else {
         ""
     };
-    let pad = Spec {
-        flags: if spec.has('-') {
-            "-".into()
-        } else {
-            String::new()
-        },
-        width: spec.width,
-        ..Spec::default()
-    };
+    let pad = spec.padding_only();
     builtin(
         &pad.directive('s'),
         &[Value::from(format!("{sign}{digits}"))],
@@ -326,15 +331,7 @@ fn format_leaf(out: &mut String, leaf: &Value, spec: &Spec) -> Result<(), Error>
         if shown_as == 'X' {
             hex = hex.to_uppercase();
         }
-        let pad = Spec {
-            flags: if spec.has('-') {
-                "-".into()
-            } else {
-                String::new()
-            },
-            width: spec.width,
-            ..Spec::default()
-        };
+        let pad = spec.padding_only();
         out.push_str(&builtin(&pad.directive('s'), &[Value::from(hex)])?);
     } else if let (Some(n), 'd', Some(precision)) = (int, shown_as, spec.precision) {
         let bad = spec.verb != 'v' && shown_as != spec.verb;
