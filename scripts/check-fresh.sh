@@ -40,13 +40,17 @@ DEBIAN_FRONTEND=noninteractive $sudo apt-get autoremove --purge -y -qq >/dev/nul
 mapfile -t pip_managed < <("$repo/scripts/install-deps.sh" --pip-packages)
 echo "check-fresh: uninstalling with pip: ${pip_managed[*]}" >&2
 python3 -m pip uninstall --quiet --yes "${pip_managed[@]}" >/dev/null 2>&1 || true
+venv_dir=$("$repo/scripts/install-deps.sh" --venv-dir)
+echo "check-fresh: removing the test virtual environment $venv_dir" >&2
+rm -rf "$venv_dir"
 
 # A dependency that was once installed by hand (postgresql-15 beside the postgresql
 # metapackage, say) is not auto-removed: purge whatever still owns a file the checks use.
 shopt -s nullglob
 provided=(/usr/bin/protoc /usr/include/google/protobuf/descriptor.proto /usr/bin/etcd
   /usr/bin/etcdctl /usr/sbin/nginx /usr/sbin/mariadbd /usr/bin/mariadb
-  /usr/bin/mariadb-install-db /usr/lib/postgresql/*/bin/postgres /usr/lib/postgresql/*/bin/initdb)
+  /usr/bin/mariadb-install-db /usr/lib/postgresql/*/bin/postgres /usr/lib/postgresql/*/bin/initdb
+  /usr/bin/chromium /usr/bin/chromedriver)
 shopt -u nullglob
 owners=()
 for file in "${provided[@]}"; do

@@ -17,10 +17,14 @@
 #                                      a Rust toolchain always has (what check-fresh.sh purges)
 #   scripts/install-deps.sh --pip-packages
 #                                      print the Python packages it installs with pip
+#   scripts/install-deps.sh --venv-dir print where the test tools' Python virtual environment is
+#
+# Test tools from PyPI that are not system libraries (schemathesis, selenium) go into their own
+# virtual environment, $FERRY_VENV or ~/.cache/ferry/venv, with pinned versions.
 set -euo pipefail
 
 # capability -> the Debian packages that provide it (the order is the order of the checks).
-capabilities=(protoc cc etcd etcdctl nginx mariadb postgresql redis pip grpcio s3)
+capabilities=(protoc cc etcd etcdctl nginx mariadb postgresql redis pip grpcio s3 chromium venv)
 declare -A packages=(
   [protoc]="protobuf-compiler libprotobuf-dev"
   [cc]="gcc libc6-dev"
@@ -33,7 +37,11 @@ declare -A packages=(
   [pip]="python3 python3-pip"
   [grpcio]=""
   [s3]=""
+  [chromium]="chromium chromium-driver"
+  [venv]="python3-venv"
 )
+venv_dir=${FERRY_VENV:-$HOME/.cache/ferry/venv}
+venv_packages=("schemathesis==4.32.5" "selenium==4.51.0")
 # capability -> the PyPI packages that provide it (installed with python3's pip).
 declare -A pip_packages=(
   [grpcio]="grpcio grpcio-tools"
@@ -54,6 +62,8 @@ declare -A explain=(
   [pip]="python3 runs pip (the Python packages below)"
   [grpcio]="python3 imports grpc and generates a client with grpc_tools.protoc (the peer sync interoperability test)"
   [s3]="python3 loads moto's standalone S3 server (the operator's S3 backup tests)"
+  [chromium]="/usr/bin/chromium and /usr/bin/chromedriver run (the dashboard's browser test)"
+  [venv]="the test virtual environment has ${venv_packages[*]} (the API contract and dashboard tests)"
 )
 
 work=$(mktemp -d)
@@ -161,6 +171,22 @@ check_s3() {
   python3 -c "import moto.moto_server.werkzeug_app, moto.s3.models" >/dev/null 2>&1
 }
 
+check_chromium() {
+  /usr/bin/chromium --version >/dev/null 2>&1 && /usr/bin/chromedriver --version >/dev/null 2>&1
+}
+
+check_venv() {
+  [ -x "$venv_dir/bin/python" ] || return 1
+  # Each pinned package at its pinned version, and importable.
+  "$venv_dir/bin/python" - "${venv_packages[@]}" >/dev/null 2>&1 <<'EOF'
+import importlib, importlib.metadata, sys
+for pin in sys.argv[1:]:
+    name, version = pin.split("==")
+    assert importlib.metadata.version(name) == version, pin
+    importlib.import_module(name)
+EOF
+}
+
 failing() {
   local cap
   for cap in "${capabilities[@]}"; do
@@ -173,6 +199,10 @@ case "${1:-}" in
     for cap in "${!pip_packages[@]}"; do
       echo "${pip_packages[$cap]}"
     done | tr ' ' '\n'
+    exit 0
+    ;;
+  --venv-dir)
+    echo "$venv_dir"
     exit 0
     ;;
   --packages)
@@ -242,6 +272,16 @@ if [ ${#to_pip[@]} -ne 0 ]; then
     pip_flags+=(--break-system-packages)
   fi
   python3 -m pip install "${pip_flags[@]}" "${to_pip[@]}" >/dev/null
+fi
+
+if [[ " ${missing[*]} " == *" venv "* ]]; then
+  echo "install-deps: creating $venv_dir with ${venv_packages[*]}" >&2
+  # Debian's interpreter, not whatever python3 comes first on PATH: the venv must outlive
+  # any user-level Python installation.
+  rm -rf "$venv_dir"
+  mkdir -p "$(dirname "$venv_dir")"
+  /usr/bin/python3 -m venv "$venv_dir"
+  "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check "${venv_packages[@]}" >/dev/null
 fi
 
 mapfile -t still < <(failing)

@@ -151,6 +151,25 @@ fn valid_location(p: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// serde reads `null` as an absent optional field; the contract (and the OpenAPI schema)
+/// says a field of an ingress document is either there with a value or left out, so a
+/// `null` is refused where it stands.
+fn reject_nulls(value: &serde_json::Value, at: &str) -> Result<(), ValidationError> {
+    match value {
+        serde_json::Value::Null => {
+            Err(invalid(at, "null is not a value here: leave the field out"))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| reject_nulls(v, &format!("{at}[{i}]"))),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .try_for_each(|(k, v)| reject_nulls(v, &format!("{at}.{k}"))),
+        _ => Ok(()),
+    }
+}
+
 impl IngressDocument {
     /// Parses and validates JSON; errors name the field.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ValidationError> {
@@ -173,6 +192,9 @@ impl IngressDocument {
         };
         let doc = match kind.as_str() {
             "ingress" => {
+                for (field, value) in &obj {
+                    reject_nulls(value, field)?;
+                }
                 let ingress: Ingress = serde_path_to_error::deserialize(serde_json::Value::Object(
                     obj,
                 ))
@@ -381,6 +403,24 @@ mod tests {
         assert_eq!(err(r#"{"kind":"nginx"}"#).path, "kind");
         assert_eq!(err(r#"{"virtual_hosts":[]}"#).path, "kind");
         assert_eq!(err(r#"{"kind":"opaque","data":[1]}"#).path, "data");
+        assert_eq!(
+            err(&GOOD.replace(
+                "\"read_timeout_seconds\":30",
+                "\"read_timeout_seconds\":null"
+            ))
+            .path,
+            "virtual_hosts[0].paths[0].read_timeout_seconds"
+        );
+        assert_eq!(
+            err(&GOOD.replace(
+                "\"tls\":{\"certificate\":\"/etc/ssl/shop.pem\",\"key\":\"/etc/ssl/shop.key\"}",
+                "\"tls\":null"
+            ))
+            .path,
+            "virtual_hosts[0].tls"
+        );
+        // Opaque data is the user's: nulls in it are values.
+        assert!(IngressDocument::from_json(br#"{"kind":"opaque","data":{"a":null}}"#).is_ok());
         assert_eq!(err("not json").path, "(document)");
     }
 }

@@ -34,6 +34,9 @@ fn name_chars(value: &str, extra: &[char]) -> bool {
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || extra.contains(&c))
 }
 
+/// The rule of [`validate_env`] as a regular expression (the OpenAPI document declares it).
+pub const ENV_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
 /// An environment name: letters, digits, `-` and `_`, at most 64.
 pub fn validate_env(env: &str) -> Result<(), KeyError> {
     if env.is_empty() || env.len() > 64 || !name_chars(env, &[]) {

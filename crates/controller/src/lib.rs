@@ -11,6 +11,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod document;
+pub mod document_schema;
 pub mod http_client;
 pub mod keys;
 pub mod openapi;
@@ -21,6 +22,7 @@ pub mod roles;
 pub mod serve;
 pub mod server;
 pub mod token_reload;
+pub mod ui;
 
 pub use document::{IngressDocument, ValidationError};
 pub use publish::{PublishedConfig, Publisher, ReconcileReport};

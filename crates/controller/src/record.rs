@@ -9,11 +9,12 @@ use sqlx::{AnyPool, Row};
 use crate::document::IngressDocument;
 
 /// One configuration as it stands.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ConfigRecord {
     /// Environment.
     pub env: String,
     /// Configuration id (UUID).
+    #[schema(format = Uuid)]
     pub id: String,
     /// Version, from 1, +1 per change.
     pub version: i64,
@@ -24,6 +25,7 @@ pub struct ConfigRecord {
     /// Who made this version.
     pub changed_by: String,
     /// When (RFC 3339).
+    #[schema(format = DateTime)]
     pub changed_at: String,
 }
 

@@ -17,6 +17,7 @@ against_both!(&[];
     configuration_api_end_to_end,
     config_cli_round_trip,
     a_change_the_store_refuses_is_reported_unpublished_until_reconciled,
+    rollout_events_follow_agents_live,
 );
 
 const READER: &str = "reader-token-0123456789abcdef";
@@ -73,7 +74,7 @@ async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
         200
     );
     let openapi = http(&addr, "GET", "/openapi.json", None, &[], "").await?;
-    assert_eq!(openapi.json()["openapi"], "3.0.3");
+    assert_eq!(openapi.json()["openapi"], "3.1.0");
     let configs = "/api/v1/environments/prod/configs";
 
     // No token, a wrong token, a read-only token writing: refused.
@@ -526,5 +527,280 @@ async fn a_change_the_store_refuses_is_reported_unpublished_until_reconciled(
     let stored = c.get(Keys::default().config("prod", &id), None).await?;
     let published: PublishedConfig = serde_json::from_slice(stored.kvs()[0].value())?;
     assert_eq!(published.version, 2);
+    Ok(())
+}
+
+/// A rollout stream opened with a raw request: server-sent events, read as they come.
+struct EventStream {
+    stream: tokio::net::TcpStream,
+    buffer: String,
+}
+
+impl EventStream {
+    /// Opens `path` with `token`; returns the status line and, on 200, the stream.
+    async fn open(addr: &str, path: &str, token: &str) -> anyhow::Result<(String, Option<Self>)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await?;
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            anyhow::ensure!(stream.read(&mut byte).await? == 1, "closed in the head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let status = head.lines().next().unwrap_or_default().to_string();
+        if !status.contains(" 200 ") {
+            return Ok((status, None));
+        }
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/event-stream"),
+            "{head}"
+        );
+        Ok((
+            status,
+            Some(Self {
+                stream,
+                buffer: String::new(),
+            }),
+        ))
+    }
+
+    /// The next event's name and JSON data (chunk-size lines of the transfer encoding are
+    /// skipped), waiting at most five seconds; `None` when the server ended the stream.
+    async fn next(&mut self) -> anyhow::Result<Option<(String, serde_json::Value)>> {
+        use tokio::io::AsyncReadExt;
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let name = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .map(str::to_string);
+                let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+                if let (Some(name), Some(data)) = (name, data) {
+                    return Ok(Some((name, serde_json::from_str(data)?)));
+                }
+                continue;
+            }
+            // The last chunk of the transfer encoding: the server ended the stream.
+            if self.buffer.ends_with("0\r\n\r\n") && self.buffer.trim() == "0" {
+                return Ok(None);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(until, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("no event within 5 s; buffered: {:?}", self.buffer)
+                })??;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    }
+
+    /// Events until one whose rollout satisfies `want`.
+    async fn until(
+        &mut self,
+        what: &str,
+        want: impl Fn(&Rollout) -> bool,
+    ) -> anyhow::Result<Rollout> {
+        loop {
+            match self.next().await? {
+                Some((name, data)) if name == "rollout" => {
+                    let rollout: Rollout = serde_json::from_value(data)?;
+                    if want(&rollout) {
+                        return Ok(rollout);
+                    }
+                }
+                other => anyhow::bail!("waiting for {what}, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// The dashboard's live rollout: `status/events` sends the rollout at once and again when an
+/// agent joins, reports or fails, and when a new version is published; it ends with an
+/// error event when the configuration is deleted. Tokens are checked as for `status`.
+async fn rollout_events_follow_agents_live(server: &Server) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let controller = Controller::start_with_tokens(
+        &server.endpoint(),
+        &sqlite_url(tmp.path()),
+        "c1",
+        tmp.path(),
+        &format!(
+            "{}\n{}\n{}\n",
+            token_line("admin", "admin", "*", ADMIN),
+            token_line("reader", "read", "*", READER),
+            token_line(
+                "elsewhere",
+                "read",
+                "staging",
+                "staging-token-0123456789abcdef"
+            )
+        ),
+    )
+    .await?;
+    let addr = controller.addr.clone();
+    let created = http(
+        &addr,
+        "POST",
+        "/api/v1/environments/prod/configs",
+        Some(ADMIN),
+        &[],
+        DOC,
+    )
+    .await?;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let one = format!("/api/v1/environments/prod/configs/{id}");
+    let events = format!("{one}/status/events");
+
+    // Who a token is, as the dashboard asks before it shows write controls.
+    let me = http(&addr, "GET", "/api/v1/whoami", Some(READER), &[], "").await?;
+    assert_eq!(
+        me.json(),
+        serde_json::json!({"name": "reader", "role": "read", "environments": null})
+    );
+    let me = http(
+        &addr,
+        "GET",
+        "/api/v1/whoami",
+        Some("staging-token-0123456789abcdef"),
+        &[],
+        "",
+    )
+    .await?;
+    assert_eq!(me.json()["environments"], serde_json::json!(["staging"]));
+    assert_eq!(
+        http(&addr, "GET", "/api/v1/whoami", None, &[], "")
+            .await?
+            .status,
+        401
+    );
+
+    let (status, _) = EventStream::open(&addr, &events, "no-such-token").await?;
+    assert!(status.contains(" 401 "), "{status}");
+    let (status, _) = EventStream::open(&addr, &events, "staging-token-0123456789abcdef").await?;
+    assert!(status.contains(" 403 "), "{status}");
+    let (status, _) = EventStream::open(
+        &addr,
+        "/api/v1/environments/prod/configs/00000000-0000-4000-8000-000000000000/status/events",
+        READER,
+    )
+    .await?;
+    assert!(status.contains(" 404 "), "{status}");
+
+    let (status, stream) = EventStream::open(&addr, &events, READER).await?;
+    let mut stream = stream.ok_or_else(|| anyhow::anyhow!("{status}"))?;
+    let first = stream.until("the first rollout", |_| true).await?;
+    assert_eq!((first.version, first.summary.live), (1, 0));
+
+    let keys = Keys::default();
+    let mut c = server.client().await?;
+    let report = |agent: &str, version: i64, ok: bool| AgentStatus {
+        agent: agent.into(),
+        version,
+        ok,
+        message: if ok {
+            String::new()
+        } else {
+            "nginx: [emerg] no such file".into()
+        },
+        time: String::new(),
+    };
+    for agent in ["a1", "a2"] {
+        let instance = ferry_registry::Instance::new("prod", agent, "10.0.0.1:80");
+        c.put(
+            keys.agent("prod", agent),
+            serde_json::to_vec(&instance)?,
+            None,
+        )
+        .await?;
+    }
+    stream
+        .until("two pending agents", |r| {
+            r.summary.live == 2 && r.summary.pending == 2
+        })
+        .await?;
+    c.put(
+        keys.status("prod", &id, "a1"),
+        serde_json::to_vec(&report("a1", 1, true))?,
+        None,
+    )
+    .await?;
+    c.put(
+        keys.status("prod", &id, "a2"),
+        serde_json::to_vec(&report("a2", 1, false))?,
+        None,
+    )
+    .await?;
+    let r = stream
+        .until("a1 applied, a2 failed", |r| {
+            r.summary.applied == 1 && r.summary.failed == 1
+        })
+        .await?;
+    let a2 = r.agents.iter().find(|a| a.agent == "a2");
+    assert_eq!(
+        a2.map(|a| a.message.as_str()),
+        Some("nginx: [emerg] no such file")
+    );
+
+    // A new version: both agents are pending again until they report it.
+    let doc2 = DOC.replace("\"service\":\"shop\"", "\"service\":\"shop2\"");
+    let updated = http(
+        &addr,
+        "PUT",
+        &one,
+        Some(ADMIN),
+        &[("If-Match", "\"1\"")],
+        &doc2,
+    )
+    .await?;
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    stream
+        .until("version 2 pending everywhere", |r| {
+            r.version == 2 && r.summary.pending == 2
+        })
+        .await?;
+    // An agent leaving (its registration gone) leaves the grid.
+    c.delete(keys.agent("prod", "a2"), None).await?;
+    stream.until("a2 gone", |r| r.summary.live == 1).await?;
+
+    // Deleted: an error event, then the end of the stream.
+    let deleted = http(&addr, "DELETE", &one, Some(ADMIN), &[("If-Match", "2")], "").await?;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    loop {
+        match stream.next().await? {
+            Some((name, _)) if name == "rollout" => continue,
+            Some((name, data)) => {
+                assert_eq!(name, "error");
+                assert!(
+                    data["error"].as_str().is_some_and(|e| !e.is_empty()),
+                    "{data}"
+                );
+                break;
+            }
+            None => anyhow::bail!("the stream ended without an error event"),
+        }
+    }
+    assert!(
+        stream.next().await?.is_none(),
+        "the stream goes on after the error"
+    );
     Ok(())
 }

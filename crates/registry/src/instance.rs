@@ -21,7 +21,7 @@ pub fn valid_name(name: &str) -> bool {
 pub const DEFAULT_PREFIX: &str = "/services";
 
 /// One live instance of a service, as stored (JSON) under `<prefix>/<service>/<id>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     /// The service name.
     pub service: String,
@@ -30,6 +30,7 @@ pub struct Instance {
     /// Where it serves: `host:port` (an IP address, `[v6]` or a DNS name).
     pub addr: String,
     /// When it started (RFC 3339, UTC, milliseconds): discovery orders instances by it.
+    #[schema(format = DateTime)]
     pub start_time: String,
     /// Its version.
     #[serde(default)]

@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use ferry_agent::{AgentConfig, RunningAgent};
 use ferry_controller::api::Rollout;
-use ferry_controller::auth::Tokens;
+use ferry_controller::auth::{new_token, token_line, Role, Scope, Tokens};
 use ferry_controller::keys::Keys;
 use ferry_controller::roles::{self, Principals};
 use ferry_controller::server::ControllerConfig;
@@ -153,7 +153,16 @@ impl UpArgs {
             }
         };
 
-        let (tokens, token) = Tokens::generate("admin");
+        // An admin token for changes and a read-only one to look around with (the
+        // dashboard shows it no write controls).
+        let token = new_token();
+        let viewer_token = new_token();
+        let tokens = Tokens::parse(&format!(
+            "{}\n{}\n",
+            token_line("admin", Role::Admin, &Scope::All, &token),
+            token_line("viewer", Role::Read, &Scope::All, &viewer_token)
+        ))
+        .context("building the demo's tokens")?;
         let controller = ferry_controller::server::start(
             client_as(roles::controller_user("controller-1")).await?,
             ControllerConfig {
@@ -261,6 +270,8 @@ impl UpArgs {
         }
         println!("  controller API:       http://{api}   (OpenAPI: http://{api}/openapi.json)");
         println!("  admin token:          {token}");
+        println!("  read-only token:      {viewer_token}");
+        println!("  dashboard:            http://{api}/ui/   (sign in with a token above)");
         match &nginx {
             Some(_) => {
                 for (agent_prefix, port) in agents.iter().map(|(_, p, port)| (p, port)).take(1) {

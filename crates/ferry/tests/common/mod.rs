@@ -6,6 +6,7 @@ use std::path::Path;
 pub mod certs;
 pub mod http;
 pub mod ingress;
+pub mod venv;
 
 pub use ferry_testkit::{Kind, Server};
 
