@@ -8,6 +8,7 @@ use std::sync::Arc;
 use etcd_client::Client;
 use ferry_controller::api::AgentStatus;
 use ferry_controller::keys::Keys;
+use ferry_controller::nginx::{self, NginxSite};
 use ferry_controller::{IngressDocument, PublishedConfig};
 use ferry_registry::Instance;
 use ferry_render::{render_resource, KvSnapshot, Outcome, RenderOptions, TemplateResource};
@@ -22,6 +23,8 @@ pub(crate) struct Applier {
     pub(crate) config: AgentConfig,
     pub(crate) keys: Keys,
     pub(crate) configs: Informer<serde_json::Value>,
+    /// Versions this agent runs ahead of its environment (a rollout in waves reached it).
+    pub(crate) wave_targets: Informer<serde_json::Value>,
     pub(crate) services: Informer<Instance>,
     pub(crate) templates: PathBuf,
     pub(crate) metrics: Arc<AgentMetrics>,
@@ -50,12 +53,7 @@ impl blame::RenderSet for NginxRender {
         check_only: bool,
     ) -> Result<Outcome, ferry_render::RenderError> {
         let mut pairs = self.base.clone();
-        for c in set {
-            pairs.insert(
-                format!("/configs/{}", c.id),
-                serde_json::to_string(c.as_ref()).unwrap_or_default(),
-            );
-        }
+        pairs.extend(set.iter().map(|c| nginx::config_pair(c)));
         let snapshot = KvSnapshot {
             pairs,
             revision: self.revision,
@@ -72,18 +70,24 @@ impl Applier {
     /// Renders after every burst of changes, until the informers stop.
     pub(crate) async fn run(mut self) {
         self.configs.wait_for_sync().await;
+        self.wave_targets.wait_for_sync().await;
         self.services.wait_for_sync().await;
         let mut config_events = self.configs.subscribe();
+        let mut wave_events = self.wave_targets.subscribe();
         let mut service_events = self.services.subscribe();
         loop {
             // Whatever changed, render everything once the burst is over.
             tokio::select! {
                 Some(_) = config_events.recv() => {}
+                Some(_) = wave_events.recv() => {}
                 Some(_) = service_events.recv() => {}
                 else => return,
             }
             tokio::time::sleep(SETTLE).await;
-            while config_events.try_recv().is_ok() || service_events.try_recv().is_ok() {}
+            while config_events.try_recv().is_ok()
+                || wave_events.try_recv().is_ok()
+                || service_events.try_recv().is_ok()
+            {}
             self.apply().await;
         }
     }
@@ -95,6 +99,7 @@ impl Applier {
             config,
             keys,
             configs,
+            wave_targets,
             services,
             templates,
             metrics,
@@ -102,9 +107,25 @@ impl Applier {
             warned,
             last_good,
         } = self;
+        // A wave target replaces the environment's version of the same configuration.
+        let mut effective: BTreeMap<String, _> = BTreeMap::new();
+        for object in configs
+            .cache()
+            .list()
+            .into_iter()
+            .chain(wave_targets.cache().list())
+        {
+            let id = object
+                .key
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            effective.insert(id, object);
+        }
         let admission = admission::admit(
             &config.env,
-            configs.cache().list(),
+            effective.into_values().collect(),
             services.cache().list(),
             &config.services_prefix,
         );
@@ -127,30 +148,20 @@ impl Applier {
         }
         *warned = now_warned;
         let current = &admission.configs;
-        let mut base = BTreeMap::new();
-        base.insert("/agent/name".to_string(), config.name.clone());
-        base.insert("/agent/env".to_string(), config.env.clone());
-        base.insert(
-            "/agent/prefix".to_string(),
-            config.nginx_prefix.display().to_string(),
+        let site = NginxSite {
+            name: config.name.clone(),
+            env: config.env.clone(),
+            prefix: config.nginx_prefix.clone(),
+            listen: config.listen.clone(),
+            tls_listen: config.tls_listen.clone(),
+        };
+        let mut base = site.pairs();
+        base.extend(
+            admission
+                .instances
+                .iter()
+                .map(|(relative, instance)| nginx::instance_pair(relative, instance)),
         );
-        base.insert("/agent/listen".to_string(), config.listen.clone());
-        base.insert("/agent/tls_listen".to_string(), config.tls_listen.clone());
-        // Redirects name the HTTPS port unless it is the default one.
-        let tls_port = config.tls_listen.rsplit(':').next().unwrap_or("443");
-        base.insert(
-            "/agent/tls_port_suffix".to_string(),
-            match tls_port {
-                "443" => String::new(),
-                port => format!(":{port}"),
-            },
-        );
-        for (relative, instance) in &admission.instances {
-            base.insert(
-                format!("/services/{relative}"),
-                serde_json::to_string(instance.as_ref()).unwrap_or_default(),
-            );
-        }
         let renderer = NginxRender {
             base,
             revision: configs.cache().revision(),

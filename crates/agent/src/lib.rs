@@ -31,8 +31,8 @@ use tokio::task::JoinHandle;
 /// burst, short enough not to dominate the time to a complete rollout.
 const SETTLE: Duration = Duration::from_millis(10);
 
-/// The built-in nginx template.
-pub const NGINX_TEMPLATE: &str = include_str!("nginx.tmpl");
+/// The built-in nginx template (shared with the controller's pre-flight check).
+pub use ferry_controller::nginx::NGINX_TEMPLATE;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -177,6 +177,10 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
                 keys.configs(&config.env),
             ),
             (
+                "its rollout-in-waves targets",
+                keys.wave_targets(&config.env, &config.name),
+            ),
+            (
                 "the services",
                 format!("{}/", config.services_prefix.trim_end_matches('/')),
             ),
@@ -197,6 +201,10 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
     informer_config.resync_period = Some(config.resync);
     // Raw JSON: a value that is not a configuration must still be reported as refused.
     let configs: Informer<serde_json::Value> = Informer::start(client.clone(), informer_config);
+    // The versions a rollout in waves has given this agent ahead of its environment.
+    let mut wave_config = InformerConfig::new(keys.wave_targets(&config.env, &config.name));
+    wave_config.resync_period = Some(config.resync);
+    let wave_targets: Informer<serde_json::Value> = Informer::start(client.clone(), wave_config);
     let services: Informer<Instance> = Informer::start(
         client.clone(),
         InformerConfig::new(format!("{}/", config.services_prefix.trim_end_matches('/'))),
@@ -208,6 +216,7 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
             config,
             keys,
             configs,
+            wave_targets,
             services,
             templates,
             metrics: metrics.clone(),

@@ -16,6 +16,9 @@ pub enum IngressDocument {
     Opaque {
         /// The document.
         data: serde_json::Map<String, serde_json::Value>,
+        /// How a new version reaches the agents (all at once when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<RolloutStrategy>,
     },
 }
 
@@ -25,6 +28,118 @@ pub enum IngressDocument {
 pub struct Ingress {
     /// The virtual hosts, each with its paths.
     pub virtual_hosts: Vec<VirtualHost>,
+    /// How a new version reaches the agents (all at once when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStrategy>,
+}
+
+/// A rollout in waves: each wave's agents run the new version, then the next wave starts
+/// once every agent of the wave applied it and the bake time passed without a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStrategy {
+    /// Cumulative wave sizes: a number of agents (`1`) or a share of the live agents
+    /// (`"25%"`, rounded up). A last wave that leaves agents out is followed by one with
+    /// all of them.
+    pub waves: Vec<WaveSize>,
+    /// How long a wave runs the new version without a failure before the next starts.
+    #[serde(default)]
+    pub bake_seconds: u32,
+    /// What a failure in a wave does.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// One wave's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WaveSize {
+    /// This many agents.
+    Agents(u32),
+    /// This share of the live agents, `"1%"` to `"100%"`.
+    Share(String),
+}
+
+/// What a failing agent does to a rollout in waves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Stop, and return the agents that applied the new version to the previous one.
+    #[default]
+    Rollback,
+    /// Stop; agents keep what they run.
+    Halt,
+}
+
+impl WaveSize {
+    /// The percentage of a share (`"25%"` → 25).
+    fn percent(share: &str) -> Option<u32> {
+        let digits = share.strip_suffix('%')?;
+        let plain = !digits.is_empty()
+            && digits.len() <= 3
+            && !digits.starts_with('0')
+            && digits.bytes().all(|b| b.is_ascii_digit());
+        if !plain {
+            return None;
+        }
+        digits.parse().ok().filter(|p| (1..=100).contains(p))
+    }
+}
+
+impl RolloutStrategy {
+    /// The largest number of waves.
+    pub const MAX_WAVES: usize = 10;
+
+    fn validate(&self, at: &str) -> Result<(), ValidationError> {
+        if self.waves.is_empty() || self.waves.len() > Self::MAX_WAVES {
+            return Err(invalid(
+                format!("{at}.waves"),
+                format!("1 to {} waves", Self::MAX_WAVES),
+            ));
+        }
+        for (i, wave) in self.waves.iter().enumerate() {
+            let ok = match wave {
+                WaveSize::Agents(n) => (1..=100_000).contains(n),
+                WaveSize::Share(s) => WaveSize::percent(s).is_some(),
+            };
+            if !ok {
+                return Err(invalid(
+                    format!("{at}.waves[{i}]"),
+                    "a number of agents (1 to 100000) or a share from \"1%\" to \"100%\"",
+                ));
+            }
+        }
+        if self.bake_seconds > 86_400 {
+            return Err(invalid(
+                format!("{at}.bake_seconds"),
+                format!("{} is more than a day (86400)", self.bake_seconds),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many agents each wave covers, out of `live` agents: cumulative, growing, the
+    /// last one all of them. No wave when there is no agent.
+    pub fn sizes(&self, live: usize) -> Vec<usize> {
+        let mut sizes: Vec<usize> = Vec::new();
+        for wave in &self.waves {
+            let size = match wave {
+                WaveSize::Agents(n) => (*n as usize).min(live),
+                WaveSize::Share(s) => {
+                    let p = WaveSize::percent(s).unwrap_or(100) as usize;
+                    (p * live).div_ceil(100)
+                }
+            };
+            let size = size.max(sizes.last().copied().unwrap_or(0));
+            if size > 0 && sizes.last() != Some(&size) {
+                sizes.push(size);
+            }
+        }
+        if live > 0 && sizes.last() != Some(&live) {
+            sizes.push(live);
+        }
+        sizes
+    }
 }
 
 /// One virtual host.
@@ -171,6 +286,14 @@ fn reject_nulls(value: &serde_json::Value, at: &str) -> Result<(), ValidationErr
 }
 
 impl IngressDocument {
+    /// Its rollout strategy, if it has one.
+    pub fn rollout(&self) -> Option<&RolloutStrategy> {
+        match self {
+            IngressDocument::Ingress(ingress) => ingress.rollout.as_ref(),
+            IngressDocument::Opaque { rollout, .. } => rollout.as_ref(),
+        }
+    }
+
     /// Parses and validates JSON; errors name the field.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ValidationError> {
         let value: serde_json::Value =
@@ -215,13 +338,22 @@ impl IngressDocument {
                     Some(_) => return Err(invalid("data", "must be a JSON object")),
                     None => return Err(invalid("data", "missing")),
                 };
+                let rollout = match obj.remove("rollout") {
+                    None => None,
+                    Some(value) => {
+                        reject_nulls(&value, "rollout")?;
+                        Some(serde_path_to_error::deserialize(value).map_err(|e| {
+                            invalid(format!("rollout.{}", e.path()), e.into_inner().to_string())
+                        })?)
+                    }
+                };
                 if let Some(extra) = obj.keys().next() {
                     return Err(invalid(
                         extra.clone(),
-                        "unknown field (an opaque document has kind and data)",
+                        "unknown field (an opaque document has kind, data and rollout)",
                     ));
                 }
-                IngressDocument::Opaque { data }
+                IngressDocument::Opaque { data, rollout }
             }
             other => {
                 return Err(invalid(
@@ -236,6 +368,9 @@ impl IngressDocument {
 
     /// Checks every rule a renderer relies on.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(strategy) = self.rollout() {
+            strategy.validate("rollout")?;
+        }
         let IngressDocument::Ingress(ingress) = self else {
             return Ok(());
         };
@@ -357,6 +492,42 @@ mod tests {
         let opaque = IngressDocument::from_json(br#"{"kind":"opaque","data":{"anything":[1,2]}}"#)
             .expect("opaque");
         assert!(matches!(opaque, IngressDocument::Opaque { .. }));
+    }
+
+    #[test]
+    fn wave_sizes_grow_and_end_with_every_agent() {
+        let strategy = |waves: serde_json::Value| -> RolloutStrategy {
+            serde_json::from_value(serde_json::json!({ "waves": waves })).expect("a strategy")
+        };
+        let s = strategy(serde_json::json!([1, "50%", "100%"]));
+        assert_eq!(s.sizes(6), vec![1, 3, 6]);
+        assert_eq!(s.sizes(1), vec![1]);
+        assert_eq!(s.sizes(0), Vec::<usize>::new());
+        assert_eq!(strategy(serde_json::json!(["25%"])).sizes(10), vec![3, 10]);
+        assert_eq!(strategy(serde_json::json!([5, 2])).sizes(4), vec![4]);
+        let doc = |rollout: &str| {
+            IngressDocument::from_json(
+                format!(r#"{{"kind":"opaque","data":{{}},"rollout":{rollout}}}"#).as_bytes(),
+            )
+        };
+        assert!(doc(r#"{"waves":[1,"50%"],"bake_seconds":30,"on_failure":"halt"}"#).is_ok());
+        assert_eq!(
+            doc(r#"{"waves":[]}"#).map_err(|e| e.path).err().as_deref(),
+            Some("rollout.waves")
+        );
+        assert_eq!(
+            doc(r#"{"waves":[1,"150%"]}"#)
+                .map_err(|e| e.path)
+                .err()
+                .as_deref(),
+            Some("rollout.waves[1]")
+        );
+        assert_eq!(
+            doc(r#"{"waves":[0]}"#).map_err(|e| e.path).err().as_deref(),
+            Some("rollout.waves[0]")
+        );
+        assert!(doc(r#"{"waves":[1],"on_failure":"panic"}"#).is_err());
+        assert!(doc("null").is_err());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub const HOSTNAME_PATTERN: &str = r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za
 pub const FILE_PATH_PATTERN: &str = r"^/[A-Za-z0-9/._+@=-]*$";
 /// A location prefix (`document::valid_location`).
 pub const LOCATION_PATTERN: &str = r"^/[A-Za-z0-9/._~%!*+,=:@-]*$";
+/// A wave's share of the live agents (`document::WaveSize::Share`).
+pub const WAVE_SHARE_PATTERN: &str = "^(100|[1-9][0-9]?)%$";
 /// A registry service name (`ferry_registry::valid_name`).
 pub const SERVICE_PATTERN: &str = r"^[A-Za-z0-9._-]{1,253}$";
 
@@ -61,7 +63,8 @@ pub fn components() -> Map<String, Value> {
             "properties": {
                 "kind": { "type": "string", "enum": ["ingress"] },
                 "virtual_hosts": { "type": "array", "minItems": 1, "items": reference("VirtualHost"),
-                    "description": "Host names are unique (case-insensitively)." }
+                    "description": "Host names are unique (case-insensitively)." },
+                "rollout": reference("RolloutStrategy")
             }
         }),
     );
@@ -73,7 +76,27 @@ pub fn components() -> Map<String, Value> {
             "additionalProperties": false,
             "properties": {
                 "kind": { "type": "string", "enum": ["opaque"] },
-                "data": { "type": "object", "description": "Any JSON object; templates read it." }
+                "data": { "type": "object", "description": "Any JSON object; templates read it." },
+                "rollout": reference("RolloutStrategy")
+            }
+        }),
+    );
+    c.insert(
+        "RolloutStrategy".into(),
+        json!({
+            "type": "object",
+            "description": "A rollout in waves (all agents at once without one): each wave's agents run the new version; the next wave starts once all of them applied it and `bake_seconds` passed without a failure. A failure halts the rollout and, with `on_failure: rollback`, returns the wave's agents to the previous version.",
+            "required": ["waves"],
+            "additionalProperties": false,
+            "properties": {
+                "waves": { "type": "array", "minItems": 1, "maxItems": 10,
+                    "description": "Cumulative sizes: a number of agents or a share of the live agents (rounded up); a last wave short of every agent is followed by one with all.",
+                    "items": { "oneOf": [
+                        { "type": "integer", "minimum": 1, "maximum": 100000 },
+                        { "type": "string", "pattern": WAVE_SHARE_PATTERN }
+                    ] } },
+                "bake_seconds": { "type": "integer", "minimum": 0, "maximum": 86400, "default": 0 },
+                "on_failure": { "type": "string", "enum": ["rollback", "halt"], "default": "rollback" }
             }
         }),
     );

@@ -148,6 +148,33 @@ impl Keys {
     pub fn status(&self, env: &str, id: &str, agent: &str) -> String {
         format!("{}/ingress_config_status/{env}/{id}/{agent}", self.root)
     }
+
+    /// `<root>/ingress_config_wave/`: every agent's wave targets.
+    pub fn all_wave_targets(&self) -> String {
+        format!("{}/ingress_config_wave/", self.root)
+    }
+
+    /// `<root>/ingress_config_wave/<env>/<agent>/`: the versions one agent runs instead of
+    /// its environment's, while a rollout in waves has reached it.
+    pub fn wave_targets(&self, env: &str, agent: &str) -> String {
+        format!("{}/ingress_config_wave/{env}/{agent}/", self.root)
+    }
+
+    /// `<root>/ingress_config_wave/<env>/<agent>/<uuid>`: one of them.
+    pub fn wave_target(&self, env: &str, agent: &str, id: &str) -> String {
+        format!("{}/ingress_config_wave/{env}/{agent}/{id}", self.root)
+    }
+
+    /// `<root>/ingress_rollout/`: every rollout in waves.
+    pub fn all_rollouts(&self) -> String {
+        format!("{}/ingress_rollout/", self.root)
+    }
+
+    /// `<root>/ingress_rollout/<env>/<uuid>`: a configuration's rollout in waves (the
+    /// controller's progress, read back after a restart).
+    pub fn rollout(&self, env: &str, id: &str) -> String {
+        format!("{}/ingress_rollout/{env}/{id}", self.root)
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +191,11 @@ mod tests {
             k.status("prod", "u", "a1"),
             "/ingress/ingress_config_status/prod/u/a1"
         );
+        assert_eq!(
+            k.wave_target("prod", "a1", "u"),
+            "/ingress/ingress_config_wave/prod/a1/u"
+        );
+        assert_eq!(k.rollout("prod", "u"), "/ingress/ingress_rollout/prod/u");
         assert_eq!(
             Keys::new("custom/").configs("dev"),
             "/custom/ingress_config/dev/"

@@ -14,7 +14,9 @@ pub mod document;
 pub mod document_schema;
 pub mod http_client;
 pub mod keys;
+pub mod nginx;
 pub mod openapi;
+pub mod preflight;
 pub mod publish;
 pub mod record;
 pub mod refusal;
@@ -23,6 +25,7 @@ pub mod serve;
 pub mod server;
 pub mod token_reload;
 pub mod ui;
+pub mod waves;
 
 pub use document::{IngressDocument, ValidationError};
 pub use publish::{PublishedConfig, Publisher, ReconcileReport};

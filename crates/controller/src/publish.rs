@@ -83,6 +83,30 @@ impl Publisher {
         Self { client, keys }
     }
 
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Publishes a committed change the way its document says: a deletion removes it, a
+    /// rollout strategy starts a rollout in waves, otherwise every agent gets it at once
+    /// (and any earlier rollout in waves of the configuration ends).
+    pub async fn publish_change(&self, record: &ConfigRecord) -> Result<(), PublishError> {
+        if record.deleted {
+            return self.unpublish(&record.env, &record.id).await;
+        }
+        match record.document.rollout() {
+            Some(strategy) => self.start_waves(record, strategy).await,
+            None => {
+                self.publish(record).await?;
+                self.clear_waves(&record.env, &record.id).await
+            }
+        }
+    }
+
     /// Writes `record` unless etcd already holds the same or a newer version (two
     /// controllers publishing at once can never move a configuration backwards).
     pub async fn publish(&self, record: &ConfigRecord) -> Result<bool, PublishError> {
@@ -111,8 +135,9 @@ impl Publisher {
         }
     }
 
-    /// Removes a deleted configuration and its agents' status keys.
+    /// Removes a deleted configuration, its agents' status keys and any rollout in waves.
     pub async fn unpublish(&self, env: &str, id: &str) -> Result<(), PublishError> {
+        self.clear_waves(env, id).await?;
         let mut client = self.client.clone();
         let txn = Txn::new().and_then([
             TxnOp::delete(self.keys.config(env, id), None),
@@ -152,7 +177,45 @@ impl Publisher {
                 report.removed += 1;
             }
         }
+        let rollouts: BTreeMap<String, crate::waves::WaveRollout> = client
+            .get(
+                self.keys.all_rollouts(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<crate::waves::WaveRollout>(kv.value()).ok())
+            .map(|r| (self.keys.config(&r.config.env, &r.config.id), r))
+            .collect();
         for (key, rec) in &desired {
+            let stored = seen.get(key).copied().flatten();
+            let rollout = rollouts.get(key);
+            if let Some(strategy) = rec.document.rollout() {
+                match rollout {
+                    // Done, but the environment's key lost it: write it again.
+                    Some(r)
+                        if r.config.version == rec.version
+                            && r.phase == crate::waves::WavePhase::Complete
+                            && stored != Some(rec.version) =>
+                    {
+                        self.force(rec).await?;
+                        report.fixed += 1;
+                    }
+                    // The driver has it; the environment's key moves when the last wave is done.
+                    Some(r) if r.config.version == rec.version => {}
+                    _ if stored != Some(rec.version) => {
+                        self.start_waves(rec, strategy).await?;
+                        report.fixed += 1;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if rollout.is_some() {
+                // A version without waves replaced one that had them.
+                self.clear_waves(&rec.env, &rec.id).await?;
+            }
             match seen.get(key) {
                 None => {
                     self.publish(rec).await?;
@@ -166,6 +229,7 @@ impl Publisher {
                 Some(_) => {}
             }
         }
+        report.removed += self.remove_stray_wave_targets().await?;
         Ok(report)
     }
 

@@ -27,6 +27,34 @@ pub struct ConfigRecord {
     /// When (RFC 3339).
     #[schema(format = DateTime)]
     pub changed_at: String,
+    /// Why this version skipped the pre-flight check, as the admin who made it said (only
+    /// in history; absent when it was checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight_skipped: Option<String>,
+}
+
+/// Who makes a change, and anything they said about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Author<'a> {
+    /// The token's name.
+    pub name: &'a str,
+    /// Why the pre-flight check was skipped, when it was.
+    pub preflight_skipped: Option<&'a str>,
+}
+
+impl<'a> From<&'a String> for Author<'a> {
+    fn from(name: &'a String) -> Self {
+        Self::from(name.as_str())
+    }
+}
+
+impl<'a> From<&'a str> for Author<'a> {
+    fn from(name: &'a str) -> Self {
+        Self {
+            name,
+            preflight_skipped: None,
+        }
+    }
 }
 
 /// Why a record operation failed.
@@ -121,6 +149,13 @@ const SCHEMA: [&str; 2] = [
         changed_at VARCHAR(64) NOT NULL, PRIMARY KEY (env, id, version))",
 ];
 
+/// Columns added after the first release, each added to an older database at start-up.
+const ADDED_COLUMNS: [(&str, &str, &str); 1] = [(
+    "ingress_config_versions",
+    "preflight_skipped",
+    "VARCHAR(1024)",
+)];
+
 /// The URL with the password (between `user:` and `@`) replaced, for error messages and logs.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -168,7 +203,34 @@ impl Record {
                 .await
                 .map_err(opened)?;
         }
+        for (table, column, kind) in ADDED_COLUMNS {
+            record
+                .add_column(table, column, kind)
+                .await
+                .map_err(opened)?;
+        }
         Ok(record)
+    }
+
+    /// Adds `column` to `table` unless it is there. `ADD COLUMN IF NOT EXISTS` is not
+    /// SQLite's nor MySQL's; a probe is. Another controller may add it at the same time:
+    /// the probe after a failed `ALTER` tells.
+    async fn add_column(&self, table: &str, column: &str, kind: &str) -> Result<(), sqlx::Error> {
+        let probe = format!("SELECT {column} FROM {table} WHERE 1 = 0");
+        if sqlx::query(&probe).fetch_all(&self.pool).await.is_ok() {
+            return Ok(());
+        }
+        let added = sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+            .execute(&self.pool)
+            .await;
+        match added {
+            Ok(_) => Ok(()),
+            Err(e) => sqlx::query(&probe)
+                .fetch_all(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(|_| e),
+        }
     }
 
     /// `?` placeholders in the database's own syntax.
@@ -213,6 +275,11 @@ impl Record {
             deleted: row.try_get::<i64, _>("deleted")? != 0,
             changed_by: row.try_get("changed_by")?,
             changed_at: row.try_get("changed_at")?,
+            // Only the versions table has it.
+            preflight_skipped: row
+                .try_get::<Option<String>, _>("preflight_skipped")
+                .ok()
+                .flatten(),
         })
     }
 
@@ -223,7 +290,7 @@ impl Record {
         body: &str,
     ) -> Result<(), RecordError> {
         sqlx::query(&self.sql(
-            "INSERT INTO ingress_config_versions (env, id, version, document, deleted, changed_by, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ingress_config_versions (env, id, version, document, deleted, changed_by, changed_at, preflight_skipped) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         ))
         .bind(&rec.env)
         .bind(&rec.id)
@@ -232,6 +299,7 @@ impl Record {
         .bind(rec.deleted as i64)
         .bind(&rec.changed_by)
         .bind(&rec.changed_at)
+        .bind(&rec.preflight_skipped)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -242,16 +310,18 @@ impl Record {
         &self,
         env: &str,
         document: &IngressDocument,
-        by: &str,
+        by: impl Into<Author<'_>>,
     ) -> Result<ConfigRecord, RecordError> {
+        let by = by.into();
         let rec = ConfigRecord {
             env: env.to_string(),
             id: uuid::Uuid::new_v4().to_string(),
             version: 1,
             document: document.clone(),
             deleted: false,
-            changed_by: by.to_string(),
+            changed_by: by.name.to_string(),
             changed_at: now(),
+            preflight_skipped: by.preflight_skipped.map(str::to_string),
         };
         let body = serde_json::to_string(document).unwrap_or_default();
         let mut tx = self.pool.begin().await?;
@@ -307,7 +377,7 @@ impl Record {
         expected: i64,
         document: &IngressDocument,
         deleted: bool,
-        by: &str,
+        by: Author<'_>,
     ) -> Result<ConfigRecord, RecordError> {
         let current = self.current(env, id, false).await?;
         let conflict = |current: i64| RecordError::Conflict {
@@ -325,8 +395,9 @@ impl Record {
             version: expected + 1,
             document: document.clone(),
             deleted,
-            changed_by: by.to_string(),
+            changed_by: by.name.to_string(),
             changed_at: now(),
+            preflight_skipped: by.preflight_skipped.map(str::to_string),
         };
         let body = serde_json::to_string(document).unwrap_or_default();
         let mut tx = self.pool.begin().await?;
@@ -362,9 +433,10 @@ impl Record {
         id: &str,
         expected: i64,
         document: &IngressDocument,
-        by: &str,
+        by: impl Into<Author<'_>>,
     ) -> Result<ConfigRecord, RecordError> {
-        self.change(env, id, expected, document, false, by).await
+        self.change(env, id, expected, document, false, by.into())
+            .await
     }
 
     /// Deletes (the deletion is a recorded version).
@@ -373,10 +445,10 @@ impl Record {
         env: &str,
         id: &str,
         expected: i64,
-        by: &str,
+        by: impl Into<Author<'_>>,
     ) -> Result<ConfigRecord, RecordError> {
         let current = self.get(env, id).await?;
-        self.change(env, id, expected, &current.document, true, by)
+        self.change(env, id, expected, &current.document, true, by.into())
             .await
     }
 
@@ -387,19 +459,28 @@ impl Record {
         id: &str,
         version: i64,
         expected: i64,
-        by: &str,
+        by: impl Into<Author<'_>>,
     ) -> Result<ConfigRecord, RecordError> {
-        let old = self
-            .history(env, id)
+        let old = self.version(env, id, version).await?;
+        self.change(env, id, expected, &old.document, false, by.into())
+            .await
+    }
+
+    /// Version `version` of `env`/`id` (not a deletion).
+    pub async fn version(
+        &self,
+        env: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<ConfigRecord, RecordError> {
+        self.history(env, id)
             .await?
             .into_iter()
             .find(|r| r.version == version && !r.deleted)
             .ok_or_else(|| RecordError::NotFound {
                 env: env.to_string(),
                 id: format!("{id} version {version}"),
-            })?;
-        self.change(env, id, expected, &old.document, false, by)
-            .await
+            })
     }
 
     /// Live configurations of `env`, by id.

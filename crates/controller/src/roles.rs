@@ -5,7 +5,7 @@
 //! | user | may read | may write |
 //! |---|---|---|
 //! | `controller-<name>` | everything under the root prefix | configurations, their status keys, its registry key, the election |
-//! | `agent-<env>-<name>` | `<env>`'s configurations, the services prefix | `<env>`'s status keys, its own registry key |
+//! | `agent-<env>-<name>` | `<env>`'s configurations, its own wave targets, the services prefix | `<env>`'s status keys, its own registry key |
 //! | `announcer-<service>-<name>` | its service's prefix | its service's prefix |
 //!
 //! etcd permissions are key ranges; an agent's status keys
@@ -132,7 +132,8 @@ pub fn layout(
         let own = format!("ferry-agent-{env}-{name}");
         layout.roles.push(RoleSpec {
             name: own.clone(),
-            read_prefixes: Vec::new(),
+            // Its own wave targets only: no agent reads what a rollout gave another.
+            read_prefixes: vec![keys.wave_targets(env, name)],
             read_keys: Vec::new(),
             write_prefixes: Vec::new(),
             write_keys: vec![keys.agent(env, name)],

@@ -17,6 +17,9 @@ use crate::keys::Keys;
 use crate::publish::Publisher;
 use crate::record::Record;
 
+/// How often the leader looks at the rollouts in waves.
+const WAVES_INTERVAL: Duration = Duration::from_millis(200);
+
 /// How a controller runs.
 pub struct ControllerConfig {
     /// This replica's name.
@@ -38,6 +41,8 @@ pub struct ControllerConfig {
     pub tls: Option<ferry_client::tls::ServerTlsFiles>,
     /// How often the leader makes etcd match SQL.
     pub reconcile_interval: Duration,
+    /// The pre-flight check of every change.
+    pub preflight: crate::preflight::PreflightConfig,
 }
 
 impl ControllerConfig {
@@ -87,6 +92,9 @@ pub enum StartError {
     /// The name or the root prefix cannot be part of the key layout.
     #[error("{0}")]
     Invalid(#[from] crate::keys::KeyError),
+    /// The pre-flight check cannot be set up.
+    #[error("{0}")]
+    Preflight(#[from] crate::preflight::PreflightError),
     /// The TLS files are unusable.
     #[error("API TLS: {0}")]
     Tls(#[from] ferry_client::tls::TlsError),
@@ -142,6 +150,7 @@ pub async fn start(
         "API requests by method and status code",
         requests.clone(),
     );
+    let preflight = crate::preflight::Preflight::start(&config.preflight)?;
     let state = Arc::new(ApiState {
         record: record.clone(),
         publisher: publisher.clone(),
@@ -151,6 +160,7 @@ pub async fn start(
         audit,
         requests,
         registry: parking_lot::Mutex::new(registry),
+        preflight,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -196,8 +206,15 @@ pub async fn start(
             };
             tracing::info!(controller = %name, "leading reconciliation");
             let mut tick = tokio::time::interval(interval);
+            // Rollouts in waves move on within a fraction of a second of the last report.
+            let mut waves_tick = tokio::time::interval(WAVES_INTERVAL);
             loop {
                 tokio::select! {
+                    _ = waves_tick.tick() => {
+                        if let Err(e) = publisher.advance_waves().await {
+                            tracing::warn!(error = %e, "advancing rollouts in waves failed");
+                        }
+                    }
                     _ = tick.tick() => {
                         match publisher.reconcile(&record).await {
                             Ok(report) if report != Default::default() => tracing::info!(?report, "etcd reconciled with SQL"),

@@ -455,6 +455,17 @@
         publish.append(' ', h('span', {class: 'publish-pending', testid: 'publish-pending'},
           `publish pending: ${r.publish_pending}`));
       }
+      // A rollout in waves: the wave, the agents per version, and why it stopped.
+      const w = r.waves;
+      if (w && typeof w === 'object') {
+        const sizes = Array.isArray(w.sizes) ? w.sizes : [];
+        const perVersion = Object.entries(w.agents_per_version || {})
+          .map(([v, n]) => `${n} on version ${v}`).join(', ');
+        publish.append(' ', h('span', {class: 'waves', testid: 'waves', dataset: {phase: String(w.phase)}},
+          `waves: ${String(w.phase).replace('_', ' ')}, wave ${w.wave} of ${sizes.length}` +
+          (perVersion ? ` (${perVersion})` : '')));
+        if (w.reason) publish.append(' ', h('span', {class: 'waves-reason', testid: 'waves-reason'}, String(w.reason)));
+      }
 
       const seen = new Set();
       const order = [];
@@ -462,7 +473,7 @@
         const name = String(a.agent);
         seen.add(name);
         const c = cellFor(name);
-        const state = ['applied', 'failed', 'pending'].includes(a.state) ? a.state : 'pending';
+        const state = ['applied', 'failed', 'pending', 'waiting', 'rolled_back'].includes(a.state) ? a.state : 'pending';
         const applied = a.applied_version === null || a.applied_version === undefined ? '' : String(a.applied_version);
         c.el.className = `cell state-${state}`;
         c.el.dataset.state = state;

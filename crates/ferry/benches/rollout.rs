@@ -55,6 +55,7 @@ async fn run(endpoint: &str, agents: usize, rounds: usize) -> anyhow::Result<Run
             audit_log: None,
             tls: None,
             reconcile_interval: Duration::from_secs(300),
+            preflight: Default::default(),
         },
     )
     .await?;

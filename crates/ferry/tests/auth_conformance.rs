@@ -557,6 +557,7 @@ async fn each_component_user_reaches_only_its_own_keys(server: &mut Server) -> a
             audit_log: None,
             tls: None,
             reconcile_interval: Duration::from_secs(30),
+            preflight: Default::default(),
         },
     )
     .await;

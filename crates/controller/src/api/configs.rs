@@ -10,11 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::params::{if_match, valid_env, ConfigPath, EnvPath, RollbackQuery};
+use super::params::{
+    if_match, valid_env, valid_skip_reason, ConfigPath, EnvPath, RollbackQuery, WriteQuery,
+};
 use super::{ApiError, ApiState, Caller, ErrorBody, Shared};
 use crate::auth::Role;
 use crate::document::IngressDocument;
-use crate::record::ConfigRecord;
+use crate::publish::PublishedConfig;
+use crate::record::{Author, ConfigRecord};
 
 /// The answer to a committed change: the record, and whether it reached the store.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -44,12 +47,7 @@ fn parse_document(body: &[u8]) -> Result<IngressDocument, ApiError> {
 
 /// Publishes a committed change; `Err` says why it is not in the store yet.
 async fn publish_after_commit(state: &ApiState, rec: &ConfigRecord) -> Result<(), String> {
-    let result = if rec.deleted {
-        state.publisher.unpublish(&rec.env, &rec.id).await
-    } else {
-        state.publisher.publish(rec).await.map(|_| ())
-    };
-    result.map_err(|e| {
+    state.publisher.publish_change(rec).await.map_err(|e| {
         // SQL holds the change; the periodic reconciliation publishes it.
         tracing::warn!(env = %rec.env, id = %rec.id, error = %e, "publishing failed; reconciliation will retry");
         e.to_string()
@@ -69,7 +67,7 @@ async fn changed(state: &ApiState, status: StatusCode, record: ConfigRecord) -> 
 
 /// Create a configuration (version 1).
 #[utoipa::path(post, path = "/api/v1/environments/{env}/configs", operation_id = "createConfig",
-    tag = "configs", params(EnvPath), security(("bearer" = [])),
+    tag = "configs", params(EnvPath, WriteQuery), security(("bearer" = [])),
     request_body(content = IngressDocument, content_type = "application/json"),
     responses(
         (status = 201, description = "Created; ETag is its version", body = Changed,
@@ -82,19 +80,35 @@ async fn changed(state: &ApiState, status: StatusCode, record: ConfigRecord) -> 
                 ("getStatus" = (operation_id = "getStatus", parameters(("env" = "$request.path.env"), ("id" = "$response.body#/id")))),
                 ("rollbackConfig" = (operation_id = "rollbackConfig", parameters(("env" = "$request.path.env"), ("id" = "$response.body#/id"), ("version" = "$response.body#/version"), ("header.If-Match" = "$response.header.ETag")))),
             )),
+        (status = 422, description = "The pre-flight check failed: nginx refuses the environment's configuration with this change; nothing was changed", body = ErrorBody),
         (status = 503, description = "The store cannot take writes; nothing was changed", body = ErrorBody),
     ))]
 pub async fn create(
     State(s): State<Shared>,
     Path(p): Path<EnvPath>,
+    Query(q): Query<WriteQuery>,
     caller: Caller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     valid_env(&p.env)?;
+    let skipped = valid_skip_reason(q.skip_preflight.as_deref())?;
     let who = s.authorize(&caller, Role::Admin, Some(&p.env))?;
     let doc = parse_document(&body)?;
+    let candidate = PublishedConfig {
+        id: uuid::Uuid::new_v4().to_string(),
+        env: p.env.clone(),
+        version: 1,
+        document: doc.clone(),
+        changed_by: who.name.clone(),
+        changed_at: String::new(),
+    };
+    s.preflight(&candidate, false, skipped).await?;
     s.ensure_store_writable().await?;
-    let rec = s.record.create(&p.env, &doc, &who.name).await?;
+    let author = Author {
+        name: &who.name,
+        preflight_skipped: skipped,
+    };
+    let rec = s.record.create(&p.env, &doc, author).await?;
     s.audit_change("create", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::CREATED, rec).await)
 }
@@ -136,7 +150,7 @@ pub async fn fetch(
 /// Replace a configuration's document (`If-Match`: the version you changed).
 #[utoipa::path(put, path = "/api/v1/environments/{env}/configs/{id}", operation_id = "updateConfig",
     tag = "configs", security(("bearer" = [])),
-    params(ConfigPath, ("If-Match" = String, Header, description = "The version you changed: its ETag (\"5\") or the number", pattern = r#"^("[0-9]{1,18}"|[0-9]{1,18})$"#)),
+    params(ConfigPath, WriteQuery, ("If-Match" = String, Header, description = "The version you changed: its ETag (\"5\") or the number", pattern = r#"^("[0-9]{1,18}"|[0-9]{1,18})$"#)),
     request_body(content = IngressDocument, content_type = "application/json"),
     responses(
         (status = 200, description = "Changed; ETag is the new version", body = Changed,
@@ -150,23 +164,37 @@ pub async fn fetch(
         (status = 404, description = "No such configuration", body = ErrorBody),
         (status = 412, description = "If-Match is not the current version", body = ErrorBody),
         (status = 428, description = "If-Match is missing", body = ErrorBody),
+        (status = 422, description = "The pre-flight check failed: nginx refuses the environment's configuration with this change; nothing was changed", body = ErrorBody),
         (status = 503, description = "The store cannot take writes; nothing was changed", body = ErrorBody),
     ))]
 pub async fn update(
     State(s): State<Shared>,
     Path(p): Path<ConfigPath>,
+    Query(q): Query<WriteQuery>,
     caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     p.validate()?;
+    let skipped = valid_skip_reason(q.skip_preflight.as_deref())?;
     let who = s.authorize(&caller, Role::Admin, Some(&p.env))?;
     let expected = if_match(&headers)?;
     let doc = parse_document(&body)?;
+    let current = s.record.get(&p.env, &p.id).await?;
+    let candidate = PublishedConfig {
+        version: current.version + 1,
+        document: doc.clone(),
+        ..PublishedConfig::from(&current)
+    };
+    s.preflight(&candidate, true, skipped).await?;
     s.ensure_store_writable().await?;
+    let author = Author {
+        name: &who.name,
+        preflight_skipped: skipped,
+    };
     let rec = s
         .record
-        .update(&p.env, &p.id, expected, &doc, &who.name)
+        .update(&p.env, &p.id, expected, &doc, author)
         .await?;
     s.audit_change("update", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::OK, rec).await)
@@ -197,7 +225,10 @@ pub async fn remove(
     let who = s.authorize(&caller, Role::Admin, Some(&p.env))?;
     let expected = if_match(&headers)?;
     s.ensure_store_writable().await?;
-    let rec = s.record.delete(&p.env, &p.id, expected, &who.name).await?;
+    let rec = s
+        .record
+        .delete(&p.env, &p.id, expected, who.name.as_str())
+        .await?;
     s.audit_change("delete", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::OK, rec).await)
 }
@@ -235,6 +266,7 @@ pub async fn history(
         (status = 404, description = "No such configuration or version", body = ErrorBody),
         (status = 412, description = "If-Match is not the current version", body = ErrorBody),
         (status = 428, description = "If-Match is missing", body = ErrorBody),
+        (status = 422, description = "The pre-flight check failed: nginx refuses the environment's configuration with this change; nothing was changed", body = ErrorBody),
         (status = 503, description = "The store cannot take writes; nothing was changed", body = ErrorBody),
     ))]
 pub async fn rollback(
@@ -248,10 +280,23 @@ pub async fn rollback(
     q.validate()?;
     let who = s.authorize(&caller, Role::Admin, Some(&p.env))?;
     let expected = if_match(&headers)?;
+    let current = s.record.get(&p.env, &p.id).await?;
+    let target = s.record.version(&p.env, &p.id, q.version).await?;
+    let candidate = PublishedConfig {
+        version: current.version + 1,
+        document: target.document,
+        ..PublishedConfig::from(&current)
+    };
+    let skipped = q.skip_preflight.as_deref();
+    s.preflight(&candidate, true, skipped).await?;
     s.ensure_store_writable().await?;
+    let author = Author {
+        name: &who.name,
+        preflight_skipped: skipped,
+    };
     let rec = s
         .record
-        .rollback(&p.env, &p.id, q.version, expected, &who.name)
+        .rollback(&p.env, &p.id, q.version, expected, author)
         .await?;
     s.audit_change("rollback", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::OK, rec).await)

@@ -72,6 +72,8 @@ pub struct ApiState {
     pub requests: Family<Vec<(String, String)>, Counter>,
     /// The metrics registry.
     pub registry: parking_lot::Mutex<prometheus_client::registry::Registry>,
+    /// The pre-flight check, when it is on.
+    pub preflight: Option<Arc<crate::preflight::Preflight>>,
 }
 
 type Shared = Arc<ApiState>;
@@ -88,6 +90,10 @@ pub struct ErrorBody {
     /// The configuration's current version, when `If-Match` named another one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<i64>,
+    /// The configuration a pre-flight refusal is blamed on (absent when it is the one
+    /// being created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blamed: Option<String>,
 }
 
 /// An error response: a status and an [`ErrorBody`].
@@ -103,6 +109,7 @@ impl ApiError {
                 error: message.into(),
                 field: None,
                 current_version: None,
+                blamed: None,
             },
         )
     }
@@ -241,6 +248,48 @@ impl ApiState {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the store cannot take writes now (no quorum or unreachable: {reason}); nothing was changed, try again"),
         ))
+    }
+
+    /// Runs the pre-flight check on `change` unless the admin skipped it (the reason is
+    /// recorded in history by the caller). Refused: 422 with nginx's message.
+    async fn preflight(
+        &self,
+        change: &crate::publish::PublishedConfig,
+        existing: bool,
+        skipped: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Some(check) = &self.preflight else {
+            return Ok(());
+        };
+        if skipped.is_some() {
+            return Ok(());
+        }
+        let others: Vec<crate::publish::PublishedConfig> = self
+            .record
+            .list(&change.env)
+            .await?
+            .iter()
+            .map(crate::publish::PublishedConfig::from)
+            .collect();
+        check
+            .check(&change.env, &others, change)
+            .await
+            .map_err(|refusal| {
+                let which = if existing {
+                    format!("configuration {}", change.id)
+                } else {
+                    "the new configuration".to_string()
+                };
+                let mut e = error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "pre-flight check: nginx refuses environment {:?} with {which}; nothing was changed: {}",
+                        change.env, refusal.message
+                    ),
+                );
+                e.1.blamed = existing.then(|| change.id.clone());
+                e
+            })
     }
 
     /// Records a committed change.

@@ -28,13 +28,39 @@ pub struct ConfigPath {
     pub id: String,
 }
 
-/// `?version=` of a rollback.
+/// `?skip_preflight=` of a create or a replace.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WriteQuery {
+    /// Skip the pre-flight check, for this reason (recorded in the version's history).
+    #[param(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,512}$")]
+    pub skip_preflight: Option<String>,
+}
+
+/// `?version=` (and `?skip_preflight=`) of a rollback.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RollbackQuery {
     /// The earlier version whose document becomes current again.
     #[param(minimum = 1)]
     pub version: i64,
+    /// Skip the pre-flight check, for this reason (recorded in the version's history).
+    #[param(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,512}$")]
+    pub skip_preflight: Option<String>,
+}
+
+/// A reason to skip the pre-flight check: 1 to 512 characters, no control characters.
+pub fn valid_skip_reason(reason: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match reason {
+        Some(r) if r.is_empty() || r.chars().count() > 512 || r.chars().any(char::is_control) => {
+            Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "skip_preflight",
+                "the reason to skip the pre-flight check is 1 to 512 characters without control characters",
+            ))
+        }
+        other => Ok(other),
+    }
 }
 
 /// The `If-Match` pattern the document declares: the ETag as sent (`"5"`) or the bare
@@ -68,6 +94,7 @@ impl ConfigPath {
 
 impl RollbackQuery {
     pub fn validate(&self) -> Result<(), ApiError> {
+        valid_skip_reason(self.skip_preflight.as_deref())?;
         if self.version < 1 {
             return Err(ApiError::field(
                 StatusCode::BAD_REQUEST,

@@ -14,9 +14,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use std::collections::BTreeMap;
+
 use super::params::ConfigPath;
 use super::{store_unavailable, AgentStatus, ApiError, ApiState, Caller, ErrorBody, Shared};
 use crate::auth::Role;
+use crate::waves::WavePhase;
 
 /// The rollout of one configuration: every live agent and what it applied.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
@@ -34,6 +37,32 @@ pub struct Rollout {
     /// Why not, while not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_pending: Option<String>,
+    /// The rollout in waves of this version, when its document has a strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<WaveStatus>,
+}
+
+/// Where a rollout in waves stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct WaveStatus {
+    /// Progressing, baking, complete, halted or rolled back.
+    pub phase: WavePhase,
+    /// The current wave, from 1.
+    pub wave: usize,
+    /// How many agents each wave covers (cumulative).
+    pub sizes: Vec<usize>,
+    /// The agents the version has been published to so far.
+    pub targeted: Vec<String>,
+    /// The version agents not yet reached (or rolled back) run.
+    pub previous_version: Option<i64>,
+    /// The agent that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_agent: Option<String>,
+    /// Why it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How many live agents report each version (as a string key).
+    pub agents_per_version: BTreeMap<String, usize>,
 }
 
 fn published_default() -> bool {
@@ -49,8 +78,9 @@ pub struct AgentRollout {
     pub ip: String,
     /// Version it last reported (0: none yet).
     pub applied_version: i64,
-    /// `applied`, `failed` or `pending`.
-    #[schema(pattern = "^(applied|failed|pending)$")]
+    /// `applied`, `failed` or `pending` (the version is meant for it), `waiting` (a rollout
+    /// in waves has not reached it) or `rolled_back` (it returned to the previous version).
+    #[schema(pattern = "^(applied|failed|pending|waiting|rolled_back)$")]
     pub state: String,
     /// Failure reason.
     pub message: String,
@@ -104,16 +134,37 @@ async fn rollout(s: &ApiState, env: &str, id: &str) -> Result<Rollout, ApiError>
         .iter()
         .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
         .collect();
+    let waves = s
+        .publisher
+        .wave_rollout(env, id)
+        .await
+        .map_err(|e| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map(|(w, _)| w)
+        .filter(|w| w.config.version == rec.version);
     let mut rows = Vec::new();
     for agent in agents {
         let report = reports.iter().find(|r| r.agent == agent.id);
+        let reached = waves.as_ref().is_none_or(|w| {
+            w.phase == WavePhase::Complete
+                || (w.phase != WavePhase::RolledBack && w.targeted().contains(&agent.id))
+        });
+        let was_reached = waves
+            .as_ref()
+            .is_some_and(|w| w.phase == WavePhase::RolledBack && w.targeted().contains(&agent.id));
         let (applied_version, state, message) = match report {
-            Some(r) if r.version == rec.version && r.ok => {
+            Some(r) if reached && r.version == rec.version && r.ok => {
                 (r.version, "applied", r.message.clone())
             }
-            Some(r) if r.version == rec.version => (r.version, "failed", r.message.clone()),
-            Some(r) => (r.version, "pending", String::new()),
-            None => (0, "pending", String::new()),
+            Some(r) if reached && r.version == rec.version => {
+                (r.version, "failed", r.message.clone())
+            }
+            Some(r) if was_reached && r.version != rec.version && r.ok => {
+                (r.version, "rolled_back", String::new())
+            }
+            Some(r) if reached => (r.version, "pending", String::new()),
+            Some(r) => (r.version, "waiting", String::new()),
+            None if reached => (0, "pending", String::new()),
+            None => (0, "waiting", String::new()),
         };
         rows.push(AgentRollout {
             agent: agent.id.clone(),
@@ -133,7 +184,7 @@ async fn rollout(s: &ApiState, env: &str, id: &str) -> Result<Rollout, ApiError>
         .kvs()
         .first()
         .and_then(|kv| crate::publish::stored_version(kv.value()));
-    let published = stored_version.is_some_and(|v| v >= rec.version);
+    let published = stored_version.is_some_and(|v| v >= rec.version) || waves.is_some();
     let publish_pending = (!published).then(|| {
         format!(
             "version {} is committed but not yet in the store (it holds {}); the \
@@ -143,12 +194,35 @@ async fn rollout(s: &ApiState, env: &str, id: &str) -> Result<Rollout, ApiError>
         )
     });
     let count = |s: &str| rows.iter().filter(|r| r.state == s).count();
+    let waves = waves.map(|w| {
+        let mut agents_per_version = BTreeMap::new();
+        for row in rows.iter().filter(|r| r.applied_version > 0) {
+            *agents_per_version
+                .entry(row.applied_version.to_string())
+                .or_insert(0) += 1;
+        }
+        WaveStatus {
+            phase: w.phase,
+            wave: w.wave + 1,
+            sizes: w.sizes.clone(),
+            targeted: w.targeted().to_vec(),
+            previous_version: w.previous,
+            failed_agent: w.failed_agent.clone(),
+            reason: w.reason.clone(),
+            agents_per_version,
+        }
+    });
     let summary = Summary {
         live: rows.len(),
         applied: count("applied"),
         failed: count("failed"),
         pending: count("pending"),
-        complete: published && !rows.is_empty() && count("applied") == rows.len(),
+        complete: published
+            && !rows.is_empty()
+            && count("applied") == rows.len()
+            && waves
+                .as_ref()
+                .is_none_or(|w| w.phase == WavePhase::Complete),
     };
     Ok(Rollout {
         version: rec.version,
@@ -156,6 +230,7 @@ async fn rollout(s: &ApiState, env: &str, id: &str) -> Result<Rollout, ApiError>
         summary,
         published,
         publish_pending,
+        waves,
     })
 }
 
@@ -242,6 +317,7 @@ async fn follow(s: Shared, p: ConfigPath, caller: Caller, first: Rollout, tx: Ev
                 m = watches.agents.message() => m.is_ok_and(|m| m.is_some()),
                 m = watches.reports.message() => m.is_ok_and(|m| m.is_some()),
                 m = watches.config.message() => m.is_ok_and(|m| m.is_some()),
+                m = watches.waves.message() => m.is_ok_and(|m| m.is_some()),
             };
             // Reports of several agents arrive together: one recomputation covers them.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -276,10 +352,11 @@ struct RolloutWatches {
     agents: WatchStream,
     reports: WatchStream,
     config: WatchStream,
+    waves: WatchStream,
 }
 
-/// The agents of the environment, their reports on this configuration, and the
-/// configuration's published key.
+/// The agents of the environment, their reports on this configuration, the
+/// configuration's published key and its rollout in waves.
 async fn open_watches(s: &ApiState, p: &ConfigPath) -> Result<RolloutWatches, etcd_client::Error> {
     let mut client = s.client.clone();
     let prefix = || Some(WatchOptions::new().with_prefix());
@@ -288,9 +365,11 @@ async fn open_watches(s: &ApiState, p: &ConfigPath) -> Result<RolloutWatches, et
         .watch(s.keys.statuses(&p.env, &p.id), prefix())
         .await?;
     let config = client.watch(s.keys.config(&p.env, &p.id), None).await?;
+    let waves = client.watch(s.keys.rollout(&p.env, &p.id), None).await?;
     Ok(RolloutWatches {
         agents,
         reports,
         config,
+        waves,
     })
 }

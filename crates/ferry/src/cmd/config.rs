@@ -221,13 +221,36 @@ fn print_rollout(r: &Rollout, output: Output) {
             if let Some(reason) = &r.publish_pending {
                 println!("not published: {reason}");
             }
+            if let Some(w) = &r.waves {
+                let phase = serde_json::to_value(w.phase)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let per_version: Vec<String> = w
+                    .agents_per_version
+                    .iter()
+                    .map(|(v, n)| format!("{n} on version {v}"))
+                    .collect();
+                println!(
+                    "waves: {phase}, wave {} of {} ({} of {} agents reached), previous version {}; {}",
+                    w.wave,
+                    w.sizes.len(),
+                    w.targeted.len(),
+                    w.sizes.last().copied().unwrap_or(0),
+                    w.previous_version.map_or("none".to_string(), |v| v.to_string()),
+                    per_version.join(", ")
+                );
+                if let Some(reason) = &w.reason {
+                    println!("stopped: {reason}");
+                }
+            }
             println!(
-                "{:<24} {:<16} {:>8}  {:<8} MESSAGE",
+                "{:<24} {:<16} {:>8}  {:<11} MESSAGE",
                 "AGENT", "IP", "APPLIED", "STATE"
             );
             for a in &r.agents {
                 println!(
-                    "{:<24} {:<16} {:>8}  {:<8} {}",
+                    "{:<24} {:<16} {:>8}  {:<11} {}",
                     a.agent, a.ip, a.applied_version, a.state, a.message
                 );
             }

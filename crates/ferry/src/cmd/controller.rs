@@ -49,6 +49,16 @@ pub struct ControllerArgs {
     /// How often the leader makes etcd match SQL.
     #[arg(long, default_value = "30s", value_parser = ferry_client::args::positive_duration)]
     reconcile_interval: std::time::Duration,
+    /// Check each change with `nginx -t` before accepting it (the environment's configuration
+    /// rendered through the agents' template): auto (when nginx is installed), on or off.
+    #[arg(long, default_value = "auto")]
+    preflight: ferry_controller::preflight::PreflightMode,
+    /// The nginx binary of the pre-flight check.
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    preflight_nginx: PathBuf,
+    /// The agents' template, when they run with `--template` (default: the built-in one).
+    #[arg(long)]
+    preflight_template: Option<PathBuf>,
     #[command(flatten)]
     connection: ConnectionArgs,
 }
@@ -76,6 +86,11 @@ impl ControllerArgs {
                 _ => None,
             },
             reconcile_interval: self.reconcile_interval,
+            preflight: ferry_controller::preflight::PreflightConfig {
+                mode: self.preflight,
+                nginx: self.preflight_nginx,
+                template: self.preflight_template,
+            },
         };
         config.validate()?;
         let tls = config.tls.is_some();

@@ -175,6 +175,7 @@ impl UpArgs {
                 audit_log: None,
                 tls: None,
                 reconcile_interval: Duration::from_secs(30),
+                preflight: Default::default(),
             },
         )
         .await

@@ -348,3 +348,24 @@ pub async fn wait_complete(
     })
     .await
 }
+
+/// Waits until `n` agents of `prod` are registered (a rollout in waves takes the agents
+/// live when it starts).
+pub async fn wait_agents(addr: &str, n: usize) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, envs) = call(addr, "GET", "/api/v1/environments", None, "").await?;
+        let live = envs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["env"] == "prod")
+            .and_then(|e| e["agents"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        if live == n {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < until, "{live} of {n} agents registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
