@@ -14,5 +14,6 @@ pub mod proto;
 pub use error::StoreError;
 pub mod server;
 pub mod snapshot;
+pub mod wal;
 
 pub use server::{start, AutoCompaction, RunningStore, ServerTls, StoreConfig};

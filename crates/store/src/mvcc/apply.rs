@@ -39,6 +39,8 @@ pub struct Applier<'a, 't> {
     pub lessor: &'a mut Lessor,
     /// The backend's `lease` table inside the writer's transaction.
     pub leases: &'a mut Table<'t, i64, i64>,
+    /// The batch's redo record: every row written is logged here too.
+    pub redo: &'a mut crate::wal::Redo,
 }
 
 impl Applier<'_, '_> {
@@ -88,9 +90,11 @@ impl Applier<'_, '_> {
     fn write(&mut self, kv: PbKeyValue, prev: Option<PbKeyValue>) -> Result<(), StoreError> {
         let rev = Revision::new(kv.mod_revision, self.sub);
         self.sub += 1;
+        let (at, row) = (rev.to_bytes(), kv.encode_to_vec());
         self.kv
-            .insert(rev.to_bytes().as_slice(), kv.encode_to_vec().as_slice())
+            .insert(at.as_slice(), row.as_slice())
             .map_err(StoreError::backend)?;
+        self.redo.kv_put(&at, &row);
         self.index.write().record(&kv.key, change_of(rev, &kv));
         self.touched.push(kv.key.clone());
         if let Some(old) = prev
@@ -178,6 +182,7 @@ impl Applier<'_, '_> {
     pub fn grant(&mut self, id: i64, ttl: i64) -> Result<(i64, i64), StoreError> {
         let (id, ttl) = self.lessor.grant(id, ttl, std::time::Instant::now())?;
         self.leases.insert(id, ttl).map_err(StoreError::backend)?;
+        self.redo.lease_put(id, ttl);
         Ok((id, ttl))
     }
 
@@ -192,6 +197,7 @@ impl Applier<'_, '_> {
         }
         self.lessor.remove(id);
         self.leases.remove(id).map_err(StoreError::backend)?;
+        self.redo.lease_del(id);
         Ok(())
     }
 

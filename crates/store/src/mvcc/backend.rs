@@ -41,6 +41,9 @@ pub const META_ALARM_NOSPACE: &str = "alarm_nospace";
 /// `meta` key prefix: `alarm_nospace/<member id>` is 1 while a NOSPACE alarm a client raised
 /// for another member id (0: every member) stands.
 pub const META_ALARM_NOSPACE_FOR: &str = "alarm_nospace/";
+/// `meta` key: the write-ahead log sequence number of the last batch applied (durable up to
+/// the last durable commit; the log holds the batches after it).
+pub const META_WAL_SEQ: &str = "wal_seq";
 /// `meta` key: the highest revision ever published (survives compaction of tombstones).
 pub const META_CURRENT_REV: &str = "current_revision";
 

@@ -6,7 +6,7 @@
 //! the last published revision, which moves only after a commit is durable.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use etcd_client::proto::{
@@ -28,6 +28,15 @@ use crate::lease::Lessor;
 
 /// How many queued requests one commit may carry.
 const MAX_BATCH: usize = 1024;
+/// Log bytes after which the writer checkpoints (a durable redb commit, old segments go).
+const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// Time after which it checkpoints anyway, so a restart replays little.
+const CHECKPOINT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+/// When nothing is queued, it checkpoints this long after the last one (as etcd commits
+/// its backend every 100 ms): idle time pays for it, not a waiting client.
+const CHECKPOINT_WHEN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+/// Size of a log segment.
+const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Limits the store enforces.
 #[derive(Debug, Clone)]
@@ -104,8 +113,12 @@ pub struct Shared {
     pub(crate) nospace: AtomicBool,
     /// The member ids NOSPACE is raised for (any at all refuses puts).
     pub(crate) nospace_members: Mutex<Vec<u64>>,
-    /// How long each backend commit (with its fsync) took.
+    /// How long each durable backend commit (a checkpoint, with its fsync) took.
     pub(crate) commit_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// How long each write-ahead log append (with its fdatasync) took.
+    pub(crate) wal_fsync_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Log bytes not yet checkpointed into the backend file (counted against the quota).
+    pub(crate) wal_pending: AtomicU64,
     pub(crate) poisoned: Mutex<Option<String>>,
     pub(crate) cluster_id: u64,
     pub(crate) member_id: u64,
@@ -126,6 +139,7 @@ impl MvccStore {
     pub fn open(data_dir: &Path, limits: Limits) -> Result<Self, StoreError> {
         let db = backend::open(data_dir)?;
         backend::initialise(&db)?;
+        let wal = replay_log(&db, &data_dir.join(crate::wal::WAL_DIR))?;
         let recovered = backend::recover(&db)?;
         let mut lessor =
             Lessor::restore(recovered.leases.iter().copied(), std::time::Instant::now());
@@ -151,6 +165,10 @@ impl MvccStore {
             commit_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14),
             ),
+            wal_fsync_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14),
+            ),
+            wal_pending: AtomicU64::new(0),
             poisoned: Mutex::new(None),
             cluster_id: recovered.cluster_id,
             member_id: recovered.member_id,
@@ -163,6 +181,9 @@ impl MvccStore {
             shared: shared.clone(),
             queue,
             events: events.clone(),
+            wal,
+            redo: crate::wal::Redo::default(),
+            last_checkpoint: std::time::Instant::now(),
         };
         std::thread::Builder::new()
             .name("ferry-store-writer".into())
@@ -199,9 +220,14 @@ impl MvccStore {
 
     /// A backend snapshot. Callers that read values named by the index take it while holding
     /// the index read lock, so compaction cannot remove those values first.
-    /// The histogram of backend commit durations (seconds).
+    /// The histogram of durable backend commit durations (checkpoints; seconds).
     pub fn commit_durations(&self) -> prometheus_client::metrics::histogram::Histogram {
         self.shared.commit_seconds.clone()
+    }
+
+    /// The histogram of write-ahead log append-and-fdatasync durations (seconds).
+    pub fn wal_fsync_durations(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.shared.wal_fsync_seconds.clone()
     }
 
     /// Runs `f` with the backend database (auth records live in their own table beside the
@@ -288,6 +314,50 @@ struct Writer {
     shared: Arc<Shared>,
     queue: mpsc::Receiver<(WriteRequest, Reply)>,
     events: tokio::sync::broadcast::Sender<Arc<Vec<Event>>>,
+    wal: crate::wal::Wal,
+    redo: crate::wal::Redo,
+    last_checkpoint: std::time::Instant,
+}
+
+/// Replays the log's batches after the backend's durable one, makes them durable, and
+/// starts a fresh log after them.
+fn replay_log(db: &Database, dir: &Path) -> Result<crate::wal::Wal, StoreError> {
+    let durable = {
+        let txn = db.begin_read().map_err(StoreError::backend)?;
+        let meta = txn.open_table(META).map_err(StoreError::backend)?;
+        meta.get(backend::META_WAL_SEQ)
+            .map_err(StoreError::backend)?
+            .map(|v| v.value())
+            .unwrap_or(0)
+    };
+    let replayed = crate::wal::replay(dir, durable.max(0) as u64, |seq, record| {
+        let mut txn = db.begin_write().map_err(StoreError::backend)?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(StoreError::backend)?;
+        {
+            let mut kv = txn.open_table(KV).map_err(StoreError::backend)?;
+            let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
+            let mut lease = txn.open_table(LEASE).map_err(StoreError::backend)?;
+            crate::wal::apply_redo(record, &mut kv, &mut meta, &mut lease)?;
+            meta.insert(backend::META_WAL_SEQ, seq as i64)
+                .map_err(StoreError::backend)?;
+        }
+        txn.commit().map_err(StoreError::backend)
+    })?;
+    if replayed.batches > 0 {
+        tracing::info!(batches = replayed.batches, "write-ahead log replayed");
+    }
+    // Durable before the old segments go.
+    db.begin_write()
+        .map_err(StoreError::backend)?
+        .commit()
+        .map_err(StoreError::backend)?;
+    crate::wal::Wal::create(dir, replayed.next_seq, SEGMENT_BYTES).map_err(|source| {
+        StoreError::Io {
+            what: format!("starting the write-ahead log in {}", dir.display()),
+            source,
+        }
+    })
 }
 
 impl Writer {
@@ -327,7 +397,8 @@ impl Writer {
                 if !rest.is_empty() {
                     self.commit_batch(std::mem::take(&mut rest));
                 }
-                let _ = reply.send(self.defragment().map(|_| WriteResponse::Done));
+                let result = self.defragment().and_then(|_| self.log_checkpointed());
+                let _ = reply.send(result.map(|_| WriteResponse::Done));
             } else {
                 rest.push((req, reply));
             }
@@ -353,12 +424,73 @@ impl Writer {
         ))
     }
 
+    /// The log's segments are covered by a durable backend commit: they go.
+    fn log_checkpointed(&mut self) -> Result<(), StoreError> {
+        self.wal.checkpointed().map_err(|source| StoreError::Io {
+            what: "removing checkpointed write-ahead log segments".into(),
+            source,
+        })?;
+        self.shared.wal_pending.store(0, Ordering::Release);
+        self.last_checkpoint = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// A durable backend commit (every batch applied so far), then the log's old segments go.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let txn = self
+            .shared
+            .db
+            .read()
+            .begin_write()
+            .map_err(StoreError::backend)?;
+        txn.commit().map_err(StoreError::backend)?;
+        self.shared
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.log_checkpointed()
+    }
+
+    /// Appends the batch's redo record to the log and syncs it.
+    fn log_batch(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        self.wal
+            .append(self.redo.bytes())
+            .map_err(|source| StoreError::Io {
+                what: "appending to the write-ahead log".into(),
+                source,
+            })?;
+        self.shared
+            .wal_fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.shared
+            .wal_pending
+            .store(self.wal.since_checkpoint(), Ordering::Release);
+        Ok(())
+    }
+
     fn commit_batch(&mut self, batch: Vec<(WriteRequest, Reply)>) {
         let published = self.shared.current_rev.load(Ordering::Acquire);
         let mut touched = Vec::new();
         let mut events = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
-        let outcome = self.apply_batch(&batch, published, &mut touched, &mut events, &mut results);
+        self.redo.clear();
+        let seq = self.wal.next_seq();
+        let outcome = self
+            .apply_batch(
+                &batch,
+                published,
+                seq,
+                &mut touched,
+                &mut events,
+                &mut results,
+            )
+            .and_then(|(new_rev, committed)| {
+                if committed {
+                    self.log_batch()?;
+                }
+                Ok(new_rev)
+            });
         match outcome {
             Ok(new_rev) => {
                 self.shared.current_rev.store(new_rev, Ordering::Release);
@@ -367,6 +499,18 @@ impl Writer {
                 }
                 for ((_, reply), result) in batch.into_iter().zip(results) {
                     let _ = reply.send(result);
+                }
+                let pending = self.wal.since_checkpoint() > 0;
+                let since = self.last_checkpoint.elapsed();
+                let due = self.wal.since_checkpoint() >= CHECKPOINT_BYTES
+                    || (pending && since >= CHECKPOINT_AFTER)
+                    || (pending && since >= CHECKPOINT_WHEN_IDLE && self.queue.is_empty());
+                if due {
+                    if let Err(e) = self.checkpoint() {
+                        let reason = e.to_string();
+                        tracing::error!(error = %reason, "store checkpoint failed; refusing further writes");
+                        *self.shared.poisoned.lock() = Some(reason);
+                    }
                 }
             }
             Err(e) => {
@@ -384,20 +528,26 @@ impl Writer {
         }
     }
 
-    /// Applies the batch in one backend transaction and commits it; returns the new revision.
+    /// Applies the batch in one backend transaction, logged in `self.redo`, and commits it
+    /// without syncing (the log makes it durable); returns the new revision and whether
+    /// anything was committed.
     fn apply_batch(
-        &self,
+        &mut self,
         batch: &[(WriteRequest, Reply)],
         published: i64,
+        seq: u64,
         touched: &mut Vec<Vec<u8>>,
         events: &mut Vec<Event>,
         results: &mut Vec<Result<WriteResponse, StoreError>>,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(i64, bool), StoreError> {
         let shared = &*self.shared;
-        let txn = shared
+        let redo = &mut self.redo;
+        let mut txn = shared
             .db
             .read()
             .begin_write()
+            .map_err(StoreError::backend)?;
+        txn.set_durability(redb::Durability::None)
             .map_err(StoreError::backend)?;
         let mut rev = published;
         let mut applied = 0i64;
@@ -409,7 +559,7 @@ impl Writer {
             let mut lessor = shared.lessor.lock();
             let mut db_size = None;
             for (req, _) in batch {
-                if let Err(e) = self.check_quota(req, &mut meta, &mut db_size) {
+                if let Err(e) = check_quota(shared, req, &mut meta, &mut db_size, redo) {
                     meta_changed = true;
                     results.push(Err(e));
                     continue;
@@ -424,15 +574,19 @@ impl Writer {
                     events,
                     lessor: &mut lessor,
                     leases: &mut lease_table,
+                    redo,
                 };
                 let result = match req {
                     WriteRequest::Put(p) => applier.put(p).map(WriteResponse::Put),
                     WriteRequest::Delete(d) => applier.delete(d).map(WriteResponse::Delete),
                     WriteRequest::Txn(t) => applier.txn(t).map(WriteResponse::Txn),
-                    WriteRequest::Compact(at) => compact(shared, applier.kv, &mut meta, *at, rev)
-                        .map(|_| WriteResponse::Done),
+                    WriteRequest::Compact(at) => {
+                        compact(shared, applier.kv, &mut meta, applier.redo, *at, rev)
+                            .map(|_| WriteResponse::Done)
+                    }
                     WriteRequest::SetNoSpace { member, on } => {
-                        set_nospace(shared, &mut meta, *member, *on).map(|_| WriteResponse::Done)
+                        set_nospace(shared, &mut meta, applier.redo, *member, *on)
+                            .map(|_| WriteResponse::Done)
                     }
                     WriteRequest::LeaseGrant { id, ttl } => applier
                         .grant(*id, *ttl)
@@ -463,34 +617,38 @@ impl Writer {
                 // Nothing changed (reads, failed checks): no commit, no fsync.
                 drop((kv, meta, lease_table, lessor));
                 txn.abort().map_err(StoreError::backend)?;
-                return Ok(rev);
+                return Ok((rev, false));
             }
             let index = shared.applied_index.load(Ordering::Acquire) + applied;
             meta.insert(backend::META_CURRENT_REV, rev)
                 .map_err(StoreError::backend)?;
+            redo.meta_put(backend::META_CURRENT_REV, rev);
             meta.insert(backend::META_APPLIED_INDEX, index)
                 .map_err(StoreError::backend)?;
+            redo.meta_put(backend::META_APPLIED_INDEX, index);
+            // Not logged: replay writes each batch's own sequence number.
+            meta.insert(backend::META_WAL_SEQ, seq as i64)
+                .map_err(StoreError::backend)?;
         }
-        let started = std::time::Instant::now();
         txn.commit().map_err(StoreError::backend)?;
-        shared
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
         shared.applied_index.fetch_add(applied, Ordering::AcqRel);
-        Ok(rev)
+        Ok((rev, true))
     }
+}
 
-    /// etcd's quota: a write that would grow the backend past the quota raises NOSPACE, and
-    /// while NOSPACE is raised every put fails.
-    ///
-    /// The file only grows at commit, so its size is read once per batch (`size`), not once
-    /// per request.
-    fn check_quota(
-        &self,
-        req: &WriteRequest,
-        meta: &mut redb::Table<&'static str, i64>,
-        size: &mut Option<u64>,
-    ) -> Result<(), StoreError> {
+/// etcd's quota: a write that would grow the backend past the quota raises NOSPACE, and
+/// while NOSPACE is raised every put fails.
+///
+/// The backend file grows at checkpoints, so the log bytes not yet checkpointed count too;
+/// the size is read once per batch (`size`), not once per request.
+fn check_quota(
+    shared: &Shared,
+    req: &WriteRequest,
+    meta: &mut redb::Table<&'static str, i64>,
+    size: &mut Option<u64>,
+    redo: &mut crate::wal::Redo,
+) -> Result<(), StoreError> {
+    {
         let cost = match req {
             WriteRequest::Put(p) => p.key.len() + p.value.len(),
             WriteRequest::LeaseGrant { .. } => 64,
@@ -499,16 +657,17 @@ impl Writer {
             }
             _ => return Ok(()),
         };
-        if self.shared.nospace.load(Ordering::Acquire) {
+        if shared.nospace.load(Ordering::Acquire) {
             return Err(StoreError::NoSpace);
         }
         let size = *size.get_or_insert_with(|| {
-            std::fs::metadata(&self.shared.db_path)
+            std::fs::metadata(&shared.db_path)
                 .map(|m| m.len())
                 .unwrap_or(0)
+                + shared.wal_pending.load(Ordering::Acquire)
         });
-        if size + cost as u64 > self.shared.limits.quota_backend_bytes {
-            set_nospace(&self.shared, meta, self.shared.member_id, true)?;
+        if size + cost as u64 > shared.limits.quota_backend_bytes {
+            set_nospace(shared, meta, redo, shared.member_id, true)?;
             return Err(StoreError::NoSpace);
         }
         Ok(())
@@ -518,18 +677,22 @@ impl Writer {
 fn set_nospace(
     shared: &Shared,
     meta: &mut redb::Table<&'static str, i64>,
+    redo: &mut crate::wal::Redo,
     member: u64,
     on: bool,
 ) -> Result<(), StoreError> {
     if member == shared.member_id {
         meta.insert(backend::META_ALARM_NOSPACE, on as i64)
             .map_err(StoreError::backend)?;
+        redo.meta_put(backend::META_ALARM_NOSPACE, on as i64);
     } else {
         let key = format!("{}{member}", backend::META_ALARM_NOSPACE_FOR);
         if on {
             meta.insert(key.as_str(), 1).map_err(StoreError::backend)?;
+            redo.meta_put(&key, 1);
         } else {
             meta.remove(key.as_str()).map_err(StoreError::backend)?;
+            redo.meta_del(&key);
         }
     }
     let mut members = shared.nospace_members.lock();
@@ -546,6 +709,7 @@ fn compact(
     shared: &Shared,
     kv: &mut redb::Table<&'static [u8], &'static [u8]>,
     meta: &mut redb::Table<&'static str, i64>,
+    redo: &mut crate::wal::Redo,
     at: i64,
     current: i64,
 ) -> Result<(), StoreError> {
@@ -561,10 +725,12 @@ fn compact(
         index.compact(at)
     };
     for rev in obsolete {
-        kv.remove(Revision::to_bytes(rev).as_slice())
-            .map_err(StoreError::backend)?;
+        let row = Revision::to_bytes(rev);
+        kv.remove(row.as_slice()).map_err(StoreError::backend)?;
+        redo.kv_del(&row);
     }
     meta.insert(backend::META_COMPACT_REV, at)
         .map_err(StoreError::backend)?;
+    redo.meta_put(backend::META_COMPACT_REV, at);
     Ok(())
 }

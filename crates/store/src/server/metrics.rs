@@ -102,6 +102,7 @@ impl StoreMetrics {
         };
         let s = &metrics.scraped;
         let commits: Histogram = store.commit_durations();
+        let wal_fsyncs: Histogram = store.wal_fsync_durations();
         registry.register(
             "etcd_server_has_leader",
             "Whether a leader exists (always 1: a single member leads)",
@@ -177,13 +178,13 @@ impl StoreMetrics {
         );
         registry.register(
             "etcd_disk_backend_commit_duration_seconds",
-            "Backend commits (one redb transaction and its fsync)",
-            commits.clone(),
+            "Durable backend commits (checkpoints of the write-ahead log into redb)",
+            commits,
         );
         registry.register(
             "etcd_disk_wal_fsync_duration_seconds",
-            "Durable writes' fsync (ferry's commit is its log)",
-            commits,
+            "Write-ahead log appends, each with its fdatasync (one per acknowledged batch)",
+            wal_fsyncs,
         );
         registry.register(
             "grpc_server_started",

@@ -1,0 +1,61 @@
+//! The write-ahead log in front of redb.
+//!
+//! A batch of writes is acknowledged after one sequential append and one `fdatasync`, as etcd
+//! does with its WAL, instead of after a redb commit (B-tree pages scattered over the file,
+//! then its header, then a sync). The writer applies each batch to redb as a non-durable
+//! commit (visible to reads at once, written to the file later), appends the batch's redo
+//! record to the log, syncs it, and only then publishes the revision and replies.
+//!
+//! Durability: every batch's redb transaction also stores the batch's log sequence number
+//! (`meta.wal_seq`). redb's durable state is always "every batch up to some D" (its commits
+//! are atomic, and a durable commit carries every non-durable one before it), so on start the
+//! batches after D are replayed from the log, and nothing acknowledged is lost on kill -9 or
+//! power loss. A checkpoint is an empty durable redb commit; the segments it covers are then
+//! deleted. What the log holds are physical redo operations (the rows a batch inserted and
+//! removed), not requests: replaying a request is not deterministic (a lease granted with id
+//! 0 gets a random id).
+//!
+//! Format: segment files `<first seq, 16 hex digits>.wal`, each a 32-byte header
+//! ([`segment`]) followed by frames ([`frame`]), one batch each, each written with one write
+//! and synced before the next is written. A damaged frame at the very end of the log is a
+//! write that was never acknowledged (torn by a crash): it is set aside and the store starts.
+//! Damage anywhere else, or a complete frame after a damaged one (the damaged one must have
+//! been synced, so acknowledged), refuses the start with the file and offset.
+
+mod frame;
+mod redo;
+mod replay;
+mod segment;
+
+pub(crate) use redo::{apply as apply_redo, Redo};
+pub(crate) use replay::replay;
+pub(crate) use segment::Wal;
+
+/// The directory of the log inside the data dir.
+pub const WAL_DIR: &str = "wal";
+
+/// The log's segment files in `dir`, oldest first (for inspection and tests).
+pub fn segments(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wal") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The intact frames of a segment file: sequence number and byte range of each, up to the
+/// first one that is not intact (for inspection and tests).
+pub fn frames(segment: &std::path::Path) -> std::io::Result<Vec<(u64, std::ops::Range<usize>)>> {
+    let buf = std::fs::read(segment)?;
+    let mut out = Vec::new();
+    let mut at = segment::SEGMENT_HEADER as usize;
+    while let frame::Parsed::Frame { seq, next, .. } = frame::parse(&buf, at) {
+        out.push((seq, at..next));
+        at = next;
+    }
+    Ok(out)
+}
