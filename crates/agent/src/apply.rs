@@ -166,21 +166,12 @@ impl Applier {
             base,
             revision: configs.cache().revision(),
             templates: templates.clone(),
-            resource: TemplateResource {
-                src: "nginx.tmpl".into(),
-                dest: config.nginx_prefix.join("conf/nginx.conf"),
-                keys: vec![],
-                prefix: String::new(),
-                mode: Some("0644".into()),
-                uid: None,
-                gid: None,
-                owner: None,
-                group: None,
-                check_cmd: config.check_cmd.clone(),
-                reload_cmd: config.reload_cmd.clone(),
-                wait: None,
-                file: PathBuf::from("ferry-agent"),
-            },
+            resource: nginx::template_resource(
+                config.nginx_prefix.join("conf/nginx.conf"),
+                config.check_cmd.clone(),
+                config.reload_cmd.clone(),
+                "ferry-agent",
+            ),
         };
         let mut outcome = renderer.render(current, false).await;
         let mut blamed = BTreeMap::new();

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ferry_registry::Instance;
+use ferry_render::TemplateResource;
 
 use crate::publish::PublishedConfig;
 
@@ -66,4 +67,30 @@ pub fn instance_pair(relative: &str, instance: &Instance) -> (String, String) {
         format!("/services/{relative}"),
         serde_json::to_string(instance).unwrap_or_default(),
     )
+}
+
+/// The resource that renders `nginx.tmpl` (from the caller's template directory) to `dest`,
+/// checked with `check_cmd` and reloaded with `reload_cmd`; `file` names the caller in
+/// messages.
+pub fn template_resource(
+    dest: PathBuf,
+    check_cmd: Option<String>,
+    reload_cmd: Option<String>,
+    file: &str,
+) -> TemplateResource {
+    TemplateResource {
+        src: "nginx.tmpl".into(),
+        dest,
+        keys: vec![],
+        prefix: String::new(),
+        mode: Some("0644".into()),
+        uid: None,
+        gid: None,
+        owner: None,
+        group: None,
+        check_cmd,
+        reload_cmd,
+        wait: None,
+        file: PathBuf::from(file),
+    }
 }

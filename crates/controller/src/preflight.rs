@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use ferry_render::{render_resource, KvSnapshot, RenderError, RenderOptions, TemplateResource};
+use ferry_render::{render_resource, KvSnapshot, RenderError, RenderOptions};
 
 use crate::document::IngressDocument;
 use crate::nginx::{self, NginxSite};
@@ -187,25 +187,17 @@ impl Preflight {
             set.iter()
                 .map(|c| nginx::config_pair(&self.with_stand_in_files(c))),
         );
-        let resource = TemplateResource {
-            src: "nginx.tmpl".into(),
-            dest: self.dir.path().join("conf/nginx.conf"),
-            keys: vec![],
-            prefix: String::new(),
-            mode: Some("0644".into()),
-            uid: None,
-            gid: None,
-            owner: None,
-            group: None,
-            check_cmd: Some(format!(
-                "{} -t -q -p {} -c {{{{.src}}}}",
-                self.nginx.display(),
-                self.dir.path().display()
-            )),
-            reload_cmd: None,
-            wait: None,
-            file: PathBuf::from("ferry-controller-preflight"),
-        };
+        let check = format!(
+            "{} -t -q -p {} -c {{{{.src}}}}",
+            self.nginx.display(),
+            self.dir.path().display()
+        );
+        let resource = nginx::template_resource(
+            self.dir.path().join("conf/nginx.conf"),
+            Some(check),
+            None,
+            "ferry-controller-preflight",
+        );
         let options = RenderOptions {
             check_only: true,
             ..RenderOptions::default()

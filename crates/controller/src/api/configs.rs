@@ -54,6 +54,22 @@ async fn publish_after_commit(state: &ApiState, rec: &ConfigRecord) -> Result<()
     })
 }
 
+/// The pre-flight check of `document` as the next version of the configuration at `p`.
+async fn check_replacement(
+    s: &ApiState,
+    p: &ConfigPath,
+    document: IngressDocument,
+    skipped: Option<&str>,
+) -> Result<(), ApiError> {
+    let current = s.record.get(&p.env, &p.id).await?;
+    let candidate = PublishedConfig {
+        version: current.version + 1,
+        document,
+        ..PublishedConfig::from(&current)
+    };
+    s.preflight(&candidate, true, skipped).await
+}
+
 async fn changed(state: &ApiState, status: StatusCode, record: ConfigRecord) -> Response {
     let published = publish_after_commit(state, &record).await;
     let version = record.version;
@@ -180,13 +196,7 @@ pub async fn update(
     let who = s.authorize(&caller, Role::Admin, Some(&p.env))?;
     let expected = if_match(&headers)?;
     let doc = parse_document(&body)?;
-    let current = s.record.get(&p.env, &p.id).await?;
-    let candidate = PublishedConfig {
-        version: current.version + 1,
-        document: doc.clone(),
-        ..PublishedConfig::from(&current)
-    };
-    s.preflight(&candidate, true, skipped).await?;
+    check_replacement(&s, &p, doc.clone(), skipped).await?;
     s.ensure_store_writable().await?;
     let author = Author {
         name: &who.name,
@@ -280,15 +290,9 @@ pub async fn rollback(
     q.validate()?;
     let who = s.authorize(&caller, Role::Admin, Some(&p.env))?;
     let expected = if_match(&headers)?;
-    let current = s.record.get(&p.env, &p.id).await?;
     let target = s.record.version(&p.env, &p.id, q.version).await?;
-    let candidate = PublishedConfig {
-        version: current.version + 1,
-        document: target.document,
-        ..PublishedConfig::from(&current)
-    };
     let skipped = q.skip_preflight.as_deref();
-    s.preflight(&candidate, true, skipped).await?;
+    check_replacement(&s, &p, target.document, skipped).await?;
     s.ensure_store_writable().await?;
     let author = Author {
         name: &who.name,
