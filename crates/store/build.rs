@@ -1,6 +1,7 @@
-//! Generates the servers of etcd's Auth, Lock and Election services and etcd's auth records
-//! from `proto/` (etcd-client exports no server for these). The etcd types they
-//! embed are etcd-client's own, so responses share one `ResponseHeader` and `KeyValue`.
+//! Generates the servers of etcd's Auth, Lock and Election services (etcd-client exports none)
+//! and of its Watch service (whose responses ferry encodes itself), and etcd's auth records,
+//! from `proto/`. The etcd types they embed are etcd-client's own, so responses share one
+//! `ResponseHeader` and `KeyValue`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in [
@@ -9,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/authpb.proto",
         "proto/v3lock.proto",
         "proto/v3election.proto",
+        "proto/watch.proto",
         "proto/etcd_types.proto",
         "proto/mvcc_types.proto",
     ] {
@@ -38,8 +40,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "::etcd_client::proto::PbResponseHeader",
         )
         .extern_path(".mvccpb.KeyValue", "::etcd_client::proto::PbKeyValue")
+        .extern_path(
+            ".etcdserverpb.WatchRequest",
+            "::etcd_client::proto::PbWatchRequest",
+        )
+        .extern_path(
+            ".etcdserverpb.WatchResponse",
+            "crate::server::watch::EncodedWatchResponse",
+        )
         .compile_protos(
             &[
+                "proto/watch.proto",
                 "proto/v3lock.proto",
                 "proto/v3election.proto",
                 "proto/auth.proto",

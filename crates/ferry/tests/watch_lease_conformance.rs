@@ -19,6 +19,7 @@ against_both!(&["--experimental-watch-progress-notify-interval", "1s"];
     watch_below_the_compact_revision_is_cancelled,
     negative_start_revision_is_cancelled,
     slow_watcher_blocks_no_one_and_catches_up,
+    watches_sharing_a_lagging_stream_each_get_exactly_theirs,
     progress_request_reports_the_current_revision,
     periodic_progress_reaches_idle_watches,
     transaction_events_arrive_in_one_response,
@@ -279,6 +280,119 @@ async fn slow_watcher_blocks_no_one_and_catches_up(server: &Server) -> anyhow::R
         (2..2 + PUTS as i64).collect::<Vec<_>>(),
         "the slow watcher caught up in order"
     );
+    Ok(())
+}
+
+/// What one watch received: (type, key, value, revision, previous value).
+type Seen = Vec<(EventType, String, String, i64, Option<String>)>;
+
+/// Four watches with different ranges, filters and prev_kv on one stream that nobody reads
+/// while 1,200 commits go by: once read, each gets exactly its own events, in order, in
+/// responses of at most 1,000 whole revisions.
+async fn watches_sharing_a_lagging_stream_each_get_exactly_theirs(
+    server: &Server,
+) -> anyhow::Result<()> {
+    const OPS: i64 = 1200;
+    let mut c = server.client().await?;
+    let all_prev = WatchOptions::new()
+        .with_prefix()
+        .with_prev_key()
+        .with_watch_id(1);
+    let mut stream = c.watch("m/", Some(all_prev)).await?;
+    next(&mut stream).await?;
+    stream
+        .watch(
+            "m/odd/",
+            Some(WatchOptions::new().with_prefix().with_watch_id(2)),
+        )
+        .await?;
+    next(&mut stream).await?;
+    let no_delete = WatchOptions::new()
+        .with_prefix()
+        .with_filters([WatchFilterType::NoDelete])
+        .with_watch_id(3);
+    stream.watch("m/", Some(no_delete)).await?;
+    next(&mut stream).await?;
+    stream
+        .watch("m/even/0", Some(WatchOptions::new().with_watch_id(4)))
+        .await?;
+    next(&mut stream).await?;
+
+    // Every op is one commit at revision 2 + i; the expected events follow from the log.
+    let padding = "p".repeat(1024);
+    let mut current: std::collections::HashMap<String, String> = Default::default();
+    let mut expected: [Seen; 4] = Default::default();
+    for i in 0..OPS {
+        let key = format!("m/{}/{}", if i % 2 == 1 { "odd" } else { "even" }, i % 40);
+        let rev = 2 + i;
+        let prev = current.get(&key).cloned();
+        let (kind, value) = if i % 7 == 6 && prev.is_some() {
+            c.delete(key.as_str(), None).await?;
+            current.remove(&key);
+            (EventType::Delete, String::new())
+        } else {
+            let value = format!("{i}{padding}");
+            c.put(key.as_str(), value.as_str(), None).await?;
+            current.insert(key.clone(), value.clone());
+            (EventType::Put, value)
+        };
+        let event = |prev: Option<String>| (kind, key.clone(), value.clone(), rev, prev);
+        expected[0].push(event(prev));
+        if key.starts_with("m/odd/") {
+            expected[1].push(event(None));
+        }
+        if kind == EventType::Put {
+            expected[2].push(event(None));
+        }
+        if key == "m/even/0" {
+            expected[3].push(event(None));
+        }
+    }
+
+    let mut seen: [Seen; 4] = Default::default();
+    while seen.iter().zip(&expected).any(|(s, e)| s.len() < e.len()) {
+        let resp = next(&mut stream).await?;
+        let id = resp.watch_id();
+        anyhow::ensure!((1..=4).contains(&id), "unexpected response {resp:?}");
+        let revs: Vec<i64> = resp
+            .events()
+            .iter()
+            .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+            .collect();
+        let distinct: HashSet<i64> = revs.iter().copied().collect();
+        assert!(
+            distinct.len() <= 1000,
+            "{} revisions in one response",
+            distinct.len()
+        );
+        let header = resp.header().map_or(0, |h| h.revision());
+        assert!(
+            revs.iter().all(|&r| r <= header),
+            "events after the header's revision {header}"
+        );
+        for e in resp.events() {
+            let kv = e.kv().ok_or_else(|| anyhow::anyhow!("event without kv"))?;
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            seen[(id - 1) as usize].push((
+                e.event_type(),
+                text(kv.key()),
+                text(kv.value()),
+                kv.mod_revision(),
+                e.prev_kv().map(|p| text(p.value())),
+            ));
+        }
+    }
+    for (watch, (seen, expected)) in seen.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            seen.len(),
+            expected.len(),
+            "watch {} event count",
+            watch + 1
+        );
+        for (s, e) in seen.iter().zip(expected) {
+            assert_eq!(s, e, "watch {}", watch + 1);
+        }
+    }
     Ok(())
 }
 

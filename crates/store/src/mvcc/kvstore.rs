@@ -22,7 +22,7 @@ use super::backend::{self, KV, LEASE, META};
 use super::key_index::{KeyRange, TreeIndex};
 use super::range::{self, resolve_revision};
 use super::revision::Revision;
-use super::watchable::Event;
+use super::watchable::{ChangeBatch, Event};
 use crate::error::StoreError;
 use crate::lease::Lessor;
 
@@ -135,7 +135,7 @@ pub struct Shared {
 pub struct MvccStore {
     shared: Arc<Shared>,
     writes: mpsc::Sender<(WriteRequest, Reply)>,
-    events: tokio::sync::broadcast::Sender<Arc<Vec<Event>>>,
+    events: tokio::sync::broadcast::Sender<Arc<ChangeBatch>>,
 }
 
 impl MvccStore {
@@ -219,7 +219,7 @@ impl MvccStore {
     }
 
     /// Subscribes to the events of every commit from now on.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<Event>>> {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<ChangeBatch>> {
         self.events.subscribe()
     }
 
@@ -318,7 +318,7 @@ impl MvccStore {
 struct Writer {
     shared: Arc<Shared>,
     queue: mpsc::Receiver<(WriteRequest, Reply)>,
-    events: tokio::sync::broadcast::Sender<Arc<Vec<Event>>>,
+    events: tokio::sync::broadcast::Sender<Arc<ChangeBatch>>,
     wal: crate::wal::Wal,
     redo: crate::wal::Redo,
     last_checkpoint: std::time::Instant,
@@ -527,7 +527,7 @@ impl Writer {
             Ok(new_rev) => {
                 self.shared.current_rev.store(new_rev, Ordering::Release);
                 if !events.is_empty() {
-                    let _ = self.events.send(Arc::new(events));
+                    let _ = self.events.send(Arc::new(ChangeBatch::new(events)));
                 }
                 for ((_, reply), result) in batch.into_iter().zip(results) {
                     let _ = reply.send(result);

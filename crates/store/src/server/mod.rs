@@ -16,7 +16,7 @@ mod maintenance;
 pub mod metrics;
 mod queue;
 mod tls;
-mod watch;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use etcd_client::proto::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader,
-    PbWatchServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -314,9 +313,11 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
             ctx.clone(),
         )))
         .add_service(
-            PbWatchServer::new(watch::WatchService::new(ctx.clone()))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(usize::MAX),
+            crate::proto::etcdserverpb::watch_server::WatchServer::new(watch::WatchService::new(
+                ctx.clone(),
+            ))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(usize::MAX),
         )
         .add_service(PbLeaseServer::new(lease::LeaseService::new(ctx.clone())))
         .add_service(crate::proto::etcdserverpb::auth_server::AuthServer::new(

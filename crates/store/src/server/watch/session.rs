@@ -1,134 +1,38 @@
-//! etcd's Watch service: many watches on one bidirectional stream.
-//!
-//! Each stream is one task holding one subscription to the store's change feed. A new watch
-//! first replays history from the backend up to the revision the stream has processed, then
-//! takes live events from the feed; because the subscription exists before the history is
-//! read, no revision falls between the two. A stream that falls behind the feed (a slow
-//! client) re-subscribes and replays what it missed from history; if that history has been
-//! compacted, its watches are cancelled with the compact revision. Writers never wait.
+//! One client's watch stream: its watches, its place in the change feed, its responses.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
+use std::sync::Arc;
 
-use etcd_client::proto::{PbEvent, PbWatchRequest, PbWatchRequestUnion, PbWatchResponse};
+use etcd_client::proto::{PbWatchRequest, PbWatchRequestUnion, PbWatchResponse};
 use futures::{Stream, StreamExt};
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
 
-use super::Context;
+use super::response::{self, EncodedWatchResponse, MAX_REVISIONS_PER_RESPONSE};
+use super::Watcher;
 use crate::auth::{AuthError, Caller, PermType};
 use crate::mvcc::key_index::KeyRange;
-use crate::mvcc::watchable::Event;
+use crate::mvcc::watchable::{ChangeBatch, Event};
+use crate::server::Context;
 use crate::StoreError;
 
-// WatchCreateRequest.FilterType and mvccpb.Event.EventType values.
+// WatchCreateRequest.FilterType values.
 const FILTER_NOPUT: i32 = 0;
 const FILTER_NODELETE: i32 = 1;
-const EVENT_PUT: i32 = 0;
-const EVENT_DELETE: i32 = 1;
 /// Revisions replayed per history read, so one catch-up never holds the index for long.
 const HISTORY_CHUNK: i64 = 4096;
 
-pub(crate) struct WatchService {
-    ctx: Context,
-}
-
-impl WatchService {
-    pub fn new(ctx: Context) -> Self {
-        Self { ctx }
-    }
-}
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<PbWatchResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl etcd_client::proto::PbWatchService for WatchService {
-    type WatchStream = WatchStream;
-
-    async fn watch(
-        &self,
-        request: Request<Streaming<PbWatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = self.ctx.try_caller(&request);
-        Ok(Response::new(open(
-            self.ctx.clone(),
-            caller,
-            request.into_inner(),
-        )))
-    }
-}
-
-/// Serves one watch stream: `requests` from a client (gRPC, or the JSON gateway) that is
-/// `caller`; the responses, in order.
-pub(crate) fn open<R>(ctx: Context, caller: Result<Caller, AuthError>, requests: R) -> WatchStream
-where
-    R: Stream<Item = Result<PbWatchRequest, Status>> + Unpin + Send + 'static,
-{
-    let (out, rx) = mpsc::channel(128);
-    let session = Session {
-        caller,
-        ctx,
-        watchers: BTreeMap::new(),
-        next_id: 0,
-        out,
-        synced: 0,
-        counted: 0,
-    };
-    tokio::spawn(session.run(requests));
-    Box::pin(ReceiverStream::new(rx))
-}
-
-struct Watcher {
-    range: KeyRange,
-    /// Events below this revision are not for this watcher.
-    start: i64,
-    no_put: bool,
-    no_delete: bool,
-    prev_kv: bool,
-    progress_notify: bool,
-    fragment: bool,
-    /// Whether events were sent since the last progress tick.
-    busy: bool,
-}
-
-impl Watcher {
-    fn wants(&self, event: &Event) -> bool {
-        event.kv.mod_revision >= self.start
-            && self.range.contains(&event.kv.key)
-            && if event.is_delete() {
-                !self.no_delete
-            } else {
-                !self.no_put
-            }
-    }
-
-    fn to_pb(&self, event: &Event) -> PbEvent {
-        PbEvent {
-            r#type: if event.is_delete() {
-                EVENT_DELETE
-            } else {
-                EVENT_PUT
-            },
-            kv: Some(event.kv.clone()),
-            prev_kv: if self.prev_kv {
-                event.prev.clone()
-            } else {
-                None
-            },
-        }
-    }
-}
+type Feed = broadcast::Receiver<Arc<ChangeBatch>>;
 
 /// One client stream.
-struct Session {
+pub(super) struct Session {
     ctx: Context,
     /// Who opened the stream (checked when each watch is created, as etcd does).
     caller: Result<Caller, AuthError>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
-    out: mpsc::Sender<Result<PbWatchResponse, Status>>,
+    out: mpsc::Sender<Result<EncodedWatchResponse, Status>>,
     /// Every event up to this revision has been handed to the watchers that want it.
     synced: i64,
     /// This stream's watchers as last counted in the store-wide gauge.
@@ -148,7 +52,23 @@ impl Drop for Session {
 struct Gone;
 
 impl Session {
-    async fn run<R>(mut self, mut requests: R)
+    pub(super) fn new(
+        ctx: Context,
+        caller: Result<Caller, AuthError>,
+        out: mpsc::Sender<Result<EncodedWatchResponse, Status>>,
+    ) -> Self {
+        Self {
+            caller,
+            ctx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            out,
+            synced: 0,
+            counted: 0,
+        }
+    }
+
+    pub(super) async fn run<R>(mut self, mut requests: R)
     where
         R: Stream<Item = Result<PbWatchRequest, Status>> + Unpin + Send + 'static,
     {
@@ -172,7 +92,7 @@ impl Session {
                     Some(Err(_)) | None => Err(Gone),
                 },
                 batch = feed.recv() => match batch {
-                    Ok(events) => self.dispatch(&events).await,
+                    Ok(batch) => self.dispatch_waiting(batch, &mut feed).await,
                     Err(RecvError::Lagged(_)) => {
                         // Too slow for the live feed: resubscribe and replay what was missed.
                         feed = self.ctx.store.subscribe();
@@ -202,14 +122,10 @@ impl Session {
     }
 
     /// Dispatches every batch already in the feed.
-    async fn drain(
-        &mut self,
-        feed: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<Vec<Event>>>,
-    ) -> Result<(), Gone> {
-        use tokio::sync::broadcast::error::TryRecvError;
+    async fn drain(&mut self, feed: &mut Feed) -> Result<(), Gone> {
         loop {
             match feed.try_recv() {
-                Ok(events) => self.dispatch(&events).await?,
+                Ok(batch) => self.dispatch_waiting(batch, feed).await?,
                 Err(TryRecvError::Lagged(_)) => {
                     *feed = self.ctx.store.subscribe();
                     self.catch_up().await?;
@@ -220,7 +136,47 @@ impl Session {
         }
     }
 
+    /// Dispatches `first` together with the batches queued behind it (a stream that fell
+    /// behind sends each watcher one response for many commits, as etcd does), up to one
+    /// response's worth of revisions.
+    async fn dispatch_waiting(
+        &mut self,
+        first: Arc<ChangeBatch>,
+        feed: &mut Feed,
+    ) -> Result<(), Gone> {
+        let from = first.first().map_or(0, |e| e.kv.mod_revision);
+        let mut batches = vec![first];
+        let mut lagged = false;
+        loop {
+            let upto = batches
+                .last()
+                .and_then(|b| b.last())
+                .map_or(from, |e| e.kv.mod_revision);
+            if upto - from >= MAX_REVISIONS_PER_RESPONSE as i64 {
+                break;
+            }
+            match feed.try_recv() {
+                Ok(batch) => batches.push(batch),
+                Err(TryRecvError::Lagged(_)) => {
+                    lagged = true;
+                    break;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        self.dispatch(&batches).await?;
+        if lagged {
+            *feed = self.ctx.store.subscribe();
+            self.catch_up().await?;
+        }
+        Ok(())
+    }
+
     async fn send(&self, resp: PbWatchResponse) -> Result<(), Gone> {
+        self.send_encoded(EncodedWatchResponse::from(&resp)).await
+    }
+
+    async fn send_encoded(&self, resp: EncodedWatchResponse) -> Result<(), Gone> {
         self.out.send(Ok(resp)).await.map_err(|_| Gone)
     }
 
@@ -341,12 +297,12 @@ impl Session {
             let to = (next.saturating_add(HISTORY_CHUNK - 1)).min(self.synced);
             match self.history(next, to, watcher.prev_kv).await {
                 Ok(events) => {
-                    let wanted: Vec<PbEvent> = events
-                        .iter()
-                        .filter(|e| watcher.wants(e))
-                        .map(|e| watcher.to_pb(e))
-                        .collect();
-                    self.send_events(id, watcher, wanted, to).await?;
+                    let batch = [Arc::new(ChangeBatch::new(events))];
+                    let head = response::encode_header(self.header(to));
+                    let limit = self.ctx.config.max_request_bytes;
+                    for resp in response::for_watcher(watcher, id, &batch, next - 1, &head, limit) {
+                        self.send_encoded(resp).await?;
+                    }
                 }
                 Err(StoreError::Compacted) => {
                     self.send_compacted(id).await?;
@@ -387,41 +343,33 @@ impl Session {
         .await
     }
 
-    /// Hands one committed batch (whole revisions) to every watcher that wants part of it.
-    async fn dispatch(&mut self, events: &[Event]) -> Result<(), Gone> {
-        let Some(last) = events.last().map(|e| e.kv.mod_revision) else {
+    /// Hands committed batches (whole revisions, in order) to every watcher that wants part
+    /// of them.
+    async fn dispatch(&mut self, batches: &[Arc<ChangeBatch>]) -> Result<(), Gone> {
+        let Some(last) = batches
+            .iter()
+            .rev()
+            .find_map(|b| b.last())
+            .map(|e| e.kv.mod_revision)
+        else {
             return Ok(());
         };
         if last <= self.synced {
             return Ok(());
         }
-        let fresh: Vec<&Event> = events
-            .iter()
-            .filter(|e| e.kv.mod_revision > self.synced)
-            .collect();
+        let head = response::encode_header(self.ctx.header(last));
+        let limit = self.ctx.config.max_request_bytes;
         for (id, watcher) in &mut self.watchers {
-            let wanted: Vec<PbEvent> = fresh
-                .iter()
-                .filter(|e| watcher.wants(e))
-                .map(|e| watcher.to_pb(e))
-                .collect();
-            if !wanted.is_empty() {
+            let responses = response::for_watcher(watcher, *id, batches, self.synced, &head, limit);
+            if !responses.is_empty() {
                 watcher.busy = true;
-                send_events(&self.ctx, &self.out, *id, watcher, wanted, last).await?;
+            }
+            for resp in responses {
+                self.out.send(Ok(resp)).await.map_err(|_| Gone)?;
             }
         }
         self.synced = last;
         Ok(())
-    }
-
-    async fn send_events(
-        &self,
-        id: i64,
-        watcher: &Watcher,
-        events: Vec<PbEvent>,
-        revision: i64,
-    ) -> Result<(), Gone> {
-        send_events(&self.ctx, &self.out, id, watcher, events, revision).await
     }
 
     /// After falling behind the feed: replay everything since `synced` from history.
@@ -433,7 +381,7 @@ impl Session {
             let end = (next.saturating_add(HISTORY_CHUNK - 1)).min(to);
             match self.history(next, end, prev).await {
                 Ok(events) => {
-                    self.dispatch(&events).await?;
+                    self.dispatch(&[Arc::new(ChangeBatch::new(events))]).await?;
                     self.synced = end;
                 }
                 Err(StoreError::Compacted) => {
@@ -468,89 +416,13 @@ impl Session {
                     watch_id: *id,
                     ..Default::default()
                 };
-                self.out.send(Ok(resp)).await.map_err(|_| Gone)?;
+                self.out
+                    .send(Ok(EncodedWatchResponse::from(&resp)))
+                    .await
+                    .map_err(|_| Gone)?;
             }
             watcher.busy = false;
         }
         Ok(())
     }
-}
-
-/// Most revisions in one response, as etcd's watchBatchMaxRevs.
-const MAX_REVISIONS_PER_RESPONSE: usize = 1000;
-
-/// Sends events in responses of whole revisions (a revision is never split, so every
-/// response is atomic), each at most `max_request_bytes` and 1,000 revisions unless one
-/// revision alone is larger; such a revision is fragmented when the watcher allows it.
-async fn send_events(
-    ctx: &Context,
-    out: &mpsc::Sender<Result<PbWatchResponse, Status>>,
-    id: i64,
-    watcher: &Watcher,
-    events: Vec<PbEvent>,
-    revision: i64,
-) -> Result<(), Gone> {
-    let limit = ctx.config.max_request_bytes;
-    let send = |events: Vec<PbEvent>, fragment: bool| {
-        let resp = PbWatchResponse {
-            header: ctx.header(revision),
-            watch_id: id,
-            fragment,
-            events,
-            ..Default::default()
-        };
-        async move { out.send(Ok(resp)).await.map_err(|_| Gone) }
-    };
-    let mut batch: Vec<PbEvent> = Vec::new();
-    let mut batch_size = 0;
-    let mut batch_revisions = 0;
-    let mut events = events.into_iter().peekable();
-    while let Some(first) = events.next() {
-        let rev = first.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-        let mut group = vec![first];
-        while let Some(next) =
-            events.next_if(|e| e.kv.as_ref().map_or(0, |kv| kv.mod_revision) == rev)
-        {
-            group.push(next);
-        }
-        let size: usize = group.iter().map(prost::Message::encoded_len).sum();
-        let full = batch_size + size > limit || batch_revisions == MAX_REVISIONS_PER_RESPONSE;
-        if !batch.is_empty() && full {
-            send(std::mem::take(&mut batch), false).await?;
-            batch_size = 0;
-            batch_revisions = 0;
-        }
-        if size > limit && watcher.fragment {
-            send_fragments(group, limit, &send).await?;
-            continue;
-        }
-        batch.extend(group);
-        batch_size += size;
-        batch_revisions += 1;
-    }
-    if !batch.is_empty() {
-        send(batch, false).await?;
-    }
-    Ok(())
-}
-
-/// One revision too large for a response, split as etcd does: every part but the last has
-/// `fragment` set, and the client joins them.
-async fn send_fragments<F, Fut>(events: Vec<PbEvent>, limit: usize, send: &F) -> Result<(), Gone>
-where
-    F: Fn(Vec<PbEvent>, bool) -> Fut,
-    Fut: std::future::Future<Output = Result<(), Gone>>,
-{
-    let mut chunk = Vec::new();
-    let mut chunk_size = 0;
-    for event in events {
-        let len = prost::Message::encoded_len(&event);
-        if !chunk.is_empty() && chunk_size + len > limit {
-            send(std::mem::take(&mut chunk), true).await?;
-            chunk_size = 0;
-        }
-        chunk_size += len;
-        chunk.push(event);
-    }
-    send(chunk, false).await
 }
