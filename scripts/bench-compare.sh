@@ -4,7 +4,7 @@
 # `etcdctl check perf --load=m|l|xl` on both, and resident memory at 1,000,000 keys, 10,000
 # watches and 50,000 leases. Rewrites the generated section of docs/BENCHMARKS.md.
 #
-# Usage: scripts/bench-compare.sh [--rounds N] [--quick] [--no-perf] [--no-memory]
+# Usage: scripts/bench-compare.sh [--rounds N] [--quick] [--no-perf] [--no-memory] [--only TEXT]
 # (about 20 minutes on 2 cores; --quick --no-perf: about 1 minute, a smoke run)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,9 @@
 //! and 50,000 leases. Writes a Markdown section into docs/BENCHMARKS.md.
 //!
 //! Run on demand through `scripts/bench-compare.sh` (or `cargo bench -p ferry --bench compare
-//! -- [--rounds N] [--quick] [--no-perf] [--no-memory] [--write FILE]`).
+//! -- [--rounds N] [--quick] [--no-perf] [--no-memory] [--only TEXT] [--write FILE]`).
+//! `--only TEXT` runs the workloads whose command contains TEXT and writes nothing (for
+//! before/after measurements of one change).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +35,7 @@ struct Options {
     perf: bool,
     memory: bool,
     write: Option<PathBuf>,
+    only: Option<String>,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -42,6 +45,7 @@ fn options() -> anyhow::Result<Options> {
         perf: true,
         memory: true,
         write: None,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -61,6 +65,12 @@ fn options() -> anyhow::Result<Options> {
                     args.next()
                         .map(PathBuf::from)
                         .ok_or_else(|| anyhow!("--write needs a file"))?,
+                )
+            }
+            "--only" => {
+                o.only = Some(
+                    args.next()
+                        .ok_or_else(|| anyhow!("--only needs the text of a workload's command"))?,
                 )
             }
             "--bench" => {} // passed by `cargo bench`
@@ -299,7 +309,13 @@ async fn side_by_side(
     md: &mut String,
 ) -> anyhow::Result<Vec<(String, Numbers, Numbers)>> {
     let (ferry, etcd) = start_pair().await?;
-    let cases = cases(opts.scale);
+    let mut cases = cases(opts.scale);
+    if let Some(only) = &opts.only {
+        cases.retain(|c| c.command.contains(only.as_str()));
+        if cases.is_empty() {
+            return Err(anyhow!("no workload's command contains {only:?}"));
+        }
+    }
     let mut results: Vec<[Vec<Numbers>; 2]> =
         cases.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     for round in 0..opts.rounds {
@@ -623,7 +639,7 @@ async fn main() -> anyhow::Result<()> {
     }
     md.push_str(&format!("{END}\n"));
     println!("{md}");
-    if let Some(file) = &opts.write {
+    if let (Some(file), None) = (&opts.write, &opts.only) {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let updated = match (text.find(START), text.find(END)) {

@@ -286,9 +286,10 @@ async fn slow_watcher_blocks_no_one_and_catches_up(server: &Server) -> anyhow::R
 /// What one watch received: (type, key, value, revision, previous value).
 type Seen = Vec<(EventType, String, String, i64, Option<String>)>;
 
-/// Four watches with different ranges, filters and prev_kv on one stream that nobody reads
-/// while 1,200 commits go by: once read, each gets exactly its own events, in order, in
-/// responses of at most 1,000 whole revisions.
+/// Watches with different ranges, filters and prev_kv on one stream (two of them alike, one
+/// alike but starting at a future revision) that nobody reads while 1,200 commits go by:
+/// once read, each gets exactly its own events, in order, in responses of at most 1,000
+/// whole revisions.
 async fn watches_sharing_a_lagging_stream_each_get_exactly_theirs(
     server: &Server,
 ) -> anyhow::Result<()> {
@@ -317,11 +318,25 @@ async fn watches_sharing_a_lagging_stream_each_get_exactly_theirs(
         .watch("m/even/0", Some(WatchOptions::new().with_watch_id(4)))
         .await?;
     next(&mut stream).await?;
+    stream
+        .watch(
+            "m/odd/",
+            Some(WatchOptions::new().with_prefix().with_watch_id(5)),
+        )
+        .await?;
+    next(&mut stream).await?;
+    let later = 2 + OPS / 2;
+    let from_later = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(later)
+        .with_watch_id(6);
+    stream.watch("m/odd/", Some(from_later)).await?;
+    next(&mut stream).await?;
 
     // Every op is one commit at revision 2 + i; the expected events follow from the log.
     let padding = "p".repeat(1024);
     let mut current: std::collections::HashMap<String, String> = Default::default();
-    let mut expected: [Seen; 4] = Default::default();
+    let mut expected: [Seen; 6] = Default::default();
     for i in 0..OPS {
         let key = format!("m/{}/{}", if i % 2 == 1 { "odd" } else { "even" }, i % 40);
         let rev = 2 + i;
@@ -347,13 +362,19 @@ async fn watches_sharing_a_lagging_stream_each_get_exactly_theirs(
         if key == "m/even/0" {
             expected[3].push(event(None));
         }
+        if key.starts_with("m/odd/") {
+            expected[4].push(event(None));
+            if rev >= later {
+                expected[5].push(event(None));
+            }
+        }
     }
 
-    let mut seen: [Seen; 4] = Default::default();
+    let mut seen: [Seen; 6] = Default::default();
     while seen.iter().zip(&expected).any(|(s, e)| s.len() < e.len()) {
         let resp = next(&mut stream).await?;
         let id = resp.watch_id();
-        anyhow::ensure!((1..=4).contains(&id), "unexpected response {resp:?}");
+        anyhow::ensure!((1..=6).contains(&id), "unexpected response {resp:?}");
         let revs: Vec<i64> = resp
             .events()
             .iter()

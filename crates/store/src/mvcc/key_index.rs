@@ -33,7 +33,7 @@ impl KeyChange {
 }
 
 /// Which keys a request addresses, in etcd's encoding of `key` and `range_end`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeyRange {
     /// Exactly one key (`range_end` empty).
     Single(Vec<u8>),

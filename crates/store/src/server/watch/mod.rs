@@ -17,7 +17,7 @@ mod session;
 use std::pin::Pin;
 
 use etcd_client::proto::PbWatchRequest;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -64,9 +64,23 @@ pub(crate) fn open<R>(ctx: Context, caller: Result<Caller, AuthError>, requests:
 where
     R: Stream<Item = Result<PbWatchRequest, Status>> + Unpin + Send + 'static,
 {
-    let (out, rx) = mpsc::channel(128);
+    let cap = std::env::var("FERRY_WATCH_OUT_CAP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let (out, rx) = mpsc::channel(cap);
     tokio::spawn(session::Session::new(ctx, caller, out).run(requests));
-    Box::pin(ReceiverStream::new(rx))
+    Box::pin(ReceiverStream::new(rx).flat_map(futures::stream::iter))
+}
+
+/// Watchers with equal selections get the same responses from the same revision on.
+#[derive(PartialEq, Eq, Hash)]
+struct Selection<'a> {
+    range: &'a KeyRange,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    fragment: bool,
 }
 
 /// One watch of a stream.
@@ -84,6 +98,17 @@ struct Watcher {
 }
 
 impl Watcher {
+    /// What decides the responses this watcher gets from a revision on (all but its id).
+    fn selection(&self) -> Selection<'_> {
+        Selection {
+            range: &self.range,
+            no_put: self.no_put,
+            no_delete: self.no_delete,
+            prev_kv: self.prev_kv,
+            fragment: self.fragment,
+        }
+    }
+
     fn wants(&self, event: &Event) -> bool {
         event.kv.mod_revision >= self.start
             && self.range.contains(&event.kv.key)

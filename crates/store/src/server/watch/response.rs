@@ -23,11 +23,36 @@ pub struct EncodedWatchResponse {
     /// `watch_id` and `fragment` (at most 11 + 2 bytes), then unused space.
     fields: [u8; 16],
     fields_len: usize,
+    fragment: bool,
     /// `events` fields: slices of batches' encodings.
     events: SmallVec<[Bytes; 2]>,
 }
 
 impl EncodedWatchResponse {
+    fn new(head: Bytes, id: i64, fragment: bool, events: SmallVec<[Bytes; 2]>) -> Self {
+        let mut fields = [0; 16];
+        let mut free = &mut fields[..];
+        if id != 0 {
+            encoding::int64::encode(2, &id, &mut free);
+        }
+        if fragment {
+            encoding::bool::encode(7, &true, &mut free);
+        }
+        let fields_len = 16 - free.len();
+        Self {
+            head,
+            fields,
+            fields_len,
+            fragment,
+            events,
+        }
+    }
+
+    /// The same response for watch `id` (events are shared, not copied).
+    pub(super) fn for_watch(&self, id: i64) -> Self {
+        Self::new(self.head.clone(), id, self.fragment, self.events.clone())
+    }
+
     /// The response's protobuf bytes (for the JSON gateway and tests).
     pub fn to_bytes(&self) -> Vec<u8> {
         self.encode_to_vec()
@@ -114,15 +139,6 @@ impl<'a> Pending<'a> {
         prev_kv: bool,
         fragment: bool,
     ) -> EncodedWatchResponse {
-        let mut fields = [0; 16];
-        let mut free = &mut fields[..];
-        if self.id != 0 {
-            encoding::int64::encode(2, &self.id, &mut free);
-        }
-        if fragment {
-            encoding::bool::encode(7, &true, &mut free);
-        }
-        let fields_len = 16 - free.len();
         let events = self
             .runs
             .drain(..)
@@ -130,12 +146,7 @@ impl<'a> Pending<'a> {
             .collect();
         self.size = 0;
         self.revisions = 0;
-        EncodedWatchResponse {
-            head: self.head.clone(),
-            fields,
-            fields_len,
-            events,
-        }
+        EncodedWatchResponse::new(self.head.clone(), self.id, fragment, events)
     }
 }
 

@@ -1,6 +1,6 @@
 //! One client's watch stream: its watches, its place in the change feed, its responses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use etcd_client::proto::{PbWatchRequest, PbWatchRequestUnion, PbWatchResponse};
@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
 use super::response::{self, EncodedWatchResponse, MAX_REVISIONS_PER_RESPONSE};
-use super::Watcher;
+use super::{Selection, Watcher};
 use crate::auth::{AuthError, Caller, PermType};
 use crate::mvcc::key_index::KeyRange;
 use crate::mvcc::watchable::{ChangeBatch, Event};
@@ -25,6 +25,9 @@ const HISTORY_CHUNK: i64 = 4096;
 
 type Feed = broadcast::Receiver<Arc<ChangeBatch>>;
 
+/// What the session hands the transport at once: one dispatch's responses, in order.
+pub(super) type Outgoing = Vec<Result<EncodedWatchResponse, Status>>;
+
 /// One client stream.
 pub(super) struct Session {
     ctx: Context,
@@ -32,7 +35,7 @@ pub(super) struct Session {
     caller: Result<Caller, AuthError>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
-    out: mpsc::Sender<Result<EncodedWatchResponse, Status>>,
+    out: mpsc::Sender<Outgoing>,
     /// Every event up to this revision has been handed to the watchers that want it.
     synced: i64,
     /// This stream's watchers as last counted in the store-wide gauge.
@@ -55,7 +58,7 @@ impl Session {
     pub(super) fn new(
         ctx: Context,
         caller: Result<Caller, AuthError>,
-        out: mpsc::Sender<Result<EncodedWatchResponse, Status>>,
+        out: mpsc::Sender<Outgoing>,
     ) -> Self {
         Self {
             caller,
@@ -173,11 +176,21 @@ impl Session {
     }
 
     async fn send(&self, resp: PbWatchResponse) -> Result<(), Gone> {
-        self.send_encoded(EncodedWatchResponse::from(&resp)).await
+        self.send_all(vec![Ok(EncodedWatchResponse::from(&resp))])
+            .await
     }
 
-    async fn send_encoded(&self, resp: EncodedWatchResponse) -> Result<(), Gone> {
-        self.out.send(Ok(resp)).await.map_err(|_| Gone)
+    async fn send_all(&self, responses: Outgoing) -> Result<(), Gone> {
+        if responses.is_empty() {
+            return Ok(());
+        }
+        self.out.send(responses).await.map_err(|_| Gone)
+    }
+
+    /// Ends the stream with `error`.
+    async fn fail(&self, error: StoreError) -> Gone {
+        let _ = self.out.send(vec![Err(error.into())]).await;
+        Gone
     }
 
     fn header(&self, revision: i64) -> Option<etcd_client::proto::PbResponseHeader> {
@@ -300,18 +313,16 @@ impl Session {
                     let batch = [Arc::new(ChangeBatch::new(events))];
                     let head = response::encode_header(self.header(to));
                     let limit = self.ctx.config.max_request_bytes;
-                    for resp in response::for_watcher(watcher, id, &batch, next - 1, &head, limit) {
-                        self.send_encoded(resp).await?;
-                    }
+                    let responses =
+                        response::for_watcher(watcher, id, &batch, next - 1, &head, limit);
+                    self.send_all(responses.into_iter().map(Ok).collect())
+                        .await?;
                 }
                 Err(StoreError::Compacted) => {
                     self.send_compacted(id).await?;
                     return Ok(false);
                 }
-                Err(e) => {
-                    let _ = self.out.send(Err(e.into())).await;
-                    return Err(Gone);
-                }
+                Err(e) => return Err(self.fail(e).await),
             }
             next = to + 1;
         }
@@ -359,17 +370,38 @@ impl Session {
         }
         let head = response::encode_header(self.ctx.header(last));
         let limit = self.ctx.config.max_request_bytes;
-        for (id, watcher) in &mut self.watchers {
-            let responses = response::for_watcher(watcher, *id, batches, self.synced, &head, limit);
+        let mut outgoing = Vec::new();
+        let mut busy = Vec::new();
+        // Watchers alike in what they select share one computation (the common case: many
+        // watches of one prefix on a stream); only their ids differ.
+        let mut alike: HashMap<Selection<'_>, Vec<EncodedWatchResponse>> = HashMap::new();
+        for (id, watcher) in &self.watchers {
+            let shared = watcher.start <= self.synced + 1;
+            let known = shared.then(|| alike.get(&watcher.selection())).flatten();
+            let responses = match known {
+                Some(template) => template.iter().map(|r| r.for_watch(*id)).collect(),
+                None => {
+                    let responses =
+                        response::for_watcher(watcher, *id, batches, self.synced, &head, limit);
+                    if shared {
+                        alike.insert(watcher.selection(), responses.clone());
+                    }
+                    responses
+                }
+            };
             if !responses.is_empty() {
-                watcher.busy = true;
+                busy.push(*id);
             }
-            for resp in responses {
-                self.out.send(Ok(resp)).await.map_err(|_| Gone)?;
+            outgoing.extend(responses.into_iter().map(Ok));
+        }
+        drop(alike);
+        for id in busy {
+            if let Some(watcher) = self.watchers.get_mut(&id) {
+                watcher.busy = true;
             }
         }
         self.synced = last;
-        Ok(())
+        self.send_all(outgoing).await
     }
 
     /// After falling behind the feed: replay everything since `synced` from history.
@@ -397,10 +429,7 @@ impl Session {
                     self.synced = to;
                     return Ok(());
                 }
-                Err(e) => {
-                    let _ = self.out.send(Err(e.into())).await;
-                    return Err(Gone);
-                }
+                Err(e) => return Err(self.fail(e).await),
             }
             next = end + 1;
         }
@@ -409,6 +438,7 @@ impl Session {
 
     /// Periodic progress: watchers that asked for it and had no events learn the revision.
     async fn notify_progress(&mut self) -> Result<(), Gone> {
+        let mut outgoing = Vec::new();
         for (id, watcher) in &mut self.watchers {
             if watcher.progress_notify && !watcher.busy {
                 let resp = PbWatchResponse {
@@ -416,13 +446,10 @@ impl Session {
                     watch_id: *id,
                     ..Default::default()
                 };
-                self.out
-                    .send(Ok(EncodedWatchResponse::from(&resp)))
-                    .await
-                    .map_err(|_| Gone)?;
+                outgoing.push(Ok(EncodedWatchResponse::from(&resp)));
             }
             watcher.busy = false;
         }
-        Ok(())
+        self.send_all(outgoing).await
     }
 }
