@@ -188,15 +188,21 @@ async fn stream_task(
     let mut delivery = Latencies::new();
     let mut received: u64 = 0;
     let mut last = Instant::now();
-    let mut deadline: Option<Instant> = None;
+    // One timer for the whole loop (re-armed once, when the puts are done): a timer per
+    // response would cost the receiver more than the response.
+    let mut draining = false;
+    let timeout = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timeout);
     loop {
         if let Some(puts) = *expect.borrow() {
             if received >= puts * watchers as u64 {
                 break;
             }
-            deadline.get_or_insert_with(|| Instant::now() + DRAIN);
+            if !draining {
+                draining = true;
+                timeout.as_mut().reset(Instant::now() + DRAIN);
+            }
         }
-        let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             msg = stream.message() => match msg {
                 Ok(Some(m)) => {
@@ -216,7 +222,7 @@ async fn stream_task(
                 Err(e) => { delivery.fail(e); break; }
             },
             _ = expect.changed() => {}
-            _ = tokio::time::sleep_until(until) => break,
+            () = &mut timeout => break,
         }
     }
     let _ = done.send((delivery, last));

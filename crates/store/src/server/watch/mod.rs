@@ -64,19 +64,17 @@ pub(crate) fn open<R>(ctx: Context, caller: Result<Caller, AuthError>, requests:
 where
     R: Stream<Item = Result<PbWatchRequest, Status>> + Unpin + Send + 'static,
 {
-    let cap = std::env::var("FERRY_WATCH_OUT_CAP")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
-    let (out, rx) = mpsc::channel(cap);
+    // Each item is one dispatch (a response per watcher that wanted something), so a few
+    // suffice; a stream that cannot send waits here, and commits merge in the meantime.
+    let (out, rx) = mpsc::channel(16);
     tokio::spawn(session::Session::new(ctx, caller, out).run(requests));
     Box::pin(ReceiverStream::new(rx).flat_map(futures::stream::iter))
 }
 
 /// Watchers with equal selections get the same responses from the same revision on.
-#[derive(PartialEq, Eq, Hash)]
-struct Selection<'a> {
-    range: &'a KeyRange,
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Selection {
+    range: KeyRange,
     no_put: bool,
     no_delete: bool,
     prev_kv: bool,
@@ -95,13 +93,15 @@ struct Watcher {
     fragment: bool,
     /// Whether events were sent since the last progress tick.
     busy: bool,
+    /// The stream's number for this watcher's selection (alike watchers share it).
+    group: usize,
 }
 
 impl Watcher {
     /// What decides the responses this watcher gets from a revision on (all but its id).
-    fn selection(&self) -> Selection<'_> {
+    fn selection(&self) -> Selection {
         Selection {
-            range: &self.range,
+            range: self.range.clone(),
             no_put: self.no_put,
             no_delete: self.no_delete,
             prev_kv: self.prev_kv,

@@ -40,6 +40,8 @@ pub(super) struct Session {
     synced: i64,
     /// This stream's watchers as last counted in the store-wide gauge.
     counted: i64,
+    /// A number for each selection the stream's watchers have (see [`Watcher::group`]).
+    groups: HashMap<Selection, usize>,
 }
 
 impl Drop for Session {
@@ -68,6 +70,7 @@ impl Session {
             out,
             synced: 0,
             counted: 0,
+            groups: HashMap::new(),
         }
     }
 
@@ -110,6 +113,32 @@ impl Session {
                 return;
             }
         }
+    }
+
+    /// Adds a watcher, numbering its selection.
+    fn register(&mut self, id: i64, mut watcher: Watcher) {
+        // Numbers of selections no watcher has any more are dropped now and then.
+        if self.groups.len() > 2 * self.watchers.len() + 16 {
+            self.groups.clear();
+            let numbered: Vec<(i64, Selection)> = self
+                .watchers
+                .iter()
+                .map(|(id, w)| (*id, w.selection()))
+                .collect();
+            for (id, selection) in numbered {
+                let group = self.group_of(selection);
+                if let Some(w) = self.watchers.get_mut(&id) {
+                    w.group = group;
+                }
+            }
+        }
+        watcher.group = self.group_of(watcher.selection());
+        self.watchers.insert(id, watcher);
+    }
+
+    fn group_of(&mut self, selection: Selection) -> usize {
+        let next = self.groups.len();
+        *self.groups.entry(selection).or_insert(next)
     }
 
     /// Brings the store-wide watcher gauge in line with this stream's watchers.
@@ -261,6 +290,7 @@ impl Session {
                     progress_notify: create.progress_notify,
                     fragment: create.fragment,
                     busy: false,
+                    group: 0,
                 };
                 self.send(PbWatchResponse {
                     header: self.header(current),
@@ -271,7 +301,7 @@ impl Session {
                 .await?;
                 // A watcher cancelled during replay (history compacted) is not registered.
                 if start > self.synced || self.replay(id, &watcher, start).await? {
-                    self.watchers.insert(id, watcher);
+                    self.register(id, watcher);
                 }
                 Ok(())
             }
@@ -374,17 +404,20 @@ impl Session {
         let mut busy = Vec::new();
         // Watchers alike in what they select share one computation (the common case: many
         // watches of one prefix on a stream); only their ids differ.
-        let mut alike: HashMap<Selection<'_>, Vec<EncodedWatchResponse>> = HashMap::new();
+        let mut alike: Vec<Option<Vec<EncodedWatchResponse>>> =
+            (0..self.groups.len()).map(|_| None).collect();
         for (id, watcher) in &self.watchers {
             let shared = watcher.start <= self.synced + 1;
-            let known = shared.then(|| alike.get(&watcher.selection())).flatten();
+            let known = shared
+                .then(|| alike.get(watcher.group).and_then(Option::as_ref))
+                .flatten();
             let responses = match known {
                 Some(template) => template.iter().map(|r| r.for_watch(*id)).collect(),
                 None => {
                     let responses =
                         response::for_watcher(watcher, *id, batches, self.synced, &head, limit);
-                    if shared {
-                        alike.insert(watcher.selection(), responses.clone());
+                    if let (true, Some(slot)) = (shared, alike.get_mut(watcher.group)) {
+                        *slot = Some(responses.clone());
                     }
                     responses
                 }
