@@ -124,6 +124,9 @@ pub struct Shared {
     /// The backend file's size, as of the last checkpoint (it only grows at durable commits).
     pub(crate) db_file_bytes: AtomicU64,
     pub(crate) poisoned: Mutex<Option<String>>,
+    /// Held by the writer from applying a batch until its log record is synced: whole-backend
+    /// readers (snapshot, hash) start between batches, so they never see an unsynced one.
+    pub(crate) applying: RwLock<()>,
     pub(crate) cluster_id: u64,
     pub(crate) member_id: u64,
     pub(crate) limits: Limits,
@@ -175,6 +178,7 @@ impl MvccStore {
             wal_pending: AtomicU64::new(0),
             db_file_bytes: AtomicU64::new(file_bytes(&data_dir.join(backend::DB_FILE))),
             poisoned: Mutex::new(None),
+            applying: RwLock::new(()),
             cluster_id: recovered.cluster_id,
             member_id: recovered.member_id,
             limits,
@@ -239,6 +243,13 @@ impl MvccStore {
     /// key-value history).
     pub fn with_database<R>(&self, f: impl FnOnce(&Database) -> R) -> R {
         f(&self.shared.db.read())
+    }
+
+    /// A read transaction of the backend holding durable batches only (for readers of whole
+    /// tables: a snapshot, a hash), where plain reads filter by the published revision.
+    pub fn begin_read_durable(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let _between_batches = self.shared.applying.read();
+        self.begin_read()
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
@@ -508,6 +519,8 @@ impl Writer {
         let mut results = Vec::with_capacity(batch.len());
         self.redo.clear();
         let seq = self.wal.next_seq();
+        let shared = self.shared.clone();
+        let applying = shared.applying.write();
         let outcome = self
             .apply_batch(
                 &batch,
@@ -523,6 +536,7 @@ impl Writer {
                 }
                 Ok(new_rev)
             });
+        drop(applying);
         match outcome {
             Ok(new_rev) => {
                 self.shared.current_rev.store(new_rev, Ordering::Release);

@@ -10,7 +10,7 @@ use etcd_client::proto::{
     PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest, PbStatusResponse,
 };
 use futures::Stream;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status};
 
@@ -45,8 +45,7 @@ impl MaintenanceService {
 
     /// CRC-32 of the stored history up to `upto` (everything when `None`).
     fn hash(&self, upto: Option<i64>) -> Result<u32, StoreError> {
-        let shared = self.ctx.store.shared();
-        let txn = shared.db.read().begin_read().map_err(StoreError::backend)?;
+        let txn = self.ctx.store.begin_read_durable()?;
         let mut crc = crc32fast::Hasher::new();
         let kv = txn.open_table(KV).map_err(StoreError::backend)?;
         for row in kv.iter().map_err(StoreError::backend)? {
@@ -236,9 +235,9 @@ impl PbMaintenanceService for MaintenanceService {
             };
             let mut file = tempfile::tempfile_in(&dir).map_err(io("creating snapshot file"))?;
             let size = {
-                let db = store.shared().db.read();
+                let txn = store.begin_read_durable()?;
                 let mut writer = std::io::BufWriter::new(&mut file);
-                crate::snapshot::write(&db, &dir, &mut writer)?
+                crate::snapshot::write(&txn, &dir, &mut writer)?
             };
             Ok((file, size))
         })

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bbolt_rs::{Bolt, BoltOptions, BucketRwApi, DbApi, DbRwAPI, TxApi, TxRwRefApi};
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadTransaction, ReadableTable};
 
 use super::etcd_layout as etcd;
 use crate::error::StoreError;
@@ -17,11 +17,10 @@ const PAGE_SIZE: usize = 4096;
 /// Keys written per bbolt transaction, so that memory stays bounded on large stores.
 const BATCH: usize = 50_000;
 
-/// Writes every table of `db`, read in one consistent read transaction, to a new bbolt
-/// file at `path`; returns the database's size (bbolt's high-water mark times its page size),
-/// the length `etcdctl` and etcd read as the database.
-pub fn export(db: &Database, path: &Path) -> Result<u64, StoreError> {
-    let txn = db.begin_read().map_err(StoreError::backend)?;
+/// Writes every table read through `txn` (one consistent view) to a new bbolt file at
+/// `path`; returns the database's size (bbolt's high-water mark times its page size), the
+/// length `etcdctl` and etcd read as the database.
+pub fn export(txn: &ReadTransaction, path: &Path) -> Result<u64, StoreError> {
     let mut bolt = BoltOptions::builder()
         .page_size(PAGE_SIZE)
         .no_sync()

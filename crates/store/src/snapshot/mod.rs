@@ -15,7 +15,7 @@ mod import;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use redb::Database;
+use redb::ReadTransaction;
 use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
@@ -27,9 +27,13 @@ pub const DIGEST_LEN: usize = 32;
 /// plus the digest.
 const SECTOR: usize = 512;
 
-/// Writes a consistent snapshot of `db` to `out` (using a scratch file in `scratch_dir`),
-/// returning how many bytes were written.
-pub fn write(db: &Database, scratch_dir: &Path, out: &mut impl Write) -> Result<u64, StoreError> {
+/// Writes a snapshot of the backend as `txn` sees it to `out` (using a scratch file in
+/// `scratch_dir`), returning how many bytes were written.
+pub fn write(
+    txn: &ReadTransaction,
+    scratch_dir: &Path,
+    out: &mut impl Write,
+) -> Result<u64, StoreError> {
     let io = |what: &'static str| {
         move |source| StoreError::Io {
             what: what.into(),
@@ -38,7 +42,7 @@ pub fn write(db: &Database, scratch_dir: &Path, out: &mut impl Write) -> Result<
     };
     let scratch = tempfile::tempdir_in(scratch_dir).map_err(io("creating snapshot scratch dir"))?;
     let path = scratch.path().join("snapshot.db");
-    let size = export::export(db, &path)?;
+    let size = export::export(txn, &path)?;
     let mut file = std::fs::File::open(&path).map_err(io("reading snapshot"))?;
     let mut hash = Sha256::new();
     let mut left = size;
