@@ -1,8 +1,9 @@
-//! The MVCC key-value store: concurrent readers, one writer thread with group commit.
+//! The MVCC key-value store: concurrent readers, one writer at a time with group commit.
 //!
-//! Write requests queue to a single writer thread, which applies every request waiting in the
-//! queue inside one backend transaction (one revision per request) and commits it with one
-//! fsync before acknowledging any of them. Readers never wait for the writer: they read at
+//! Write requests queue for the writer, which one waiting request at a time runs (see
+//! `write_queue`): it applies every request waiting in the queue inside one backend
+//! transaction (one revision per request) and makes it durable with one log append and
+//! fdatasync before acknowledging any of them. Readers never wait for the writer: they read at
 //! the last published revision, which moves only after a commit is durable.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use etcd_client::proto::{
 };
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::apply::Applier;
 use super::backend::{self, KV, LEASE, META};
@@ -23,6 +24,7 @@ use super::key_index::{KeyRange, TreeIndex};
 use super::range::{self, resolve_revision};
 use super::revision::Revision;
 use super::watchable::{ChangeBatch, Event};
+use super::write_queue::{BatchWriter, Queued, WriteQueue};
 use crate::error::StoreError;
 use crate::lease::Lessor;
 
@@ -35,8 +37,7 @@ const CHECKPOINT_AFTER: std::time::Duration = std::time::Duration::from_secs(30)
 /// When nothing is queued, it checkpoints this long after the last one (as etcd commits
 /// its backend every 100 ms): idle time pays for it, not a waiting client.
 const CHECKPOINT_WHEN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
-/// How long the writer looks for the next request before it sleeps.
-const WRITER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// Size of a log segment.
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -52,7 +53,7 @@ pub struct Limits {
     pub feed_capacity: usize,
 }
 
-/// A write the writer thread applies.
+/// A write the writer applies.
 pub enum WriteRequest {
     /// A Put.
     Put(PbPutRequest),
@@ -137,12 +138,12 @@ pub struct Shared {
 #[derive(Clone)]
 pub struct MvccStore {
     shared: Arc<Shared>,
-    writes: mpsc::Sender<(WriteRequest, Reply)>,
+    writes: Arc<WriteQueue<Writer>>,
     events: tokio::sync::broadcast::Sender<Arc<ChangeBatch>>,
 }
 
 impl MvccStore {
-    /// Opens the store in `data_dir`, recovering its history, and starts the writer thread.
+    /// Opens the store in `data_dir`, recovering its history.
     pub fn open(data_dir: &Path, limits: Limits) -> Result<Self, StoreError> {
         let db = backend::open(data_dir)?;
         backend::initialise(&db)?;
@@ -184,23 +185,15 @@ impl MvccStore {
             limits,
             lessor: Mutex::new(lessor),
         });
-        let (writes, queue) = mpsc::channel(16 * MAX_BATCH);
         let (events, _) = tokio::sync::broadcast::channel(shared.limits.feed_capacity.max(1));
         let writer = Writer {
             shared: shared.clone(),
-            queue,
             events: events.clone(),
             wal,
             redo: crate::wal::Redo::default(),
             last_checkpoint: std::time::Instant::now(),
         };
-        std::thread::Builder::new()
-            .name("ferry-store-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|source| StoreError::Io {
-                what: "starting the writer thread".into(),
-                source,
-            })?;
+        let writes = Arc::new(WriteQueue::new(writer, MAX_BATCH));
         Ok(Self {
             shared,
             writes,
@@ -310,12 +303,10 @@ impl MvccStore {
 
     /// Queues a write and waits until it is durable.
     pub async fn write(&self, req: WriteRequest) -> Result<WriteResponse, StoreError> {
-        let (tx, rx) = oneshot::channel();
         self.writes
-            .send((req, tx))
+            .write(req)
             .await
-            .map_err(|_| StoreError::Stopped)?;
-        rx.await.map_err(|_| StoreError::Stopped)?
+            .unwrap_or(Err(StoreError::Stopped))
     }
 
     /// The backend file's size in bytes.
@@ -328,7 +319,6 @@ impl MvccStore {
 
 struct Writer {
     shared: Arc<Shared>,
-    queue: mpsc::Receiver<(WriteRequest, Reply)>,
     events: tokio::sync::broadcast::Sender<Arc<ChangeBatch>>,
     wal: crate::wal::Wal,
     redo: crate::wal::Redo,
@@ -380,62 +370,38 @@ fn replay_log(db: &Database, dir: &Path) -> Result<crate::wal::Wal, StoreError> 
     })
 }
 
+impl BatchWriter for Writer {
+    type Request = WriteRequest;
+    type Response = Result<WriteResponse, StoreError>;
+
+    fn write_batch(&mut self, batch: Vec<Queued<WriteRequest, Self::Response>>, more_queued: bool) {
+        let batch: Vec<(WriteRequest, Reply)> =
+            batch.into_iter().map(|q| (q.request, q.reply)).collect();
+        if let Some(reason) = self.shared.poisoned.lock().clone() {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
+            }
+            return;
+        }
+        if batch
+            .iter()
+            .any(|(r, _)| matches!(r, WriteRequest::Defragment))
+        {
+            self.run_singly(batch, more_queued);
+        } else {
+            self.commit_batch(batch, more_queued);
+        }
+    }
+}
+
 impl Writer {
-    /// The next request: spins briefly before sleeping, because a request from a client
-    /// that just got its reply usually follows within microseconds, and waking a sleeping
-    /// thread costs more than that on a virtual machine.
-    fn next_request(&mut self) -> Option<(WriteRequest, Reply)> {
-        let spin_until = std::time::Instant::now() + WRITER_SPIN;
-        for round in 0u32.. {
-            match self.queue.try_recv() {
-                Ok(next) => return Some(next),
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
-            // Reading the clock costs more than a look at the queue.
-            if round % 64 == 63 && std::time::Instant::now() >= spin_until {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-        self.queue.blocking_recv()
-    }
-
-    fn run(mut self) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = self.next_request() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match self.queue.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            if let Some(reason) = self.shared.poisoned.lock().clone() {
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
-                }
-                continue;
-            }
-            if batch
-                .iter()
-                .any(|(r, _)| matches!(r, WriteRequest::Defragment))
-            {
-                self.run_singly(&mut batch);
-            } else {
-                self.commit_batch(std::mem::take(&mut batch));
-            }
-        }
-        tracing::debug!("store writer stopped");
-    }
-
     /// Defragmentation needs the database to itself; the rest of its batch commits around it.
-    fn run_singly(&mut self, batch: &mut Vec<(WriteRequest, Reply)>) {
+    fn run_singly(&mut self, batch: Vec<(WriteRequest, Reply)>, more_queued: bool) {
         let mut rest = Vec::new();
-        for (req, reply) in batch.drain(..) {
+        for (req, reply) in batch {
             if matches!(req, WriteRequest::Defragment) {
                 if !rest.is_empty() {
-                    self.commit_batch(std::mem::take(&mut rest));
+                    self.commit_batch(std::mem::take(&mut rest), true);
                 }
                 let result = self.defragment().and_then(|_| self.log_checkpointed());
                 let _ = reply.send(result.map(|_| WriteResponse::Done));
@@ -444,7 +410,7 @@ impl Writer {
             }
         }
         if !rest.is_empty() {
-            self.commit_batch(rest);
+            self.commit_batch(rest, more_queued);
         }
     }
 
@@ -512,7 +478,7 @@ impl Writer {
         Ok(())
     }
 
-    fn commit_batch(&mut self, batch: Vec<(WriteRequest, Reply)>) {
+    fn commit_batch(&mut self, batch: Vec<(WriteRequest, Reply)>, more_queued: bool) {
         let published = self.shared.current_rev.load(Ordering::Acquire);
         let mut touched = Vec::new();
         let mut events = Vec::new();
@@ -550,7 +516,7 @@ impl Writer {
                 let since = self.last_checkpoint.elapsed();
                 let due = self.wal.since_checkpoint() >= CHECKPOINT_BYTES
                     || (pending && since >= CHECKPOINT_AFTER)
-                    || (pending && since >= CHECKPOINT_WHEN_IDLE && self.queue.is_empty());
+                    || (pending && since >= CHECKPOINT_WHEN_IDLE && !more_queued);
                 if due {
                     if let Err(e) = self.checkpoint() {
                         let reason = e.to_string();

@@ -8,3 +8,4 @@ pub mod range;
 pub mod request_check;
 pub mod revision;
 pub mod watchable;
+mod write_queue;
