@@ -105,7 +105,13 @@ impl<W: BatchWriter> WriteQueue<W> {
             if batch.is_empty() {
                 break;
             }
-            run_blocking(|| writer.write_batch(batch, more));
+            if batch.len() == 1 && !more {
+                // A lone write: handing this worker's tasks to another thread would cost the
+                // thread wake-ups this design avoids, and there is nobody to hand them to.
+                writer.write_batch(batch, more);
+            } else {
+                run_blocking(|| writer.write_batch(batch, more));
+            }
             self.written.store(last, Ordering::Release);
         }
         drop(writer);
