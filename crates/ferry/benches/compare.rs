@@ -623,6 +623,40 @@ async fn main() -> anyhow::Result<()> {
             if r >= 2.0 { "yes" } else { "no" }
         ));
     }
+    // Issue 22's targets.
+    let met = |ok: bool| if ok { "yes" } else { "no" };
+    if let Some((_, f, e)) = find("ferry bench put --clients 1 ") {
+        let r = f.throughput / e.throughput;
+        md.push_str(&format!(
+            "| put, 1 client: ≥ 1.2× etcd's throughput | {r:.2}× | {} |\n",
+            met(r >= 1.2)
+        ));
+        md.push_str(&format!(
+            "| put, 1 client: p50 ≤ etcd's | {:.2} / {:.2} ms | {} |\n",
+            f.p50,
+            e.p50,
+            met(f.p50 <= e.p50)
+        ));
+    }
+    if let Some((_, f, e)) = find("ferry bench put --clients 64") {
+        let c = f.cpu_us / e.cpu_us;
+        md.push_str(&format!(
+            "| put, 64 clients: server CPU per put ≤ 0.5× etcd's | {c:.2}× | {} |\n",
+            met(c <= 0.5)
+        ));
+    }
+    if let Some((_, f, e)) = find("ferry bench watch --watchers") {
+        let r = f.throughput / e.throughput;
+        md.push_str(&format!(
+            "| watch, 1,000 watchers: ≥ 1.5× etcd's events/s | {r:.2}× | {} |\n",
+            met(r >= 1.5)
+        ));
+        let p = f.p99 / e.p99;
+        md.push_str(&format!(
+            "| watch, 1,000 watchers: p99 ≤ 0.1× etcd's | {p:.2}× | {} |\n",
+            met(p <= 0.1)
+        ));
+    }
     if let Some((_, f, e)) = mem.iter().find(|(s, _, _)| s.contains("keys")) {
         let r = f / e;
         md.push_str(&format!(
