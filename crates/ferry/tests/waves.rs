@@ -2,7 +2,8 @@
 //! agent, then half, then all, never more than its wave; a failure in the second wave halts
 //! it and returns the agents that had applied it to the previous version, and the status
 //! names the agent and nginx's reason; a controller killed with SIGKILL in the middle of a
-//! wave is restarted and finishes the rollout where it was.
+//! wave is restarted and finishes the rollout where it was; agents killed or paused during a
+//! rollout leave it when their registration expires, and get the version once back.
 
 mod common;
 
@@ -16,6 +17,7 @@ use ferry_controller::waves::WavePhase;
 against_both!(&[];
     waves_grow_one_half_all_and_a_failure_rolls_back,
     a_controller_killed_mid_wave_resumes_the_rollout,
+    agents_killed_or_paused_mid_rollout_are_not_waited_for_and_catch_up,
     halt_leaves_every_agent_on_what_it_runs,
 );
 
@@ -245,6 +247,71 @@ async fn a_controller_killed_mid_wave_resumes_the_rollout(server: &Server) -> an
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     assert_eq!(seen.last(), Some(&3), "{seen:?}");
     assert_eq!(applied(&r, 2), 3);
+    for agent in &agents {
+        assert!(
+            agent.nginx_conf().contains("v2.example.com"),
+            "{}",
+            agent.name
+        );
+    }
+    Ok(())
+}
+
+/// a2 is killed -9 and a3 paused (SIGSTOP) while wave 1 bakes: the rollout waits for neither
+/// once their registrations expire and completes on the agents left; a2 restarted and a3
+/// resumed register again and apply the new version.
+async fn agents_killed_or_paused_mid_rollout_are_not_waited_for_and_catch_up(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let controller = Controller::start(
+        &server.endpoint(),
+        &sqlite_url(tmp.path()),
+        "c1",
+        tmp.path(),
+    )
+    .await?;
+    let addr = controller.addr.clone();
+    let mut agents = common::ingress::agents(&server.endpoint(), tmp.path(), 4)?;
+    common::ingress::wait_agents(&addr, 4).await?;
+    let id = common::ingress::create(&addr, "v1.example.com").await?;
+    common::ingress::wait_complete(&addr, &id, 1, 4).await?;
+    let strategy = serde_json::json!({"waves": [1, 2, "100%"], "bake_seconds": 1});
+    let (status, body) = call(
+        &addr,
+        "PUT",
+        &config_path(&id),
+        Some(1),
+        &document("v2.example.com", Some(strategy)),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    follow(&addr, &id, 2, Duration::from_secs(30), |r| {
+        r.waves
+            .as_ref()
+            .is_some_and(|w| w.wave == 1 && w.phase == WavePhase::Baking)
+    })
+    .await?;
+    agents[1].kill9();
+    agents[2].signal("-STOP")?;
+    // Registrations live 5 s: after that the rollout goes on without a2 and a3.
+    let (_, r) = follow(&addr, &id, 2, Duration::from_secs(60), |r| {
+        r.version == 2 && r.summary.complete
+    })
+    .await?;
+    assert_eq!(r.summary.live, 2, "{r:#?}");
+    assert_eq!(applied(&r, 2), 2, "{r:#?}");
+    for i in [0, 3] {
+        assert!(
+            agents[i].nginx_conf().contains("v2.example.com"),
+            "{}",
+            agents[i].name
+        );
+    }
+    agents[1].restart()?;
+    agents[2].signal("-CONT")?;
+    let r = common::ingress::wait_complete(&addr, &id, 2, 4).await?;
+    assert_eq!(applied(&r, 2), 4, "{r:#?}");
     for agent in &agents {
         assert!(
             agent.nginx_conf().contains("v2.example.com"),

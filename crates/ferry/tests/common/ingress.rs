@@ -232,6 +232,16 @@ impl Agent {
         self.proc.kill9();
     }
 
+    /// Sends `signal` (e.g. `-STOP`, `-CONT`) to its process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.proc.0.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
+    }
+
     /// Starts it again with the same flags.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.proc = Proc(spawn(&self.args)?);
