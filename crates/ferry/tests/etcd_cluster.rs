@@ -2,7 +2,8 @@
 //! members are killed (`kill -9`), paused (`SIGSTOP`: a member that looks partitioned),
 //! restarted, and while the quorum is lost: listing works whichever member is down, an
 //! announced instance never disappears and is never re-announced while its lease lives, and
-//! informers end with exactly the store's state having seen every change in order.
+//! informers end with exactly the store's state having seen every change in order; a
+//! rollout in waves finishes while the leader is paused.
 
 mod common;
 
@@ -477,5 +478,69 @@ async fn auto_sync_learns_the_members_from_one_endpoint() -> anyhow::Result<()> 
         anyhow::ensure!(Instant::now() < until, "the synced client is stuck: {e}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(())
+}
+
+/// The etcd leader is paused (SIGSTOP: partitioned, to the others) while a rollout in waves
+/// bakes its first wave: the controller's revision-guarded steps go on through the new leader
+/// and the rollout completes on every agent; the member resumes and the cluster is healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_in_waves_finishes_while_the_leader_is_paused() -> anyhow::Result<()> {
+    use common::ingress::{
+        agents, call, config_path, create, sqlite_url, wait_complete, wait_rollout, Controller,
+    };
+    let mut cluster = EtcdCluster::start(3).await?;
+    let endpoints = cluster.endpoints().join(",");
+    let tmp = tempfile::tempdir()?;
+    let controller =
+        Controller::start(&endpoints, &sqlite_url(tmp.path()), "c1", tmp.path()).await?;
+    let mut agents = agents(&endpoints, tmp.path(), 3)?;
+    common::ingress::wait_agents(&controller.addr, 3).await?;
+    let id = create(&controller.addr, "v1.example.com").await?;
+    wait_complete(&controller.addr, &id, 1, 3).await?;
+    let document = serde_json::json!({
+        "kind": "ingress",
+        "virtual_hosts": [{"hostname": "v2.example.com",
+            "paths": [{"path": "/", "backends": ["127.0.0.1:9"]}]}],
+        "rollout": {"waves": [1, "100%"], "bake_seconds": 2},
+    })
+    .to_string();
+    let (status, body) = call(
+        &controller.addr,
+        "PUT",
+        &config_path(&id),
+        Some(1),
+        &document,
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    wait_rollout(&controller.addr, &id, Duration::from_secs(30), |r| {
+        r.waves
+            .as_ref()
+            .is_some_and(|w| w.wave == 1 && w.phase == ferry_controller::waves::WavePhase::Baking)
+    })
+    .await?;
+    let leader = cluster.leader().await?;
+    cluster.pause(leader)?;
+    let done = wait_rollout(&controller.addr, &id, Duration::from_secs(60), |r| {
+        r.version == 2 && r.summary.complete && r.summary.live == 3
+    })
+    .await;
+    cluster.resume(leader)?;
+    let r = done?;
+    assert_eq!(
+        r.agents.iter().filter(|a| a.applied_version == 2).count(),
+        3,
+        "{r:#?}"
+    );
+    for agent in &mut agents {
+        assert!(agent.is_running(), "{} stopped", agent.name);
+        assert!(
+            agent.nginx_conf().contains("v2.example.com"),
+            "{} serves an old version",
+            agent.name
+        );
+    }
+    cluster.wait_healthy().await?;
     Ok(())
 }
