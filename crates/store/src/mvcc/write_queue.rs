@@ -5,13 +5,16 @@
 //! writer, the writer wakes the handler), which on a small virtual machine cost about as much
 //! as the log's fdatasync. Here the handler's own thread applies and syncs, so a lone client
 //! pays for neither; under load the leader commits everything queued behind it as one batch,
-//! which is the same group commit the thread did.
+//! which is the same group commit the thread did. A leader stops once its own request is
+//! written (its client is waiting); if requests are still queued it leaves a drain task to
+//! write them, so no request waits for a later one, even if its client has gone.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 /// A queued request and where its result goes.
 pub(crate) struct Queued<Req, Resp> {
@@ -40,8 +43,6 @@ pub(crate) struct WriteQueue<W: BatchWriter> {
     writer: Mutex<W>,
     /// The highest ticket whose batch has been written.
     written: AtomicU64,
-    /// Wakes a waiting write to lead when the last leader left requests queued.
-    next_leader: Notify,
     max_batch: usize,
 }
 
@@ -54,14 +55,16 @@ impl<W: BatchWriter> WriteQueue<W> {
             }),
             writer: Mutex::new(writer),
             written: AtomicU64::new(0),
-            next_leader: Notify::new(),
             max_batch: max_batch.max(1),
         }
     }
 
     /// Queues `request` and waits for its response; `None` if the writer dropped it.
-    pub async fn write(&self, request: W::Request) -> Option<W::Response> {
-        let (reply, mut response) = oneshot::channel();
+    pub async fn write(self: &Arc<Self>, request: W::Request) -> Option<W::Response>
+    where
+        W: 'static,
+    {
+        let (reply, response) = oneshot::channel();
         let ticket = {
             let mut pending = self.pending.lock();
             let ticket = pending.next_ticket;
@@ -69,28 +72,21 @@ impl<W: BatchWriter> WriteQueue<W> {
             pending.queue.push_back((ticket, Queued { request, reply }));
             ticket
         };
-        let mut told_to_lead = false;
-        loop {
-            self.lead(ticket, told_to_lead);
-            tokio::select! {
-                // A write told to lead leads before it leaves, so the baton is never lost.
-                biased;
-                () = self.next_leader.notified() => told_to_lead = true,
-                result = &mut response => return result.ok(),
-            }
-        }
+        self.lead(ticket);
+        response.await.ok()
     }
 
-    /// If the writer is free, writes queued batches until `ticket`'s is written (and at
-    /// least one when `told_to_lead`); then, if requests are still queued, wakes a waiting
-    /// write to lead.
-    fn lead(&self, ticket: u64, told_to_lead: bool) {
+    /// If the writer is free, writes queued batches until `ticket`'s is written (`u64::MAX`:
+    /// until none is queued); then, if requests are still queued, leaves them to a drain task.
+    fn lead(self: &Arc<Self>, ticket: u64)
+    where
+        W: 'static,
+    {
         let Some(mut writer) = self.writer.try_lock() else {
+            // The leader checks the queue after it lets go, so this request is not forgotten.
             return;
         };
-        let mut serve = told_to_lead;
-        while serve || self.written.load(Ordering::Acquire) < ticket {
-            serve = false;
+        while self.written.load(Ordering::Acquire) < ticket {
             let (batch, last, more) = {
                 let mut pending = self.pending.lock();
                 let n = pending.queue.len().min(self.max_batch);
@@ -116,7 +112,21 @@ impl<W: BatchWriter> WriteQueue<W> {
         }
         drop(writer);
         if !self.pending.lock().queue.is_empty() {
-            self.next_leader.notify_one();
+            self.drain();
+        }
+    }
+
+    /// Writes whatever is queued, on a task of its own (inline without a runtime).
+    fn drain(self: &Arc<Self>)
+    where
+        W: 'static,
+    {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let queue = self.clone();
+                handle.spawn(async move { queue.lead(u64::MAX) });
+            }
+            Err(_) => self.lead(u64::MAX),
         }
     }
 }
@@ -144,6 +154,14 @@ mod tests {
     /// does; records every batch's requests.
     struct Recorder {
         batches: Vec<Vec<u64>>,
+        pause: std::time::Duration,
+    }
+
+    fn recorder(pause_micros: u64) -> Recorder {
+        Recorder {
+            batches: vec![],
+            pause: std::time::Duration::from_micros(pause_micros),
+        }
     }
 
     impl BatchWriter for Recorder {
@@ -151,7 +169,7 @@ mod tests {
         type Response = (u64, usize);
 
         fn write_batch(&mut self, batch: Vec<Queued<u64, (u64, usize)>>, _more: bool) {
-            std::thread::sleep(std::time::Duration::from_micros(200));
+            std::thread::sleep(self.pause);
             let number = self.batches.len();
             self.batches.push(batch.iter().map(|q| q.request).collect());
             for q in batch {
@@ -161,7 +179,7 @@ mod tests {
     }
 
     async fn hammer(clients: u64, each: u64) -> Vec<Vec<u64>> {
-        let queue = Arc::new(WriteQueue::new(Recorder { batches: vec![] }, 16));
+        let queue = Arc::new(WriteQueue::new(recorder(200), 16));
         let mut tasks = Vec::new();
         for c in 0..clients {
             let queue = queue.clone();
@@ -182,8 +200,19 @@ mod tests {
         for t in tasks {
             t.await.expect("client task");
         }
-        let queue = Arc::try_unwrap(queue).ok().expect("no other owner");
-        queue.writer.into_inner().batches
+        recorded(queue).await
+    }
+
+    /// The batches written, once no drain task holds the queue any more.
+    async fn recorded(mut queue: Arc<WriteQueue<Recorder>>) -> Vec<Vec<u64>> {
+        for _ in 0..100 {
+            match Arc::try_unwrap(queue) {
+                Ok(queue) => return queue.writer.into_inner().batches,
+                Err(shared) => queue = shared,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("a drain task never finished");
     }
 
     fn check(batches: &[Vec<u64>], clients: u64, each: u64) {
@@ -216,6 +245,30 @@ mod tests {
             "{} batches for {} writes: no group commit",
             batches.len(),
             32 * 50
+        );
+    }
+
+    /// A request whose client gave up while another write was being synced is still written,
+    /// without waiting for a later write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_left_by_its_client_is_written_without_a_later_write() {
+        let queue = Arc::new(WriteQueue::new(recorder(100_000), 16));
+        let first = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.write(1).await })
+        };
+        // Let the first write become the leader (its batch takes 200 µs), then give up on a
+        // second one while it waits.
+        tokio::task::yield_now().await;
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_micros(1), queue.write(2)).await;
+        assert_eq!(first.await.expect("first write").map(|r| r.0), Some(1));
+        let batches = recorded(queue).await;
+        let written: Vec<u64> = batches.into_iter().flatten().collect();
+        assert!(gave_up.is_ok() || written.contains(&2), "{written:?}");
+        assert!(
+            written.contains(&2),
+            "the abandoned request was never written: {written:?}"
         );
     }
 
