@@ -301,37 +301,30 @@ async fn watches_sharing_a_lagging_stream_each_get_exactly_theirs(
         .with_watch_id(1);
     let mut stream = c.watch("m/", Some(all_prev)).await?;
     next(&mut stream).await?;
-    stream
-        .watch(
-            "m/odd/",
-            Some(WatchOptions::new().with_prefix().with_watch_id(2)),
-        )
-        .await?;
-    next(&mut stream).await?;
-    let no_delete = WatchOptions::new()
-        .with_prefix()
-        .with_filters([WatchFilterType::NoDelete])
-        .with_watch_id(3);
-    stream.watch("m/", Some(no_delete)).await?;
-    next(&mut stream).await?;
-    stream
-        .watch("m/even/0", Some(WatchOptions::new().with_watch_id(4)))
-        .await?;
-    next(&mut stream).await?;
-    stream
-        .watch(
-            "m/odd/",
-            Some(WatchOptions::new().with_prefix().with_watch_id(5)),
-        )
-        .await?;
-    next(&mut stream).await?;
     let later = 2 + OPS / 2;
-    let from_later = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(later)
-        .with_watch_id(6);
-    stream.watch("m/odd/", Some(from_later)).await?;
-    next(&mut stream).await?;
+    let more = [
+        ("m/odd/", WatchOptions::new().with_prefix().with_watch_id(2)),
+        (
+            "m/",
+            WatchOptions::new()
+                .with_prefix()
+                .with_filters([WatchFilterType::NoDelete])
+                .with_watch_id(3),
+        ),
+        ("m/even/0", WatchOptions::new().with_watch_id(4)),
+        ("m/odd/", WatchOptions::new().with_prefix().with_watch_id(5)),
+        (
+            "m/odd/",
+            WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(later)
+                .with_watch_id(6),
+        ),
+    ];
+    for (key, options) in more {
+        stream.watch(key, Some(options)).await?;
+        next(&mut stream).await?;
+    }
 
     // Every op is one commit at revision 2 + i; the expected events follow from the log.
     let padding = "p".repeat(1024);

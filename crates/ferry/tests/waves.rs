@@ -75,6 +75,31 @@ async fn follow(
     }
 }
 
+/// Replaces version 1 of `id` with `v2.example.com` rolled out by `strategy`, and waits until
+/// the first wave has applied it and is baking.
+async fn update_until_the_first_wave_bakes(
+    addr: &str,
+    id: &str,
+    strategy: serde_json::Value,
+) -> anyhow::Result<()> {
+    let (status, body) = call(
+        addr,
+        "PUT",
+        &config_path(id),
+        Some(1),
+        &document("v2.example.com", Some(strategy)),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    follow(addr, id, 2, Duration::from_secs(30), |r| {
+        r.waves
+            .as_ref()
+            .is_some_and(|w| w.wave == 1 && w.phase == WavePhase::Baking)
+    })
+    .await?;
+    Ok(())
+}
+
 async fn waves_grow_one_half_all_and_a_failure_rolls_back(server: &Server) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let controller = Controller::start(
@@ -212,22 +237,8 @@ async fn a_controller_killed_mid_wave_resumes_the_rollout(server: &Server) -> an
     assert_eq!(status, 201, "{body}");
     let id = body["id"].as_str().unwrap_or_default().to_string();
     common::ingress::wait_complete(&addr, &id, 1, 3).await?;
-    let (status, body) = call(
-        &addr,
-        "PUT",
-        &config_path(&id),
-        Some(1),
-        &document("v2.example.com", Some(strategy)),
-    )
-    .await?;
-    assert_eq!(status, 200, "{body}");
     // The first wave applied it and is baking: kill the controller there.
-    follow(&addr, &id, 2, Duration::from_secs(30), |r| {
-        r.waves
-            .as_ref()
-            .is_some_and(|w| w.wave == 1 && w.phase == WavePhase::Baking)
-    })
-    .await?;
+    update_until_the_first_wave_bakes(&addr, &id, strategy).await?;
     controller.kill9();
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Nobody moved it on: a2 and a3 still run version 1.
@@ -277,21 +288,7 @@ async fn agents_killed_or_paused_mid_rollout_are_not_waited_for_and_catch_up(
     let id = common::ingress::create(&addr, "v1.example.com").await?;
     common::ingress::wait_complete(&addr, &id, 1, 4).await?;
     let strategy = serde_json::json!({"waves": [1, 2, "100%"], "bake_seconds": 1});
-    let (status, body) = call(
-        &addr,
-        "PUT",
-        &config_path(&id),
-        Some(1),
-        &document("v2.example.com", Some(strategy)),
-    )
-    .await?;
-    assert_eq!(status, 200, "{body}");
-    follow(&addr, &id, 2, Duration::from_secs(30), |r| {
-        r.waves
-            .as_ref()
-            .is_some_and(|w| w.wave == 1 && w.phase == WavePhase::Baking)
-    })
-    .await?;
+    update_until_the_first_wave_bakes(&addr, &id, strategy).await?;
     agents[1].kill9();
     agents[2].signal("-STOP")?;
     // Registrations live 5 s: after that the rollout goes on without a2 and a3.

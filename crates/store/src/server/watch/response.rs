@@ -52,11 +52,6 @@ impl EncodedWatchResponse {
     pub(super) fn for_watch(&self, id: i64) -> Self {
         Self::new(self.head.clone(), id, self.fragment, self.events.clone())
     }
-
-    /// The response's protobuf bytes (for the JSON gateway and tests).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        self.encode_to_vec()
-    }
 }
 
 impl From<&PbWatchResponse> for EncodedWatchResponse {
