@@ -61,6 +61,26 @@ pub struct ConnectionArgs {
         value_parser = crate::duration::parse
     )]
     pub auto_sync_interval: Duration,
+    /// Ping a member after this long without hearing from it while a request or watch is
+    /// open (etcdctl's --keepalive-time); at least 5s, etcd's --grpc-keepalive-min-time.
+    #[arg(
+        long,
+        default_value = "10s",
+        env = "FERRY_KEEPALIVE_TIME",
+        global = true,
+        value_parser = positive_duration
+    )]
+    pub keepalive_time: Duration,
+    /// A member that does not answer the ping within this long is taken for dead and its
+    /// watches move to another member (etcdctl's --keepalive-timeout).
+    #[arg(
+        long,
+        default_value = "5s",
+        env = "FERRY_KEEPALIVE_TIMEOUT",
+        global = true,
+        value_parser = positive_duration
+    )]
+    pub keepalive_timeout: Duration,
 }
 
 /// A Go-style duration longer than zero, for clap.
@@ -82,6 +102,8 @@ impl ConnectionArgs {
         config.request_timeout = self.command_timeout;
         config.auto_sync_interval =
             (!self.auto_sync_interval.is_zero()).then_some(self.auto_sync_interval);
+        config.keepalive_time = self.keepalive_time;
+        config.keepalive_timeout = self.keepalive_timeout;
         if self.cacert.is_some()
             || self.cert.is_some()
             || self.key.is_some()

@@ -26,13 +26,18 @@ pub(crate) struct EndpointSpec {
     pub request_timeout: Duration,
     pub tls: Option<TlsOptions>,
     pub auto_sync_interval: Option<Duration>,
+    /// HTTP/2 keep-alive time and timeout.
+    pub keepalive: (Duration, Duration),
 }
 
 impl EndpointSpec {
     fn build(&self, url: &str) -> Result<Endpoint, tonic::transport::Error> {
         let mut endpoint = Endpoint::from_shared(url.to_string())?
             .connect_timeout(self.dial_timeout)
-            .timeout(self.request_timeout);
+            .timeout(self.request_timeout)
+            .http2_keep_alive_interval(self.keepalive.0)
+            .keep_alive_timeout(self.keepalive.1)
+            .keep_alive_while_idle(false);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }

@@ -98,7 +98,7 @@ fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, ConnectError> {
 pub fn channel(
     endpoint: &str,
     files: &TlsFiles,
-    dial_timeout: std::time::Duration,
+    config: &crate::ConnectConfig,
 ) -> Result<etcd_client::Channel, ConnectError> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(files)?));
     let hostport = endpoint
@@ -137,7 +137,10 @@ pub fn channel(
         }
     })?;
     let channel = endpoint
-        .connect_timeout(dial_timeout)
+        .connect_timeout(config.dial_timeout)
+        .http2_keep_alive_interval(config.keepalive_time)
+        .keep_alive_timeout(config.keepalive_timeout)
+        .keep_alive_while_idle(false)
         .connect_with_connector_lazy(connect);
     Ok(etcd_client::Channel::Tonic(channel))
 }

@@ -60,7 +60,19 @@ pub struct ConnectConfig {
     /// How often to replace the endpoints with the cluster's members' client URLs
     /// (etcd's `AutoSyncInterval`); `None`, the default, keeps the endpoints given.
     pub auto_sync_interval: Option<Duration>,
+    /// After this long without hearing from a member while a request or stream is open, ping
+    /// it (HTTP/2 PING, etcd's `DialKeepAliveTime`); at least [`MIN_KEEPALIVE_TIME`].
+    pub keepalive_time: Duration,
+    /// A member that does not answer the ping within this long is taken for dead: the
+    /// connection closes, its streams fail and their owners resume them elsewhere (etcd's
+    /// `DialKeepAliveTimeout`). A paused or cut-off member would otherwise hold a watch open
+    /// and silent for ever.
+    pub keepalive_timeout: Duration,
 }
+
+/// The shortest keep-alive time accepted: etcd closes connections whose client pings more
+/// often than its `--grpc-keepalive-min-time` (5 s by default) with "too many pings".
+pub const MIN_KEEPALIVE_TIME: Duration = Duration::from_secs(5);
 
 impl ConnectConfig {
     /// Plain connections to `endpoints` with etcdctl's default timeouts.
@@ -72,6 +84,9 @@ impl ConnectConfig {
             dial_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
             auto_sync_interval: None,
+            // grpc-go raises any shorter client keep-alive time to 10 s.
+            keepalive_time: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
         }
     }
 
@@ -83,6 +98,12 @@ impl ConnectConfig {
         }
         for endpoint in &self.endpoints {
             parse_endpoint(endpoint)?;
+        }
+        if self.keepalive_time < MIN_KEEPALIVE_TIME {
+            return Err(ConnectError::KeepaliveTooShort(self.keepalive_time));
+        }
+        if self.keepalive_timeout.is_zero() {
+            return Err(ConnectError::KeepaliveTimeoutZero);
         }
         Ok(())
     }
@@ -102,6 +123,15 @@ pub enum ConnectError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The keep-alive time is shorter than etcd accepts.
+    #[error(
+        "keep-alive time {0:?} is shorter than {MIN_KEEPALIVE_TIME:?}: etcd closes connections \
+         that ping more often than its --grpc-keepalive-min-time (5s)"
+    )]
+    KeepaliveTooShort(Duration),
+    /// The keep-alive timeout is zero.
+    #[error("keep-alive timeout must be longer than zero")]
+    KeepaliveTimeoutZero,
     /// `--password` was given without `--user`.
     #[error("--password needs --user")]
     PasswordWithoutUser,
@@ -186,7 +216,10 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
     let uses_https = config.endpoints.iter().any(|e| e.starts_with("https://"));
     let mut options = ConnectOptions::new()
         .with_connect_timeout(config.dial_timeout)
-        .with_timeout(config.request_timeout);
+        .with_timeout(config.request_timeout)
+        .with_keep_alive(config.keepalive_time, config.keepalive_timeout)
+        // A ping on a connection with nothing open counts against the client at etcd.
+        .with_keep_alive_while_idle(false);
     let mut endpoints = config.endpoints.clone();
     let mut chosen_tls = None;
     let insecure = config.tls.as_ref().is_some_and(|t| t.insecure_skip_verify);
@@ -251,7 +284,7 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
     let attempt = async {
         let mut client = match &config.tls {
             Some(files) if insecure => {
-                let channel = insecure::channel(&config.endpoints[0], files, config.dial_timeout)?;
+                let channel = insecure::channel(&config.endpoints[0], files, config)?;
                 Client::from_channel(channel, Some(options))
                     .await
                     .map_err(classify)?
@@ -272,6 +305,7 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
                     request_timeout: config.request_timeout,
                     tls: chosen_tls,
                     auto_sync_interval: config.auto_sync_interval,
+                    keepalive: (config.keepalive_time, config.keepalive_timeout),
                 };
                 health::connect_cluster(urls, options, probe_options, spec)
                     .await

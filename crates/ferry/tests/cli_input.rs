@@ -149,6 +149,19 @@ fn bad_durations_and_credentials_are_refused() -> anyhow::Result<()> {
         &[],
         "must be longer than zero",
     )?;
+    // etcd closes connections that ping more often than every 5 s ("too many pings").
+    refused(
+        &[
+            "registry",
+            "list",
+            "--endpoints",
+            &endpoint,
+            "--keepalive-time",
+            "1s",
+        ],
+        &[],
+        "keep-alive time 1s is shorter than 5s",
+    )?;
     refused(
         &[
             "registry",

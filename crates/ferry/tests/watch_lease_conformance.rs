@@ -30,6 +30,7 @@ against_both!(&["--experimental-watch-progress-notify-interval", "1s"];
     lease_keep_alive_and_time_to_live,
     expired_lease_deletes_keys_and_watchers_see_it,
     puts_attach_and_detach_leases,
+    a_watch_on_a_server_that_stops_answering_ends,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -718,5 +719,44 @@ async fn puts_attach_and_detach_leases(server: &Server) -> anyhow::Result<()> {
         b"2",
         "a detached key outlives the lease"
     );
+    Ok(())
+}
+
+/// Resumes a paused server when the test ends, whichever way it ends.
+struct Resume<'a>(&'a Server);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.resume();
+    }
+}
+
+/// A server that stops answering (SIGSTOP: frozen, or cut off by a partition) keeps its TCP
+/// connections open: without the client's keep-alive pings a watch on it would wait for
+/// ever, and an agent watching through it would never hear of a change made elsewhere. The
+/// stream ends instead, once a ping goes unanswered, so its owner can resume it on another
+/// member; after the server comes back a new watch works.
+async fn a_watch_on_a_server_that_stops_answering_ends(server: &Server) -> anyhow::Result<()> {
+    let mut config = server.connect_config();
+    config.keepalive_time = ferry_client::MIN_KEEPALIVE_TIME;
+    config.keepalive_timeout = Duration::from_secs(2);
+    let mut c = ferry_client::connect(&config).await?;
+    let mut stream = c.watch("frozen", None).await?;
+    c.put("frozen", "1", None).await?;
+    assert_eq!(events(&mut stream, 1).await?[0].2, "1");
+    server.pause()?;
+    let resume = Resume(server);
+    // Far longer than the keep-alive time and timeout; a hang is the failure.
+    let limit = Duration::from_secs(60);
+    match tokio::time::timeout(limit, stream.message()).await {
+        Err(_) => anyhow::bail!("the watch on a paused server was still open after {limit:?}"),
+        Ok(Ok(Some(resp))) => anyhow::bail!("a paused server answered: {resp:?}"),
+        Ok(Ok(None) | Err(_)) => {}
+    }
+    drop(resume);
+    let mut c = ferry_client::connect(&config).await?;
+    let mut stream = c.watch("frozen", None).await?;
+    c.put("frozen", "2", None).await?;
+    assert_eq!(events(&mut stream, 1).await?[0].2, "2");
     Ok(())
 }

@@ -270,6 +270,27 @@ impl Server {
         }
     }
 
+    /// `SIGSTOP`: the server keeps its connections open and answers nothing on them, as a
+    /// machine cut off by a partition or frozen would.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// `SIGCONT` after [`Server::pause`].
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("server is not running"))?;
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
+    }
+
     /// Stops the server with SIGTERM and waits for it to exit.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self
