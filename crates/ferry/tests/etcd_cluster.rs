@@ -486,7 +486,7 @@ async fn auto_sync_learns_the_members_from_one_endpoint() -> anyhow::Result<()> 
 /// whose watch was on it notices by its keep-alive ping and watches through another member),
 /// none stopped; once it is back the cluster is healthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_in_waves_finishes_after_the_leader_is_paused() -> anyhow::Result<()> {
+async fn a_rollout_in_waves_finishes_while_the_leader_is_paused() -> anyhow::Result<()> {
     use common::ingress::{
         agents, call, config_path, create, sqlite_url, wait_complete, wait_rollout, Controller,
     };
