@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use super::apply::Applier;
 use super::backend::{self, KV, LEASE, META};
+use super::fanout::Fanout;
 use super::key_index::{KeyRange, TreeIndex};
 use super::range::{self, resolve_revision};
 use super::revision::Revision;
@@ -140,6 +141,7 @@ pub struct MvccStore {
     shared: Arc<Shared>,
     writes: Arc<WriteQueue<Writer>>,
     events: tokio::sync::broadcast::Sender<Arc<ChangeBatch>>,
+    fanout: Arc<Fanout>,
 }
 
 impl MvccStore {
@@ -186,9 +188,14 @@ impl MvccStore {
             lessor: Mutex::new(lessor),
         });
         let (events, _) = tokio::sync::broadcast::channel(shared.limits.feed_capacity.max(1));
+        let fanout = Arc::new(Fanout::new(
+            shared.limits.feed_capacity,
+            shared.current_rev.load(Ordering::Acquire),
+        ));
         let writer = Writer {
             shared: shared.clone(),
             events: events.clone(),
+            fanout: fanout.clone(),
             wal,
             redo: crate::wal::Redo::default(),
             last_checkpoint: std::time::Instant::now(),
@@ -198,6 +205,7 @@ impl MvccStore {
             shared,
             writes,
             events,
+            fanout,
         })
     }
 
@@ -213,6 +221,12 @@ impl MvccStore {
     /// The revision the store was last compacted at.
     pub fn compact_revision(&self) -> i64 {
         self.shared.compact_rev.load(Ordering::Acquire)
+    }
+
+    /// Where watch streams register the ranges they watch, to be handed only the commits
+    /// that touch them.
+    pub fn fanout(&self) -> &Arc<Fanout> {
+        &self.fanout
     }
 
     /// Subscribes to the events of every commit from now on.
@@ -320,6 +334,7 @@ impl MvccStore {
 struct Writer {
     shared: Arc<Shared>,
     events: tokio::sync::broadcast::Sender<Arc<ChangeBatch>>,
+    fanout: Arc<Fanout>,
     wal: crate::wal::Wal,
     redo: crate::wal::Redo,
     last_checkpoint: std::time::Instant,
@@ -507,7 +522,9 @@ impl Writer {
             Ok(new_rev) => {
                 self.shared.current_rev.store(new_rev, Ordering::Release);
                 if !events.is_empty() {
-                    let _ = self.events.send(Arc::new(ChangeBatch::new(events)));
+                    let batch = Arc::new(ChangeBatch::new(events));
+                    self.fanout.route(&batch);
+                    let _ = self.events.send(batch);
                 }
                 for ((_, reply), result) in batch.into_iter().zip(results) {
                     let _ = reply.send(result);

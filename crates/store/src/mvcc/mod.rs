@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod fanout;
 pub mod key_index;
 pub mod kvstore;
 pub mod range;

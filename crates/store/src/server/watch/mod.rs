@@ -1,11 +1,12 @@
 //! etcd's Watch service: many watches on one bidirectional stream.
 //!
-//! Each stream is one task holding one subscription to the store's change feed. A new watch
-//! first replays history from the backend up to the revision the stream has processed, then
-//! takes live events from the feed; because the subscription exists before the history is
-//! read, no revision falls between the two. A stream that falls behind the feed (a slow
-//! client) re-subscribes and replays what it missed from history; if that history has been
-//! compacted, its watches are cancelled with the compact revision. Writers never wait.
+//! Each stream is one task registered with the store's fanout (`mvcc::fanout`) for the key
+//! ranges its watchers select; the writer hands it only the commits that touch one of them.
+//! A new watch registers its range first, then handles every commit routed so far, so the
+//! revision it starts from leaves nothing between its history (replayed from the backend)
+//! and the commits routed to it afterwards. A stream whose inbox fills up (a slow client)
+//! has later commits dropped and replays what it missed from history; if that history has
+//! been compacted, its watches are cancelled with the compact revision. Writers never wait.
 //!
 //! A commit's events are encoded once, by the first stream that sends them; every watcher's
 //! response is made of slices of that encoding. A stream that finds several commits waiting

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use etcd_client::proto::{PbWatchRequest, PbWatchRequestUnion, PbWatchResponse};
 use futures::{Stream, StreamExt};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::response::{self, EncodedWatchResponse, MAX_REVISIONS_PER_RESPONSE};
 use super::{Selection, Watcher};
 use crate::auth::{AuthError, Caller, PermType};
+use crate::mvcc::fanout::Subscription;
 use crate::mvcc::key_index::KeyRange;
 use crate::mvcc::watchable::{ChangeBatch, Event};
 use crate::server::Context;
@@ -22,8 +22,6 @@ const FILTER_NOPUT: i32 = 0;
 const FILTER_NODELETE: i32 = 1;
 /// Revisions replayed per history read, so one catch-up never holds the index for long.
 const HISTORY_CHUNK: i64 = 4096;
-
-type Feed = broadcast::Receiver<Arc<ChangeBatch>>;
 
 /// What the session hands the transport at once: one dispatch's responses, in order.
 pub(super) type Outgoing = Vec<Result<EncodedWatchResponse, Status>>;
@@ -36,6 +34,8 @@ pub(super) struct Session {
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     out: mpsc::Sender<Outgoing>,
+    /// The commits that touch this stream's watchers.
+    feed: Subscription,
     /// Every event up to this revision has been handed to the watchers that want it.
     synced: i64,
     /// This stream's watchers as last counted in the store-wide gauge.
@@ -62,13 +62,15 @@ impl Session {
         caller: Result<Caller, AuthError>,
         out: mpsc::Sender<Outgoing>,
     ) -> Self {
+        let feed = ctx.store.fanout().join();
         Self {
             caller,
             ctx,
             watchers: BTreeMap::new(),
             next_id: 0,
             out,
-            synced: 0,
+            synced: feed.routed(),
+            feed,
             counted: 0,
             groups: HashMap::new(),
         }
@@ -78,8 +80,7 @@ impl Session {
     where
         R: Stream<Item = Result<PbWatchRequest, Status>> + Unpin + Send + 'static,
     {
-        let mut feed = self.ctx.store.subscribe();
-        self.synced = self.ctx.store.current_revision();
+        let overflowed = self.feed.overflow_signal();
         let interval = self.ctx.config.watch_progress_notify_interval;
         let mut progress =
             tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -90,22 +91,19 @@ impl Session {
                         // Catch up with every commit already acknowledged before acting on the
                         // request, so "now" (a new watch's start, a progress revision) is at
                         // least every revision the client has seen acknowledged.
-                        match self.drain(&mut feed).await {
+                        match self.sync().await {
                             Ok(()) => self.handle(req).await,
                             Err(gone) => Err(gone),
                         }
                     }
                     Some(Err(_)) | None => Err(Gone),
                 },
-                batch = feed.recv() => match batch {
-                    Ok(batch) => self.dispatch_waiting(batch, &mut feed).await,
-                    Err(RecvError::Lagged(_)) => {
-                        // Too slow for the live feed: resubscribe and replay what was missed.
-                        feed = self.ctx.store.subscribe();
-                        self.catch_up().await
-                    }
-                    Err(RecvError::Closed) => Err(Gone),
+                batch = self.feed.recv() => match batch {
+                    Some(batch) => self.dispatch_waiting(batch).await,
+                    None => Err(Gone),
                 },
+                // Too slow for the live feed: replay what was missed from history.
+                () = overflowed.wait() => self.sync().await,
                 _ = progress.tick() => self.notify_progress().await,
             };
             self.count_watchers();
@@ -153,32 +151,27 @@ impl Session {
         }
     }
 
-    /// Dispatches every batch already in the feed.
-    async fn drain(&mut self, feed: &mut Feed) -> Result<(), Gone> {
-        loop {
-            match feed.try_recv() {
-                Ok(batch) => self.dispatch_waiting(batch, feed).await?,
-                Err(TryRecvError::Lagged(_)) => {
-                    *feed = self.ctx.store.subscribe();
-                    self.catch_up().await?;
-                }
-                Err(TryRecvError::Empty) => return Ok(()),
-                Err(TryRecvError::Closed) => return Err(Gone),
-            }
+    /// Dispatches every batch routed to this stream so far (replaying from history what an
+    /// overflow dropped); afterwards every commit routed before the call has been handled,
+    /// those that touch no watcher of this stream included.
+    async fn sync(&mut self) -> Result<(), Gone> {
+        let routed = self.feed.routed();
+        while let Some(batch) = self.feed.try_recv() {
+            self.dispatch_waiting(batch).await?;
         }
+        if self.feed.take_overflow() {
+            self.catch_up().await?;
+        }
+        self.synced = self.synced.max(routed);
+        Ok(())
     }
 
     /// Dispatches `first` together with the batches queued behind it (a stream that fell
     /// behind sends each watcher one response for many commits, as etcd does), up to one
     /// response's worth of revisions.
-    async fn dispatch_waiting(
-        &mut self,
-        first: Arc<ChangeBatch>,
-        feed: &mut Feed,
-    ) -> Result<(), Gone> {
+    async fn dispatch_waiting(&mut self, first: Arc<ChangeBatch>) -> Result<(), Gone> {
         let from = first.first().map_or(0, |e| e.kv.mod_revision);
         let mut batches = vec![first];
-        let mut lagged = false;
         loop {
             let upto = batches
                 .last()
@@ -187,21 +180,16 @@ impl Session {
             if upto - from >= MAX_REVISIONS_PER_RESPONSE as i64 {
                 break;
             }
-            match feed.try_recv() {
-                Ok(batch) => batches.push(batch),
-                Err(TryRecvError::Lagged(_)) => {
-                    lagged = true;
-                    break;
-                }
-                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            match self.feed.try_recv() {
+                Some(batch) => batches.push(batch),
+                None => break,
             }
         }
-        self.dispatch(&batches).await?;
-        if lagged {
-            *feed = self.ctx.store.subscribe();
-            self.catch_up().await?;
+        // A batch dropped before any of these was routed: history has them all.
+        if self.feed.take_overflow() {
+            return self.catch_up().await;
         }
-        Ok(())
+        self.dispatch(&batches).await
     }
 
     async fn send(&self, resp: PbWatchResponse) -> Result<(), Gone> {
@@ -276,13 +264,17 @@ impl Session {
                 } else {
                     create.watch_id
                 };
+                // Routed from now on; what was routed before is handled by the sync, so
+                // "now" below leaves no revision between history and the live feed.
+                self.feed.add(&range);
+                self.sync().await?;
                 let start = if create.start_revision == 0 {
                     self.synced + 1
                 } else {
                     create.start_revision
                 };
                 let watcher = Watcher {
-                    range,
+                    range: range.clone(),
                     start,
                     no_put: create.filters.contains(&FILTER_NOPUT),
                     no_delete: create.filters.contains(&FILTER_NODELETE),
@@ -302,11 +294,14 @@ impl Session {
                 // A watcher cancelled during replay (history compacted) is not registered.
                 if start > self.synced || self.replay(id, &watcher, start).await? {
                     self.register(id, watcher);
+                } else {
+                    self.feed.remove(&range);
                 }
                 Ok(())
             }
             Some(PbWatchRequestUnion::CancelRequest(cancel)) => {
-                if self.watchers.remove(&cancel.watch_id).is_some() {
+                if let Some(watcher) = self.watchers.remove(&cancel.watch_id) {
+                    self.feed.remove(&watcher.range);
                     self.send(PbWatchResponse {
                         header: self.header(self.ctx.store.current_revision()),
                         watch_id: cancel.watch_id,
@@ -439,7 +434,7 @@ impl Session {
 
     /// After falling behind the feed: replay everything since `synced` from history.
     async fn catch_up(&mut self) -> Result<(), Gone> {
-        let to = self.ctx.store.current_revision();
+        let to = self.feed.routed();
         let prev = self.watchers.values().any(|w| w.prev_kv);
         let mut next = self.synced + 1;
         while next <= to {
@@ -458,7 +453,9 @@ impl Session {
                     for id in ids {
                         self.send_compacted(id).await?;
                     }
-                    self.watchers.clear();
+                    for watcher in std::mem::take(&mut self.watchers).into_values() {
+                        self.feed.remove(&watcher.range);
+                    }
                     self.synced = to;
                     return Ok(());
                 }
@@ -471,6 +468,7 @@ impl Session {
 
     /// Periodic progress: watchers that asked for it and had no events learn the revision.
     async fn notify_progress(&mut self) -> Result<(), Gone> {
+        self.sync().await?;
         let mut outgoing = Vec::new();
         for (id, watcher) in &mut self.watchers {
             if watcher.progress_notify && !watcher.busy {

@@ -1,0 +1,349 @@
+//! Which watch streams a commit concerns (etcd's `watchableStore.notify`): each stream
+//! registers the key ranges its watchers select, and the writer hands every commit's batch
+//! only to the streams with a watcher on one of its keys.
+//!
+//! Waking every stream for every commit costs the writer and the runtime one task wake-up per
+//! stream per commit whatever they watch: with a fleet of agents each watching its own keys,
+//! a thousand status writes woke three thousand streams a thousand times each. Routing makes
+//! a commit's cost follow the streams it concerns.
+//!
+//! A stream's inbox is bounded: when it is full (the stream's client reads too slowly) the
+//! batch is dropped for that stream and the stream is told it overflowed, so it replays what
+//! it missed from history; the writer never waits for a reader.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
+
+use super::key_index::KeyRange;
+use super::watchable::ChangeBatch;
+
+/// The streams registered with the store and the ranges each of them watches.
+pub struct Fanout {
+    routes: Mutex<Routes>,
+    /// Every batch up to this revision has been handed to the streams that want it.
+    routed: AtomicI64,
+    capacity: usize,
+}
+
+/// A stream's count of watchers per range (one range may be watched several times).
+type Watching = HashMap<u64, usize>;
+
+#[derive(Default)]
+struct Routes {
+    next_id: u64,
+    streams: HashMap<u64, Inbox>,
+    /// Single keys, looked up per event.
+    keys: HashMap<Vec<u8>, Watching>,
+    /// Ranges and prefixes, checked per commit against its sorted keys.
+    spans: HashMap<KeyRange, Watching>,
+}
+
+struct Inbox {
+    tx: mpsc::Sender<Arc<ChangeBatch>>,
+    overflow: Arc<Overflow>,
+}
+
+/// Set when a batch could not be handed to a full inbox.
+#[derive(Default)]
+struct Overflow {
+    missed: AtomicBool,
+    notify: Notify,
+}
+
+impl Fanout {
+    /// A fanout whose streams hold up to `capacity` batches each; `routed` is the store's
+    /// revision when it opens.
+    pub(crate) fn new(capacity: usize, routed: i64) -> Self {
+        Self {
+            routes: Mutex::new(Routes::default()),
+            routed: AtomicI64::new(routed),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Registers a new stream with no ranges yet.
+    pub fn join(self: &Arc<Self>) -> Subscription {
+        let (tx, inbox) = mpsc::channel(self.capacity);
+        let overflow = Arc::new(Overflow::default());
+        let mut routes = self.routes.lock();
+        let id = routes.next_id;
+        routes.next_id += 1;
+        routes.streams.insert(
+            id,
+            Inbox {
+                tx,
+                overflow: overflow.clone(),
+            },
+        );
+        Subscription {
+            id,
+            fanout: self.clone(),
+            inbox,
+            overflow,
+        }
+    }
+
+    /// Every batch up to the returned revision has been handed to the streams that want it.
+    pub fn routed(&self) -> i64 {
+        self.routed.load(Ordering::Acquire)
+    }
+
+    /// Hands `batch` (one commit, in revision order) to every stream watching one of its
+    /// keys. Called by the writer, in commit order, before the commit is acknowledged.
+    pub(crate) fn route(&self, batch: &Arc<ChangeBatch>) {
+        let Some(last) = batch.last().map(|e| e.kv.mod_revision) else {
+            return;
+        };
+        let routes = self.routes.lock();
+        let mut hit: Vec<u64> = Vec::new();
+        if !routes.keys.is_empty() {
+            for event in batch.iter() {
+                if let Some(streams) = routes.keys.get(&event.kv.key) {
+                    hit.extend(streams.keys());
+                }
+            }
+        }
+        if !routes.spans.is_empty() {
+            let mut keys: Vec<&[u8]> = batch.iter().map(|e| e.kv.key.as_slice()).collect();
+            keys.sort_unstable();
+            for (range, streams) in &routes.spans {
+                if touches(range, &keys) {
+                    hit.extend(streams.keys());
+                }
+            }
+        }
+        hit.sort_unstable();
+        hit.dedup();
+        for id in hit {
+            let Some(inbox) = routes.streams.get(&id) else {
+                continue;
+            };
+            if inbox.tx.try_send(batch.clone()).is_err() {
+                inbox.overflow.missed.store(true, Ordering::Release);
+                inbox.overflow.notify.notify_one();
+            }
+        }
+        self.routed.store(last, Ordering::Release);
+    }
+
+    fn add(&self, id: u64, range: &KeyRange) {
+        let mut routes = self.routes.lock();
+        let table = match range {
+            KeyRange::Single(key) => routes.keys.entry(key.clone()).or_default(),
+            KeyRange::Span { .. } => routes.spans.entry(range.clone()).or_default(),
+        };
+        *table.entry(id).or_default() += 1;
+    }
+
+    fn remove(&self, id: u64, range: &KeyRange) {
+        let mut routes = self.routes.lock();
+        let routes = &mut *routes;
+        match range {
+            KeyRange::Single(key) => forget(&mut routes.keys, key, id),
+            KeyRange::Span { .. } => forget(&mut routes.spans, range, id),
+        }
+    }
+
+    fn leave(&self, id: u64) {
+        let mut routes = self.routes.lock();
+        routes.streams.remove(&id);
+        routes.keys.retain(|_, streams| {
+            streams.remove(&id);
+            !streams.is_empty()
+        });
+        routes.spans.retain(|_, streams| {
+            streams.remove(&id);
+            !streams.is_empty()
+        });
+    }
+}
+
+/// Takes one watcher of stream `id` off `at`, and the entry when no stream watches it.
+fn forget<K: std::hash::Hash + Eq + std::borrow::Borrow<Q>, Q: std::hash::Hash + Eq + ?Sized>(
+    table: &mut HashMap<K, Watching>,
+    at: &Q,
+    id: u64,
+) {
+    let Some(streams) = table.get_mut(at) else {
+        return;
+    };
+    if let Some(count) = streams.get_mut(&id) {
+        *count -= 1;
+        if *count == 0 {
+            streams.remove(&id);
+        }
+    }
+    if streams.is_empty() {
+        table.remove(at);
+    }
+}
+
+/// Whether one of `sorted` keys falls in `range`.
+fn touches(range: &KeyRange, sorted: &[&[u8]]) -> bool {
+    match range {
+        KeyRange::Single(key) => sorted.binary_search(&key.as_slice()).is_ok(),
+        KeyRange::Span { start, end } => {
+            let first = sorted.partition_point(|k| *k < start.as_slice());
+            sorted
+                .get(first)
+                .is_some_and(|k| end.as_deref().is_none_or(|e| *k < e))
+        }
+    }
+}
+
+/// One stream's registration: its inbox and its ranges. Dropping it unregisters the stream.
+pub struct Subscription {
+    id: u64,
+    fanout: Arc<Fanout>,
+    inbox: mpsc::Receiver<Arc<ChangeBatch>>,
+    overflow: Arc<Overflow>,
+}
+
+impl Subscription {
+    /// Routes commits touching `range` to this stream from now on (once per watcher).
+    pub fn add(&self, range: &KeyRange) {
+        self.fanout.add(self.id, range);
+    }
+
+    /// Undoes one [`Subscription::add`] of `range`.
+    pub fn remove(&self, range: &KeyRange) {
+        self.fanout.remove(self.id, range);
+    }
+
+    /// See [`Fanout::routed`].
+    pub fn routed(&self) -> i64 {
+        self.fanout.routed()
+    }
+
+    /// The next batch for this stream, or `None` once the store is gone.
+    pub async fn recv(&mut self) -> Option<Arc<ChangeBatch>> {
+        self.inbox.recv().await
+    }
+
+    /// A batch already waiting, if any.
+    pub fn try_recv(&mut self) -> Option<Arc<ChangeBatch>> {
+        self.inbox.try_recv().ok()
+    }
+
+    /// Whether a batch was dropped because the inbox was full since the last call; the
+    /// stream must then replay from history what it has not seen.
+    pub fn take_overflow(&self) -> bool {
+        self.overflow.missed.swap(false, Ordering::AcqRel)
+    }
+
+    /// What wakes the stream when a batch is dropped for it.
+    pub fn overflow_signal(&self) -> OverflowSignal {
+        OverflowSignal(self.overflow.clone())
+    }
+}
+
+/// Wakes a stream whose inbox overflowed (see [`Subscription::take_overflow`]).
+pub struct OverflowSignal(Arc<Overflow>);
+
+impl OverflowSignal {
+    /// Waits until a batch is dropped for the stream (at once if one was since the last
+    /// wait).
+    pub async fn wait(&self) {
+        self.0.notify.notified().await;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.fanout.leave(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::watchable::Event;
+    use etcd_client::proto::PbKeyValue;
+
+    fn batch(keys: &[(&str, i64)]) -> Arc<ChangeBatch> {
+        Arc::new(ChangeBatch::new(
+            keys.iter()
+                .map(|(k, rev)| Event {
+                    kv: PbKeyValue {
+                        key: k.as_bytes().to_vec(),
+                        mod_revision: *rev,
+                        version: 1,
+                        ..Default::default()
+                    },
+                    prev: None,
+                })
+                .collect(),
+        ))
+    }
+
+    fn revisions(sub: &mut Subscription) -> Vec<i64> {
+        std::iter::from_fn(|| sub.try_recv())
+            .filter_map(|b| b.last().map(|e| e.kv.mod_revision))
+            .collect()
+    }
+
+    #[test]
+    fn a_commit_reaches_only_the_streams_watching_its_keys() {
+        let fanout = Arc::new(Fanout::new(16, 1));
+        let mut key = fanout.join();
+        key.add(&KeyRange::new(b"a/1", b""));
+        let mut prefix = fanout.join();
+        prefix.add(&KeyRange::new(b"a/", b"a0"));
+        let mut everything = fanout.join();
+        everything.add(&KeyRange::new(&[0], &[0]));
+        let mut other = fanout.join();
+        other.add(&KeyRange::new(b"b/", b"b0"));
+        let mut none = fanout.join();
+
+        fanout.route(&batch(&[("a/1", 2)]));
+        fanout.route(&batch(&[("a/2", 3), ("c", 3)]));
+        fanout.route(&batch(&[("c", 4)]));
+        fanout.route(&batch(&[("a0", 5)]));
+        assert_eq!(fanout.routed(), 5);
+
+        assert_eq!(revisions(&mut key), [2]);
+        assert_eq!(revisions(&mut prefix), [2, 3]);
+        assert_eq!(revisions(&mut everything), [2, 3, 4, 5]);
+        assert_eq!(revisions(&mut other), Vec::<i64>::new());
+        assert_eq!(revisions(&mut none), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn a_range_watched_twice_stays_until_both_are_removed_and_a_dropped_stream_is_gone() {
+        let fanout = Arc::new(Fanout::new(16, 1));
+        let mut sub = fanout.join();
+        let range = KeyRange::new(b"k/", b"k0");
+        sub.add(&range);
+        sub.add(&range);
+        sub.remove(&range);
+        fanout.route(&batch(&[("k/x", 2)]));
+        assert_eq!(revisions(&mut sub), [2]);
+        sub.remove(&range);
+        fanout.route(&batch(&[("k/x", 3)]));
+        assert_eq!(revisions(&mut sub), Vec::<i64>::new());
+
+        let gone = fanout.join();
+        gone.add(&range);
+        drop(gone);
+        let routes = fanout.routes.lock();
+        assert!(routes.spans.is_empty() && routes.streams.len() == 1);
+    }
+
+    #[test]
+    fn a_full_inbox_drops_the_batch_and_says_so() {
+        let fanout = Arc::new(Fanout::new(2, 1));
+        let mut sub = fanout.join();
+        sub.add(&KeyRange::new(b"k", b""));
+        for rev in 2..=4 {
+            fanout.route(&batch(&[("k", rev)]));
+        }
+        assert!(sub.take_overflow());
+        assert!(!sub.take_overflow());
+        assert_eq!(revisions(&mut sub), [2, 3]);
+        assert_eq!(fanout.routed(), 4);
+    }
+}
