@@ -21,6 +21,7 @@ against_both!(&["--experimental-watch-progress-notify-interval", "1s"];
     slow_watcher_blocks_no_one_and_catches_up,
     watches_sharing_a_lagging_stream_each_get_exactly_theirs,
     progress_request_reports_the_current_revision,
+    a_stream_that_many_commits_pass_by_stays_current,
     periodic_progress_reaches_idle_watches,
     transaction_events_arrive_in_one_response,
     oversized_revision_is_fragmented_when_asked,
@@ -422,6 +423,49 @@ async fn progress_request_reports_the_current_revision(server: &Server) -> anyho
     assert_eq!(resp.watch_id(), -1);
     assert!(resp.events().is_empty());
     assert_eq!(resp.header().map(|h| h.revision()), Some(3));
+    Ok(())
+}
+
+/// A stream whose watches select none of many commits still knows where the store is: a
+/// progress request reports the latest revision, a watch added to it from "now" starts
+/// after the latest write, and a later write to the first watch's keys reaches it.
+async fn a_stream_that_many_commits_pass_by_stays_current(server: &Server) -> anyhow::Result<()> {
+    let revision = |r: Option<&etcd_client::ResponseHeader>| r.map_or(0, |h| h.revision());
+    let mut c = server.client().await?;
+    let mut stream = c
+        .watch("quiet/", Some(WatchOptions::new().with_prefix()))
+        .await?;
+    let quiet = next(&mut stream).await?.watch_id();
+    let mut last = 0;
+    for i in 0..200 {
+        last = revision(c.put(format!("busy/{i}"), "v", None).await?.header());
+    }
+    stream.request_progress().await?;
+    let progress = next(&mut stream).await?;
+    assert_eq!(
+        (progress.watch_id(), revision(progress.header())),
+        (-1, last)
+    );
+    stream
+        .watch("busy/", Some(WatchOptions::new().with_prefix()))
+        .await?;
+    let busy = next(&mut stream).await?;
+    assert!(busy.created(), "{busy:?}");
+    let after = revision(c.put("busy/after", "v", None).await?.header());
+    let resp = next(&mut stream).await?;
+    let revisions = |r: &WatchResponse| -> Vec<i64> {
+        r.events()
+            .iter()
+            .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+            .collect()
+    };
+    assert_eq!(
+        (resp.watch_id(), revisions(&resp)),
+        (busy.watch_id(), vec![after])
+    );
+    let quiet_put = revision(c.put("quiet/a", "v", None).await?.header());
+    let resp = next(&mut stream).await?;
+    assert_eq!((resp.watch_id(), revisions(&resp)), (quiet, vec![quiet_put]));
     Ok(())
 }
 
