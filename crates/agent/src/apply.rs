@@ -11,7 +11,8 @@ use ferry_controller::keys::Keys;
 use ferry_controller::nginx::{self, NginxSite};
 use ferry_controller::{IngressDocument, PublishedConfig};
 use ferry_registry::Instance;
-use ferry_render::{render_resource, KvSnapshot, Outcome, RenderOptions, TemplateResource};
+use ferry_render::TemplateResource;
+use ferry_render::{install, render_text, KvSnapshot, Outcome, RenderOptions, TemplateCache};
 use ferry_runtime::Informer;
 
 use crate::blame::{self, RenderSet};
@@ -35,6 +36,8 @@ pub(crate) struct Applier {
     /// Per configuration, the version last installed (the one to fall back to when a new
     /// version is to blame for a failing check).
     pub(crate) last_good: HashMap<String, Arc<PublishedConfig>>,
+    /// The nginx template as last parsed (re-parsed only when its file changes).
+    pub(crate) template: Arc<parking_lot::Mutex<TemplateCache>>,
 }
 
 /// The agent's nginx.conf from a set of configurations (and the agent's own keys and the
@@ -44,6 +47,7 @@ struct NginxRender {
     revision: i64,
     templates: PathBuf,
     resource: TemplateResource,
+    template: Arc<parking_lot::Mutex<TemplateCache>>,
 }
 
 impl blame::RenderSet for NginxRender {
@@ -62,7 +66,14 @@ impl blame::RenderSet for NginxRender {
             check_only,
             ..RenderOptions::default()
         };
-        render_resource(&self.resource, &self.templates, Arc::new(snapshot), options).await
+        let rendered = render_text(
+            &self.resource,
+            &self.templates,
+            Arc::new(snapshot),
+            options.nameserver,
+            &mut self.template.lock(),
+        )?;
+        install(&self.resource, rendered, options).await
     }
 }
 
@@ -106,6 +117,7 @@ impl Applier {
             reported,
             warned,
             last_good,
+            template,
         } = self;
         // A wave target replaces the environment's version of the same configuration.
         let mut effective: BTreeMap<String, _> = BTreeMap::new();
@@ -172,6 +184,7 @@ impl Applier {
                 config.reload_cmd.clone(),
                 "ferry-agent",
             ),
+            template: template.clone(),
         };
         let mut outcome = renderer.render(current, false).await;
         let mut blamed = BTreeMap::new();

@@ -223,6 +223,7 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
             reported: HashMap::new(),
             warned: Default::default(),
             last_good: HashMap::new(),
+            template: Default::default(),
         }
         .run(),
     );

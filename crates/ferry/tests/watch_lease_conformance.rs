@@ -465,7 +465,10 @@ async fn a_stream_that_many_commits_pass_by_stays_current(server: &Server) -> an
     );
     let quiet_put = revision(c.put("quiet/a", "v", None).await?.header());
     let resp = next(&mut stream).await?;
-    assert_eq!((resp.watch_id(), revisions(&resp)), (quiet, vec![quiet_put]));
+    assert_eq!(
+        (resp.watch_id(), revisions(&resp)),
+        (quiet, vec![quiet_put])
+    );
     Ok(())
 }
 

@@ -321,11 +321,30 @@ fn sort_kv_by_length(a: &[Value], in_place: bool) -> Result<Value, Error> {
     }
 }
 
+/// The snapshot a template's functions read: replaced between runs of a template parsed
+/// once ([`PreparedTemplate`]).
+#[derive(Clone)]
+struct SnapshotSlot(Arc<parking_lot::RwLock<Arc<KvSnapshot>>>);
+
+impl SnapshotSlot {
+    fn new(snapshot: Arc<KvSnapshot>) -> Self {
+        Self(Arc::new(parking_lot::RwLock::new(snapshot)))
+    }
+
+    fn get(&self) -> Arc<KvSnapshot> {
+        self.0.read().clone()
+    }
+}
+
 /// confd's function map, bound to `snapshot`.
 pub fn confd_functions(
     snapshot: Arc<KvSnapshot>,
     nameserver: Option<std::net::SocketAddr>,
 ) -> FuncMap {
+    functions_over(SnapshotSlot::new(snapshot), nameserver)
+}
+
+fn functions_over(snapshot: SnapshotSlot, nameserver: Option<std::net::SocketAddr>) -> FuncMap {
     let mut m = FuncMap::new();
     let mut add = |name: &str, f: ValueFunc| {
         m.insert(name.into(), f);
@@ -335,7 +354,8 @@ pub fn confd_functions(
         "get",
         Arc::new(move |a| {
             let key = text(a, 0, "get")?;
-            s.pairs
+            s.get()
+                .pairs
                 .get(&key)
                 .map(|v| kv_pair(&key, v))
                 .ok_or_else(|| fail(format!("key does not exist: {key}")))
@@ -348,7 +368,7 @@ pub fn confd_functions(
             let pattern = text(a, 0, "gets")?;
             Ok(tag(
                 Value::from(
-                    matching(&s, &pattern)?
+                    matching(&s.get(), &pattern)?
                         .into_iter()
                         .map(|(k, v)| kv_pair(k, v))
                         .collect::<Vec<_>>(),
@@ -366,7 +386,7 @@ pub fn confd_functions(
                 Some(_) => Some(text(a, 1, "getv")?),
                 None => None,
             };
-            match (s.pairs.get(&key), default) {
+            match (s.get().pairs.get(&key), default) {
                 (Some(v), _) => Ok(Value::from(v.as_str())),
                 (None, Some(default)) => Ok(Value::from(default)),
                 (None, None) => Err(fail(format!("key does not exist: {key}"))),
@@ -378,7 +398,7 @@ pub fn confd_functions(
         "getvs",
         Arc::new(move |a| {
             let pattern = text(a, 0, "getvs")?;
-            let mut values: Vec<String> = matching(&s, &pattern)?
+            let mut values: Vec<String> = matching(&s.get(), &pattern)?
                 .into_iter()
                 .map(|(_, v)| v.clone())
                 .collect();
@@ -389,17 +409,21 @@ pub fn confd_functions(
     let s = snapshot.clone();
     add(
         "ls",
-        Arc::new(move |a| Ok(strings(list(&s, &text(a, 0, "ls")?)))),
+        Arc::new(move |a| Ok(strings(list(&s.get(), &text(a, 0, "ls")?)))),
     );
     let s = snapshot.clone();
     add(
         "lsdir",
-        Arc::new(move |a| Ok(strings(list_dir(&s, &text(a, 0, "lsdir")?)))),
+        Arc::new(move |a| Ok(strings(list_dir(&s.get(), &text(a, 0, "lsdir")?)))),
     );
     let s = snapshot.clone();
     add(
         "exists",
-        Arc::new(move |a| Ok(Value::Bool(s.pairs.contains_key(&text(a, 0, "exists")?)))),
+        Arc::new(move |a| {
+            Ok(Value::Bool(
+                s.get().pairs.contains_key(&text(a, 0, "exists")?),
+            ))
+        }),
     );
     add(
         "json",
@@ -815,6 +839,55 @@ pub fn template_for(
     snapshot: Arc<KvSnapshot>,
     nameserver: Option<std::net::SocketAddr>,
 ) -> Result<ConfdTemplate, Error> {
+    parse_over(name, text, SnapshotSlot::new(snapshot), nameserver)
+}
+
+/// A template parsed once and run over a new snapshot each time: an agent renders the same
+/// template after every change, and parsing it cost more than running it.
+pub struct PreparedTemplate {
+    template: ConfdTemplate,
+    snapshot: SnapshotSlot,
+    source: String,
+    nameserver: Option<std::net::SocketAddr>,
+}
+
+impl PreparedTemplate {
+    /// Parses `text` as the template `name` (see [`template_for`]).
+    pub fn parse(
+        name: &str,
+        text: &str,
+        nameserver: Option<std::net::SocketAddr>,
+    ) -> Result<Self, Error> {
+        let snapshot = SnapshotSlot::new(Arc::new(KvSnapshot::default()));
+        Ok(Self {
+            template: parse_over(name, text, snapshot.clone(), nameserver)?,
+            snapshot,
+            source: text.to_string(),
+            nameserver,
+        })
+    }
+
+    /// Whether this is `text` parsed as `name` with `nameserver`.
+    pub fn is(&self, name: &str, text: &str, nameserver: Option<std::net::SocketAddr>) -> bool {
+        self.template.name == name && self.source == text && self.nameserver == nameserver
+    }
+
+    /// Runs the template over `snapshot`.
+    pub fn execute_to_string(&mut self, snapshot: Arc<KvSnapshot>) -> Result<String, Error> {
+        *self.snapshot.0.write() = snapshot;
+        let out = self.template.execute_to_string();
+        // The snapshot is not kept alive between renders.
+        *self.snapshot.0.write() = Arc::new(KvSnapshot::default());
+        out
+    }
+}
+
+fn parse_over(
+    name: &str,
+    text: &str,
+    snapshot: SnapshotSlot,
+    nameserver: Option<std::net::SocketAddr>,
+) -> Result<ConfdTemplate, Error> {
     let text = text
         .replace("(datetime).Format", "datetimeFormat")
         .replace("datetime.Format", "datetimeFormat");
@@ -823,7 +896,7 @@ pub fn template_for(
     // got there.
     let with_sentinel = format!("{text}{}", crate::rewrite::SENTINEL);
     let mut template = Template::new(name)
-        .funcs(check_arity(confd_functions(snapshot, nameserver)))
+        .funcs(check_arity(functions_over(snapshot, nameserver)))
         .parse(&with_sentinel)?;
     let main = template
         .lookup(name)

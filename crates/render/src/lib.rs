@@ -21,7 +21,9 @@ pub mod snapshot;
 pub mod status;
 pub mod watch;
 
-pub use functions::{template_for, ConfdTemplate};
-pub use pipeline::{render_resource, Outcome, RenderError, RenderOptions};
+pub use functions::{template_for, ConfdTemplate, PreparedTemplate};
+pub use pipeline::{
+    install, render_resource, render_text, Outcome, RenderError, RenderOptions, TemplateCache,
+};
 pub use resource::{load_confdir, TemplateResource};
 pub use snapshot::KvSnapshot;

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::functions::template_for;
+use crate::functions::PreparedTemplate;
 use crate::resource::TemplateResource;
 use crate::snapshot::KvSnapshot;
 
@@ -149,50 +149,125 @@ pub async fn render_resource(
     snapshot: Arc<KvSnapshot>,
     options: RenderOptions,
 ) -> Result<Outcome, RenderError> {
-    use std::os::unix::fs::MetadataExt;
-    let noop = options.noop;
-    let (uid, gid) = ownership(resource)?;
+    ownership(resource)?;
+    let mut cache = TemplateCache::default();
+    let rendered = render_text(
+        resource,
+        templates_dir,
+        snapshot,
+        options.nameserver,
+        &mut cache,
+    )?;
+    install(resource, rendered, options).await
+}
+
+/// The last template parsed, kept by a caller that renders the same resource again.
+#[derive(Default)]
+pub struct TemplateCache(Option<PreparedTemplate>);
+
+/// `resource`'s template (read from `templates_dir` every time) run over `snapshot`; the
+/// parse in `cache` is reused while the template's text is unchanged.
+pub fn render_text(
+    resource: &TemplateResource,
+    templates_dir: &Path,
+    snapshot: Arc<KvSnapshot>,
+    nameserver: Option<std::net::SocketAddr>,
+    cache: &mut TemplateCache,
+) -> Result<String, RenderError> {
     let src = templates_dir.join(&resource.src);
     let text = std::fs::read_to_string(&src).map_err(io(&src))?;
     let name = src.display().to_string();
-    let rendered = template_for(&name, &text, snapshot, options.nameserver)
-        .and_then(|t| t.execute_to_string())
-        .map_err(|e| RenderError::Template(e.to_string()))?;
-    let mode = resource.file_mode().unwrap_or(0o644);
-    let current = std::fs::read_to_string(&resource.dest).ok();
-    let meta = std::fs::metadata(&resource.dest).ok();
+    let template = match &mut cache.0 {
+        Some(t) if t.is(&name, &text, nameserver) => t,
+        slot => slot.insert(
+            PreparedTemplate::parse(&name, &text, nameserver)
+                .map_err(|e| RenderError::Template(e.to_string()))?,
+        ),
+    };
+    template
+        .execute_to_string(snapshot)
+        .map_err(|e| RenderError::Template(e.to_string()))
+}
+
+/// What staging the rendered file found.
+enum Staged {
+    /// `dest` already holds it.
+    Unchanged,
+    /// Dry run: the difference.
+    Diff(String),
+    /// Written next to `dest`, to be checked and renamed over it.
+    File(tempfile::NamedTempFile),
+}
+
+/// Compares `rendered` with `dest` and, when they differ, writes it next to `dest` with the
+/// resource's mode and owner (blocking file work, run off the async workers).
+fn stage(
+    dest: &Path,
+    rendered: &str,
+    mode: u32,
+    (uid, gid): (Option<u32>, Option<u32>),
+    force: bool,
+    noop: bool,
+) -> Result<Staged, RenderError> {
+    use std::os::unix::fs::MetadataExt;
+    let current = std::fs::read_to_string(dest).ok();
+    let meta = std::fs::metadata(dest).ok();
     let current_mode = meta.as_ref().map(|m| m.permissions().mode() & 0o7777);
     let owner_ok = meta
         .as_ref()
         .is_some_and(|m| uid.is_none_or(|u| u == m.uid()) && gid.is_none_or(|g| g == m.gid()));
-    if current.as_deref() == Some(rendered.as_str())
-        && current_mode == Some(mode)
-        && owner_ok
-        && !options.check_only
-    {
-        return Ok(Outcome::Unchanged);
+    if current.as_deref() == Some(rendered) && current_mode == Some(mode) && owner_ok && !force {
+        return Ok(Staged::Unchanged);
     }
     if noop {
-        return Ok(Outcome::WouldUpdate {
-            diff: diff(current.as_deref().unwrap_or(""), &rendered),
-        });
+        return Ok(Staged::Diff(diff(
+            current.as_deref().unwrap_or(""),
+            rendered,
+        )));
     }
-    let dir = resource.dest.parent().unwrap_or(Path::new("."));
-    let base = resource
-        .dest
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("dest");
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("dest");
     let staged = tempfile::Builder::new()
         .prefix(&format!(".{base}"))
         .tempfile_in(dir)
         .map_err(io(dir))?;
-    std::fs::write(staged.path(), &rendered).map_err(io(staged.path()))?;
+    std::fs::write(staged.path(), rendered).map_err(io(staged.path()))?;
     std::fs::set_permissions(staged.path(), std::fs::Permissions::from_mode(mode))
         .map_err(io(staged.path()))?;
     if uid.is_some() || gid.is_some() {
         std::os::unix::fs::chown(staged.path(), uid, gid).map_err(io(staged.path()))?;
     }
+    Ok(Staged::File(staged))
+}
+
+/// Runs blocking file work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RenderError> + Send + 'static,
+) -> Result<T, RenderError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RenderError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e),
+        })?
+}
+
+/// Installs `rendered` as `resource.dest` the confd way: only if content, mode or owner
+/// differ; staged next to it, checked, renamed over it atomically, then reloaded.
+pub async fn install(
+    resource: &TemplateResource,
+    rendered: String,
+    options: RenderOptions,
+) -> Result<Outcome, RenderError> {
+    let owner = ownership(resource)?;
+    let mode = resource.file_mode().unwrap_or(0o644);
+    let dest = resource.dest.clone();
+    let (force, noop) = (options.check_only, options.noop);
+    let staged = match blocking(move || stage(&dest, &rendered, mode, owner, force, noop)).await? {
+        Staged::Unchanged => return Ok(Outcome::Unchanged),
+        Staged::Diff(diff) => return Ok(Outcome::WouldUpdate { diff }),
+        Staged::File(file) => file,
+    };
     if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
         let command = check.replace("{{.src}}", &staged.path().display().to_string());
         if let Err((status, output)) = shell(&command).await {
@@ -210,12 +285,15 @@ pub async fn render_resource(
     if options.check_only {
         return Ok(Outcome::Checked);
     }
-    staged
-        .persist(&resource.dest)
-        .map_err(|e| RenderError::Io {
-            path: resource.dest.clone(),
+    let dest = resource.dest.clone();
+    blocking(move || {
+        staged.persist(&dest).map_err(|e| RenderError::Io {
+            path: dest.clone(),
             source: e.error,
         })?;
+        Ok(())
+    })
+    .await?;
     if let (Some(reload), false) = (&resource.reload_cmd, options.sync_only) {
         if let Err((status, output)) = shell(reload).await {
             return Err(RenderError::Reload {
@@ -226,4 +304,54 @@ pub async fn render_resource(
         }
     }
     Ok(Outcome::Updated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(pairs: &[(&str, &str)]) -> Arc<KvSnapshot> {
+        Arc::new(KvSnapshot {
+            pairs: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            revision: 1,
+        })
+    }
+
+    /// A parse kept in the cache renders each new snapshot (nothing of an earlier one stays
+    /// visible), and a template file that changed is parsed again.
+    #[test]
+    fn a_cached_template_renders_each_snapshot_and_follows_its_file(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let src = dir.path().join("t.tmpl");
+        let resource: TemplateResource = serde_json::from_value(serde_json::json!({
+            "src": "t.tmpl",
+            "dest": dir.path().join("out"),
+        }))?;
+        let mut cache = TemplateCache::default();
+        let mut render = |pairs: &[(&str, &str)]| {
+            render_text(&resource, dir.path(), snapshot(pairs), None, &mut cache)
+        };
+        std::fs::write(&src, r#"a={{getv "/a"}}"#)?;
+        assert_eq!(render(&[("/a", "1")])?, "a=1");
+        assert_eq!(render(&[("/a", "2")])?, "a=2");
+        let missing = render(&[("/b", "3")]);
+        assert!(
+            matches!(&missing, Err(RenderError::Template(m)) if m.contains("key does not exist: /a")),
+            "{missing:?}"
+        );
+        std::fs::write(&src, r#"b={{getv "/a"}}"#)?;
+        assert_eq!(render(&[("/a", "4")])?, "b=4");
+        std::fs::write(&src, "{{getv")?;
+        assert!(matches!(
+            render(&[("/a", "5")]),
+            Err(RenderError::Template(_))
+        ));
+        std::fs::write(&src, r#"c={{getv "/a"}}"#)?;
+        assert_eq!(render(&[("/a", "6")])?, "c=6");
+        Ok(())
+    }
 }
