@@ -1,9 +1,15 @@
 //! Time from an API call to a "complete" rollout, for 10, 100 and 1,000 in-process agents
 //! rendering without nginx, on the embedded store and on a real etcd 3.4 in the same run.
 //!
-//! Run on demand: `cargo bench -p ferry --bench rollout [-- AGENTS...]` (default 10 100 1000).
-//! "Complete" is the moment the last live agent's status key reports the new version, as
-//! seen through a watch opened before the call (what the API's status summary is built from).
+//! Run on demand: `cargo bench -p ferry --bench rollout [-- [--disk] AGENTS...]` (default 10
+//! 100 1000). "Complete" is the moment the last live agent's status key reports the new
+//! version, as seen through a watch opened before the call (what the API's status summary is
+//! built from).
+//!
+//! The agents write their nginx.conf to tmpfs (`/dev/shm`) unless `--disk` is given: a real
+//! fleet has a disk per host, while a thousand agents renaming files on this machine's one
+//! ext4 disk measure its inode allocator, the same for both stores. The stores and the
+//! controller's database stay on disk.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -38,8 +44,14 @@ struct Run {
     samples: Vec<Duration>,
 }
 
-async fn run(endpoint: &str, agents: usize, rounds: usize) -> anyhow::Result<Run> {
+async fn run(endpoint: &str, agents: usize, rounds: usize, disk: bool) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
+    let shm = std::path::Path::new("/dev/shm");
+    let outputs = if disk || !shm.is_dir() {
+        tempfile::tempdir()?
+    } else {
+        tempfile::tempdir_in(shm)?
+    };
     let config = ferry_client::ConnectConfig::new([endpoint]);
     let client = ferry_client::connect(&config).await?;
     let (tokens, token) = Tokens::generate("admin");
@@ -76,7 +88,7 @@ async fn run(endpoint: &str, agents: usize, rounds: usize) -> anyhow::Result<Run
                     ip: "127.0.0.1".into(),
                     root: "/ingress".into(),
                     services_prefix: "/services".into(),
-                    nginx_prefix: dir.path().join(format!("agent-{n}")),
+                    nginx_prefix: outputs.path().join(format!("agent-{n}")),
                     listen: "127.0.0.1:8080".into(),
                     tls_listen: "127.0.0.1:8443".into(),
                     template: None,
@@ -217,6 +229,7 @@ fn fmt(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let disk = std::env::args().any(|a| a == "--disk");
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -233,6 +246,11 @@ async fn main() -> anyhow::Result<()> {
     let embedded = ferry_store::start(store_config).await?;
     let embedded_endpoint = embedded.local_addrs[0].to_string();
     let etcd = Server::start(Kind::Etcd, std::path::Path::new("ferry"), &[]).await?;
+    let on_disk = disk || !std::path::Path::new("/dev/shm").is_dir();
+    println!(
+        "agents write nginx.conf to {}",
+        if on_disk { "disk" } else { "tmpfs (/dev/shm)" }
+    );
     println!("| agents | store | rounds | p50 ms | p99 ms | max ms |");
     println!("|---:|---|---:|---:|---:|---:|");
     for &agents in &sizes {
@@ -250,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(etcd_client::DeleteOptions::new().with_prefix()),
             )
             .await?;
-            let mut result = run(&endpoint, agents, rounds).await?;
+            let mut result = run(&endpoint, agents, rounds, disk).await?;
             result.samples.sort();
             println!(
                 "| {agents} | {name} | {rounds} | {} | {} | {} |",
