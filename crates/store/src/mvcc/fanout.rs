@@ -84,6 +84,7 @@ impl Fanout {
             fanout: self.clone(),
             inbox,
             overflow,
+            ranges: HashMap::new(),
         }
     }
 
@@ -148,17 +149,26 @@ impl Fanout {
         }
     }
 
-    fn leave(&self, id: u64) {
+    /// Unregisters stream `id`, which watches `ranges` (each once per watcher).
+    fn leave(&self, id: u64, ranges: &HashMap<KeyRange, usize>) {
         let mut routes = self.routes.lock();
+        let routes = &mut *routes;
         routes.streams.remove(&id);
-        routes.keys.retain(|_, streams| {
+        for range in ranges.keys() {
+            let (table_keys, table_spans) = (&mut routes.keys, &mut routes.spans);
+            let streams = match range {
+                KeyRange::Single(key) => table_keys.get_mut(key),
+                KeyRange::Span { .. } => table_spans.get_mut(range),
+            };
+            let Some(streams) = streams else { continue };
             streams.remove(&id);
-            !streams.is_empty()
-        });
-        routes.spans.retain(|_, streams| {
-            streams.remove(&id);
-            !streams.is_empty()
-        });
+            if streams.is_empty() {
+                match range {
+                    KeyRange::Single(key) => table_keys.remove(key),
+                    KeyRange::Span { .. } => table_spans.remove(range),
+                };
+            }
+        }
     }
 }
 
@@ -201,16 +211,26 @@ pub struct Subscription {
     fanout: Arc<Fanout>,
     inbox: mpsc::Receiver<Arc<ChangeBatch>>,
     overflow: Arc<Overflow>,
+    /// This stream's ranges, so that leaving touches only them.
+    ranges: HashMap<KeyRange, usize>,
 }
 
 impl Subscription {
     /// Routes commits touching `range` to this stream from now on (once per watcher).
-    pub fn add(&self, range: &KeyRange) {
+    pub fn add(&mut self, range: &KeyRange) {
+        *self.ranges.entry(range.clone()).or_default() += 1;
         self.fanout.add(self.id, range);
     }
 
     /// Undoes one [`Subscription::add`] of `range`.
-    pub fn remove(&self, range: &KeyRange) {
+    pub fn remove(&mut self, range: &KeyRange) {
+        let Some(count) = self.ranges.get_mut(range) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.ranges.remove(range);
+        }
         self.fanout.remove(self.id, range);
     }
 
@@ -254,7 +274,7 @@ impl OverflowSignal {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.fanout.leave(self.id);
+        self.fanout.leave(self.id, &self.ranges);
     }
 }
 
@@ -326,11 +346,12 @@ mod tests {
         fanout.route(&batch(&[("k/x", 3)]));
         assert_eq!(revisions(&mut sub), Vec::<i64>::new());
 
-        let gone = fanout.join();
+        let mut gone = fanout.join();
         gone.add(&range);
+        gone.add(&KeyRange::new(b"single", b""));
         drop(gone);
         let routes = fanout.routes.lock();
-        assert!(routes.spans.is_empty() && routes.streams.len() == 1);
+        assert!(routes.spans.is_empty() && routes.keys.is_empty() && routes.streams.len() == 1);
     }
 
     #[test]
