@@ -359,13 +359,7 @@ fn ferry_config(addr: &str, args: &[&str]) -> anyhow::Result<(bool, String, Stri
 
 async fn config_cli_round_trip(server: &Server) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let controller = Controller::start(
-        &server.endpoint(),
-        &sqlite_url(tmp.path()),
-        "c1",
-        tmp.path(),
-    )
-    .await?;
+    let controller = Controller::on_sqlite(&server.endpoint(), tmp.path()).await?;
     let addr = controller.addr.clone();
     let file = tmp.path().join("shop.json");
     std::fs::write(&file, DOC)?;
@@ -434,13 +428,7 @@ async fn a_change_the_store_refuses_is_reported_unpublished_until_reconciled(
     server: &Server,
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let controller = Controller::start(
-        &server.endpoint(),
-        &sqlite_url(tmp.path()),
-        "c1",
-        tmp.path(),
-    )
-    .await?;
+    let controller = Controller::on_sqlite(&server.endpoint(), tmp.path()).await?;
     let addr = controller.addr.clone();
     let configs = "/api/v1/environments/prod/configs";
     let created = http(&addr, "POST", configs, Some(ADMIN), &[], DOC).await?;

@@ -265,16 +265,10 @@ async fn an_informer_sees_every_change_in_order_across_a_leader_kill() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_refuses_writes_without_quorum_and_recovers_by_itself() -> anyhow::Result<()>
 {
-    use common::ingress::{call, document, sqlite_url, Controller};
+    use common::ingress::{call, document, Controller};
     let mut cluster = EtcdCluster::start(3).await?;
     let tmp = tempfile::tempdir()?;
-    let controller = Controller::start(
-        &cluster.endpoints().join(","),
-        &sqlite_url(tmp.path()),
-        "c1",
-        tmp.path(),
-    )
-    .await?;
+    let controller = Controller::on_sqlite(&cluster.endpoints().join(","), tmp.path()).await?;
     let configs = "/api/v1/environments/prod/configs";
     let (status, _) = call(
         &controller.addr,

@@ -135,13 +135,7 @@ async fn the_api_refuses_every_injection_naming_the_field_and_writes_nothing() -
 {
     let server = common::start(common::Kind::Ferry, &[]).await?;
     let tmp = tempfile::tempdir()?;
-    let controller = Controller::start(
-        &server.endpoint(),
-        &sqlite_url(tmp.path()),
-        "c1",
-        tmp.path(),
-    )
-    .await?;
+    let controller = Controller::on_sqlite(&server.endpoint(), tmp.path()).await?;
     let configs = "/api/v1/environments/prod/configs";
     let documents = injected_documents();
     assert!(documents.len() > 300, "{} cases", documents.len());

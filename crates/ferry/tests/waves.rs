@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::ingress::{call, config_path, rollout, sqlite_url, Agent, Controller};
+use common::ingress::{call, config_path, rollout, Agent, Controller};
 use common::Server;
 use ferry_controller::api::Rollout;
 use ferry_controller::waves::WavePhase;
@@ -102,13 +102,7 @@ async fn update_until_the_first_wave_bakes(
 
 async fn waves_grow_one_half_all_and_a_failure_rolls_back(server: &Server) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let controller = Controller::start(
-        &server.endpoint(),
-        &sqlite_url(tmp.path()),
-        "c1",
-        tmp.path(),
-    )
-    .await?;
+    let controller = Controller::on_sqlite(&server.endpoint(), tmp.path()).await?;
     let addr = controller.addr.clone();
     // a3 refuses any configuration naming "refusedhost" (a check that fails on its host only).
     let agents: Vec<Agent> = (1..=6)
@@ -215,13 +209,7 @@ async fn waves_grow_one_half_all_and_a_failure_rolls_back(server: &Server) -> an
 
 async fn a_controller_killed_mid_wave_resumes_the_rollout(server: &Server) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let mut controller = Controller::start(
-        &server.endpoint(),
-        &sqlite_url(tmp.path()),
-        "c1",
-        tmp.path(),
-    )
-    .await?;
+    let mut controller = Controller::on_sqlite(&server.endpoint(), tmp.path()).await?;
     let addr = controller.addr.clone();
     let agents = common::ingress::agents(&server.endpoint(), tmp.path(), 3)?;
     common::ingress::wait_agents(&addr, 3).await?;
@@ -275,13 +263,7 @@ async fn agents_killed_or_paused_mid_rollout_are_not_waited_for_and_catch_up(
     server: &Server,
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let controller = Controller::start(
-        &server.endpoint(),
-        &sqlite_url(tmp.path()),
-        "c1",
-        tmp.path(),
-    )
-    .await?;
+    let controller = Controller::on_sqlite(&server.endpoint(), tmp.path()).await?;
     let addr = controller.addr.clone();
     let mut agents = common::ingress::agents(&server.endpoint(), tmp.path(), 4)?;
     common::ingress::wait_agents(&addr, 4).await?;
@@ -322,13 +304,7 @@ async fn agents_killed_or_paused_mid_rollout_are_not_waited_for_and_catch_up(
 /// `on_failure: halt`: the rollout stops where it failed; agents keep what they run.
 async fn halt_leaves_every_agent_on_what_it_runs(server: &Server) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let controller = Controller::start(
-        &server.endpoint(),
-        &sqlite_url(tmp.path()),
-        "c1",
-        tmp.path(),
-    )
-    .await?;
+    let controller = Controller::on_sqlite(&server.endpoint(), tmp.path()).await?;
     let addr = controller.addr.clone();
     let agents: Vec<Agent> = (1..=3)
         .map(|i| {

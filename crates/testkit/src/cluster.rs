@@ -41,12 +41,7 @@ impl Member {
             .as_ref()
             .ok_or_else(|| anyhow!("member {} is not running", self.name))?
             .id();
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .context("running kill")?;
-        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
-        Ok(())
+        crate::send_signal(pid, signal)
     }
 }
 

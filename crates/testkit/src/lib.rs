@@ -44,6 +44,16 @@ pub struct Server {
     tls: Option<ferry_client::TlsFiles>,
 }
 
+/// Sends `signal` (`-STOP`, `-CONT`, …) to process `pid`, a server this kit started.
+pub(crate) fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+    Ok(())
+}
+
 /// Picks a free loopback port (the kernel's choice for port 0).
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
@@ -283,12 +293,7 @@ impl Server {
 
     fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let pid = self.pid().ok_or_else(|| anyhow!("server is not running"))?;
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .context("running kill")?;
-        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
-        Ok(())
+        send_signal(pid, signal)
     }
 
     /// Stops the server with SIGTERM and waits for it to exit.

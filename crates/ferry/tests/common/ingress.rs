@@ -90,6 +90,11 @@ impl Controller {
         Self::start_with_tokens(endpoint, database, name, dir, &admin_tokens()).await
     }
 
+    /// Starts replica "c1" on a SQLite database in `dir`.
+    pub async fn on_sqlite(endpoint: &str, dir: &Path) -> anyhow::Result<Self> {
+        Self::start(endpoint, &sqlite_url(dir), "c1", dir).await
+    }
+
     /// Starts a replica accepting the tokens in `tokens` (the token file's text).
     pub async fn start_with_tokens(
         endpoint: &str,
