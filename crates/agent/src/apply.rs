@@ -16,7 +16,7 @@ use ferry_render::{install, render_text, KvSnapshot, Outcome, RenderOptions, Tem
 use ferry_runtime::Informer;
 
 use crate::blame::{self, RenderSet};
-use crate::{admission, AgentConfig, AgentMetrics, SETTLE};
+use crate::{admission, AgentConfig, AgentMetrics, QUIET, SETTLE_MAX};
 
 /// Everything one agent's render-check-report cycle needs.
 pub(crate) struct Applier {
@@ -94,7 +94,17 @@ impl Applier {
                 Some(_) = service_events.recv() => {}
                 else => return,
             }
-            tokio::time::sleep(SETTLE).await;
+            let settled = tokio::time::Instant::now() + SETTLE_MAX;
+            loop {
+                let quiet = (tokio::time::Instant::now() + QUIET).min(settled);
+                tokio::select! {
+                    Some(_) = config_events.recv() => {}
+                    Some(_) = wave_events.recv() => {}
+                    Some(_) = service_events.recv() => {}
+                    _ = tokio::time::sleep_until(quiet) => break,
+                }
+            }
+            // What arrived meanwhile is in the caches this render reads.
             while config_events.try_recv().is_ok()
                 || wave_events.try_recv().is_ok()
                 || service_events.try_recv().is_ok()

@@ -26,10 +26,15 @@ use ferry_registry::{announce, AnnounceConfig, Announcement, Instance};
 use ferry_runtime::{Informer, InformerConfig};
 use tokio::task::JoinHandle;
 
-/// How long the agent lets a burst of changes (one transaction's events, a service's
-/// instances coming up together) settle before rendering: long enough to render once per
-/// burst, short enough not to dominate the time to a complete rollout.
-const SETTLE: Duration = Duration::from_millis(10);
+/// How long the agent waits with no new change before rendering (consul-template's
+/// `wait` minimum): a burst (one transaction's events, a service's instances coming up
+/// together) arrives within it and is rendered once, while a lone change waits no more than
+/// this.
+const QUIET: Duration = Duration::from_millis(2);
+
+/// The longest a render waits for changes to stop (consul-template's `wait` maximum): a
+/// stream of changes that never pauses is still rendered this often.
+const SETTLE_MAX: Duration = Duration::from_millis(50);
 
 /// The built-in nginx template (shared with the controller's pre-flight check).
 pub use ferry_controller::nginx::NGINX_TEMPLATE;

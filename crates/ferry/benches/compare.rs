@@ -233,21 +233,7 @@ struct Numbers {
 
 /// User + system CPU seconds the server process has used so far.
 fn cpu_seconds(server: &Server) -> f64 {
-    let Some(pid) = server.pid() else { return 0.0 };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may contain spaces) start at state, field 3.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
+    ferry_testkit::process_cpu(server.pid()).as_secs_f64()
 }
 
 fn numbers(report: &Report, section: &str) -> anyhow::Result<Numbers> {

@@ -46,9 +46,26 @@ struct Run {
     answers: Vec<Duration>,
     /// From the call to the first agent's status with the new version.
     firsts: Vec<Duration>,
+    /// CPU time per round of this process and the store's, if it is another one.
+    cpu_per_round: Duration,
 }
 
-async fn run(endpoint: &str, agents: usize, rounds: usize, disk: bool) -> anyhow::Result<Run> {
+/// CPU time used so far by this process (agents, controller, an embedded store) and by
+/// `store_pid`, a store in its own process.
+fn cpu(store_pid: Option<u32>) -> Duration {
+    ferry_testkit::process_cpu(None)
+        + store_pid
+            .map(|p| ferry_testkit::process_cpu(Some(p)))
+            .unwrap_or_default()
+}
+
+async fn run(
+    endpoint: &str,
+    store_pid: Option<u32>,
+    agents: usize,
+    rounds: usize,
+    disk: bool,
+) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
     let shm = std::path::Path::new("/dev/shm");
     let outputs = if disk || !shm.is_dir() {
@@ -150,6 +167,7 @@ async fn run(endpoint: &str, agents: usize, rounds: usize, disk: bool) -> anyhow
     let mut samples = Vec::new();
     let mut answers = Vec::new();
     let mut firsts = Vec::new();
+    let cpu_before = cpu(store_pid);
     for round in 0..rounds {
         let version = round + 2;
         let mut stream = watcher
@@ -186,6 +204,7 @@ async fn run(endpoint: &str, agents: usize, rounds: usize, disk: bool) -> anyhow
         }
         samples.push(started.elapsed());
     }
+    let cpu_per_round = (cpu(store_pid).saturating_sub(cpu_before)) / rounds as u32;
     // The API agrees: complete at the last version.
     let status = call("GET", format!("{path}/status"), String::new(), None).await?;
     let status: serde_json::Value = serde_json::from_str(&status.body)?;
@@ -201,6 +220,7 @@ async fn run(endpoint: &str, agents: usize, rounds: usize, disk: bool) -> anyhow
         samples,
         answers,
         firsts,
+        cpu_per_round,
     })
 }
 
@@ -265,13 +285,14 @@ async fn main() -> anyhow::Result<()> {
         "agents write nginx.conf to {}",
         if on_disk { "disk" } else { "tmpfs (/dev/shm)" }
     );
-    println!("| agents | store | rounds | p50 ms | p99 ms | max ms | API answer p50 ms | first agent p50 ms |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("| agents | store | rounds | p50 ms | p99 ms | max ms | API answer p50 ms | first agent p50 ms | CPU ms per round |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for &agents in &sizes {
-        let rounds = if agents >= 1000 { 20 } else { 50 };
-        for (name, endpoint) in [
-            ("ferry (embedded)", embedded_endpoint.clone()),
-            ("etcd 3.4", etcd.endpoint()),
+        // With fewer than 100 rounds the p99 is the slowest round.
+        let rounds = if agents >= 1000 { 20 } else { 200 };
+        for (name, endpoint, store_pid) in [
+            ("ferry (embedded)", embedded_endpoint.clone(), None),
+            ("etcd 3.4", etcd.endpoint(), etcd.pid()),
         ] {
             // Each run under its own prefix state: clear what the previous run left.
             let mut c =
@@ -282,17 +303,18 @@ async fn main() -> anyhow::Result<()> {
                 Some(etcd_client::DeleteOptions::new().with_prefix()),
             )
             .await?;
-            let mut result = run(&endpoint, agents, rounds, disk).await?;
+            let mut result = run(&endpoint, store_pid, agents, rounds, disk).await?;
             result.samples.sort();
             result.answers.sort();
             result.firsts.sort();
             println!(
-                "| {agents} | {name} | {rounds} | {} | {} | {} | {} | {} |",
+                "| {agents} | {name} | {rounds} | {} | {} | {} | {} | {} | {} |",
                 fmt(percentile(&result.samples, 50.0)),
                 fmt(percentile(&result.samples, 99.0)),
                 fmt(*result.samples.last().unwrap_or(&Duration::ZERO)),
                 fmt(percentile(&result.answers, 50.0)),
                 fmt(percentile(&result.firsts, 50.0)),
+                fmt(result.cpu_per_round),
             );
         }
     }

@@ -240,10 +240,19 @@ fn stage(
     Ok(Staged::File(staged))
 }
 
-/// Runs blocking file work on tokio's blocking pool.
+/// How many renders' file work runs at once in one process. tokio's blocking pool starts a
+/// thread for every task that finds no idle one: a thousand agents in one process (the
+/// rollout benchmark) rendering together started hundreds of threads that spent more time
+/// waking and contending than writing. A few at a time keep a slow disk from holding back
+/// every render and the pool small.
+static FILE_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Runs blocking file work on tokio's blocking pool, a few renders' at a time.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, RenderError> + Send + 'static,
 ) -> Result<T, RenderError> {
+    // The semaphore is never closed, so acquiring fails only in theory; then run anyway.
+    let _permit = FILE_WORK.acquire().await.ok();
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| RenderError::Io {
@@ -263,6 +272,22 @@ pub async fn install(
     let mode = resource.file_mode().unwrap_or(0o644);
     let dest = resource.dest.clone();
     let (force, noop) = (options.check_only, options.noop);
+    let checked = resource.check_cmd.is_some() && !options.sync_only;
+    if !checked && !force && !noop {
+        // Nothing runs between staging and the rename: one trip to the blocking pool.
+        let updated = blocking(
+            move || match stage(&dest, &rendered, mode, owner, false, false)? {
+                Staged::File(file) => persist(file, &dest).map(|()| true),
+                Staged::Unchanged | Staged::Diff(_) => Ok(false),
+            },
+        )
+        .await?;
+        if !updated {
+            return Ok(Outcome::Unchanged);
+        }
+        reload(resource, options).await?;
+        return Ok(Outcome::Updated);
+    }
     let staged = match blocking(move || stage(&dest, &rendered, mode, owner, force, noop)).await? {
         Staged::Unchanged => return Ok(Outcome::Unchanged),
         Staged::Diff(diff) => return Ok(Outcome::WouldUpdate { diff }),
@@ -286,14 +311,22 @@ pub async fn install(
         return Ok(Outcome::Checked);
     }
     let dest = resource.dest.clone();
-    blocking(move || {
-        staged.persist(&dest).map_err(|e| RenderError::Io {
-            path: dest.clone(),
-            source: e.error,
-        })?;
-        Ok(())
-    })
-    .await?;
+    blocking(move || persist(staged, &dest)).await?;
+    reload(resource, options).await?;
+    Ok(Outcome::Updated)
+}
+
+/// Renames the staged file over `dest`.
+fn persist(staged: tempfile::NamedTempFile, dest: &Path) -> Result<(), RenderError> {
+    staged.persist(dest).map_err(|e| RenderError::Io {
+        path: dest.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Runs the resource's `reload_cmd` after `dest` was replaced (not with `sync_only`).
+async fn reload(resource: &TemplateResource, options: RenderOptions) -> Result<(), RenderError> {
     if let (Some(reload), false) = (&resource.reload_cmd, options.sync_only) {
         if let Err((status, output)) = shell(reload).await {
             return Err(RenderError::Reload {
@@ -303,7 +336,7 @@ pub async fn install(
             });
         }
     }
-    Ok(Outcome::Updated)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,10 +17,12 @@ use etcd_client::Client;
 pub use ferry_client::TlsFiles;
 
 pub mod cluster;
+mod cpu;
 pub mod s3;
 pub mod sql;
 
 pub use cluster::EtcdCluster;
+pub use cpu::process_cpu;
 
 /// Which implementation of the etcd v3 API a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
