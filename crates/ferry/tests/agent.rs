@@ -285,7 +285,9 @@ async fn agent_serves_tls_virtual_hosts_through_nginx(server: &Server) -> anyhow
         .create("prod", &tls_doc(&certs.server_cert, false)?, "alice")
         .await?;
     publisher.publish(&secure).await?;
-    let (http_port, https_port) = (ferry_testkit::free_port()?, ferry_testkit::free_port()?);
+    let [http_port, https_port] = ferry_testkit::free_ports(2)?[..] else {
+        anyhow::bail!("two ports")
+    };
     let p = prefix.display();
     let _agent = agent_a1(
         server,

@@ -248,7 +248,9 @@ async fn the_agent_renders_only_validated_values_into_the_real_nginx(
     let prefix = tmp.path().join("nginx");
     let keys = Keys::default();
     let (backend_port, _backend) = common::http::backend("the-shop".into()).await?;
-    let (http_port, injected_port) = (ferry_testkit::free_port()?, ferry_testkit::free_port()?);
+    let [http_port, injected_port] = ferry_testkit::free_ports(2)?[..] else {
+        anyhow::bail!("two ports")
+    };
     let metrics_addr = format!("127.0.0.1:{}", ferry_testkit::free_port()?);
     let p = prefix.display();
     let mut agent = common::ingress::Proc(

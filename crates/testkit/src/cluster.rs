@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 
-use crate::{etcd_binary, free_port};
+use crate::{etcd_binary, free_ports};
 
 /// One member of an [`EtcdCluster`].
 pub struct Member {
@@ -57,9 +57,10 @@ impl EtcdCluster {
     pub async fn start(size: usize) -> anyhow::Result<Self> {
         let binary = etcd_binary()?;
         let dir = tempfile::tempdir()?;
-        let ports: Vec<(u16, u16)> = (0..size)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<anyhow::Result<_>>()?;
+        let ports: Vec<(u16, u16)> = free_ports(2 * size)?
+            .chunks(2)
+            .map(|pair| (pair[0], pair[1]))
+            .collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()

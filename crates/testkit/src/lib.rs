@@ -62,6 +62,15 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// `n` different free loopback ports: each is held until all are chosen, so two calls of
+/// [`free_port`] in a row cannot hand out the same port twice.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("binding a free port"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
 /// The `etcd` binary, or an error saying how to install it.
 pub fn etcd_binary() -> anyhow::Result<PathBuf> {
     find_in_path("etcd").ok_or_else(|| {
