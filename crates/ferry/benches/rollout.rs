@@ -10,6 +10,11 @@
 //! fleet has a disk per host, while a thousand agents renaming files on this machine's one
 //! ext4 disk measure its inode allocator, the same for both stores. The stores and the
 //! controller's database stay on disk.
+//!
+//! 200 rounds below 1,000 agents (so the p99 is not just the slowest round), 20 at 1,000.
+//! "CPU ms per round" is the CPU time of this process (agents, controller, and the embedded
+//! store when it is the one measured) plus etcd's own process when etcd is: the whole
+//! machine's cost of one rollout.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
