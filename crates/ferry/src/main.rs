@@ -4,6 +4,11 @@ mod cmd;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: allocation was an eighth of the store's CPU per put
+/// under many clients (docs/BENCHMARKS.md, issue 22).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cmd::Cli::parse_from(cmd::confd_style(std::env::args().collect()));
     // confd's levels, mapped onto tracing's.
