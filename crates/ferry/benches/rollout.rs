@@ -28,6 +28,10 @@ use ferry_controller::keys::Keys;
 use ferry_controller::server::ControllerConfig;
 use ferry_testkit::{Kind, Server};
 
+/// The allocator of the `ferry` binary that runs agents, controllers and the store.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Agents share one gRPC connection per this many, as a fleet behind a few proxies would.
 const AGENTS_PER_CONNECTION: usize = 10;
 
