@@ -253,13 +253,6 @@ fn record_of(name: &str) -> ObjectPath {
     ObjectPath::from(format!("{}.json", name.trim_end_matches(".db")))
 }
 
-fn free_port() -> Result<u16, BackupError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(io("allocating a port"))
-}
-
 /// Restores `snapshot` into `data_dir` as the only member `name` at `peer_url` of a new
 /// cluster with `token` (what a restored cluster's seed starts from).
 pub fn restore_into(
@@ -368,8 +361,10 @@ async fn verify(
 ) -> Result<(i64, u32), BackupError> {
     let file: PathBuf = scratch.join("snapshot.db");
     std::fs::write(&file, data).map_err(io(format!("writing {}", file.display())))?;
-    let peer = format!("http://127.0.0.1:{}", free_port()?);
-    let client_url = format!("http://127.0.0.1:{}", free_port()?);
+    let [peer_port, client_port] =
+        crate::ports::free_ports().map_err(io("allocating two ports"))?;
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let client_url = format!("http://127.0.0.1:{client_port}");
     let data_dir = scratch.join("data");
     restore_into(spec, &file, &data_dir, "verify", &peer, "ferry-verify")?;
     let mut command = Command::new(&spec.etcd.binary);

@@ -78,13 +78,6 @@ pub struct Reconciler {
     identity: Mutex<String>,
 }
 
-fn free_port() -> Result<u16, ReconcileError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(ReconcileError::Port)
-}
-
 impl Reconciler {
     /// A reconciler writing to the management store `store` under `keys`, running members
     /// with `runtime`.
@@ -170,11 +163,7 @@ impl Reconciler {
     }
 
     fn new_record(&self, spec: &ClusterSpec, phase: Phase) -> Result<MemberRecord, ReconcileError> {
-        let client_port = free_port()?;
-        let mut peer_port = free_port()?;
-        while peer_port == client_port {
-            peer_port = free_port()?;
-        }
+        let [client_port, peer_port] = crate::ports::free_ports().map_err(ReconcileError::Port)?;
         Ok(MemberRecord {
             name: format!("{}-{:06x}", spec.name, rand::random::<u32>() & 0xff_ffff),
             id: 0,
