@@ -43,10 +43,16 @@ fn nginx_binary() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// `n` different free loopback ports (each held until all are chosen: separate picks can
+/// return the same port, and two agents' nginx on one port fail their check).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(held
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?)
 }
 
 /// A tiny HTTP backend answering with its name, standing in for a real service.
@@ -201,11 +207,15 @@ impl UpArgs {
         }
 
         let mut agents: Vec<(RunningAgent, PathBuf, u16)> = Vec::new();
+        // An HTTP and a TLS port for each of the six agents.
+        let mut ports = free_ports(12)?.into_iter();
         for env in ["staging", "production"] {
             for n in 1..=3 {
                 let name = format!("{env}-agent-{n}");
                 let prefix = dir.join("agents").join(&name);
-                let port = free_port()?;
+                let (Some(port), Some(tls_port)) = (ports.next(), ports.next()) else {
+                    anyhow::bail!("no free port left for agent {name}");
+                };
                 let (check_cmd, reload_cmd) = match &nginx {
                     Some(bin) => (
                         Some(format!("{} -t -q -p {p} -c {{{{.src}}}}", bin.display(), p = prefix.display())),
@@ -227,7 +237,7 @@ impl UpArgs {
                         services_prefix: "/services".into(),
                         nginx_prefix: prefix.clone(),
                         listen: format!("127.0.0.1:{port}"),
-                        tls_listen: format!("127.0.0.1:{}", free_port()?),
+                        tls_listen: format!("127.0.0.1:{tls_port}"),
                         template: None,
                         check_cmd,
                         reload_cmd,
