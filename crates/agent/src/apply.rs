@@ -13,10 +13,10 @@ use ferry_controller::{IngressDocument, PublishedConfig};
 use ferry_registry::Instance;
 use ferry_render::TemplateResource;
 use ferry_render::{install, render_text, KvSnapshot, Outcome, RenderOptions, TemplateCache};
-use ferry_runtime::Informer;
+use ferry_runtime::{Event, Informer};
 
 use crate::blame::{self, RenderSet};
-use crate::{admission, AgentConfig, AgentMetrics, QUIET, SETTLE_MAX};
+use crate::{admission, AgentConfig, AgentMetrics, QUIET, SETTLE_MAX, TARGET_DELETED_SETTLE};
 
 /// Everything one agent's render-check-report cycle needs.
 pub(crate) struct Applier {
@@ -88,18 +88,31 @@ impl Applier {
         let mut service_events = self.services.subscribe();
         loop {
             // Whatever changed, render everything once the burst is over.
-            tokio::select! {
-                Some(_) = config_events.recv() => {}
-                Some(_) = wave_events.recv() => {}
-                Some(_) = service_events.recv() => {}
+            let target_deleted = tokio::select! {
+                Some(_) = config_events.recv() => false,
+                Some(e) = wave_events.recv() => matches!(e, Event::Deleted(_)),
+                Some(_) = service_events.recv() => false,
                 else => return,
-            }
-            let settled = tokio::time::Instant::now() + SETTLE_MAX;
+            };
+            let started = tokio::time::Instant::now();
+            let settled = started + SETTLE_MAX;
+            let target_floor = started + TARGET_DELETED_SETTLE;
+            let mut floor = if target_deleted {
+                target_floor
+            } else {
+                started
+            };
             loop {
-                let quiet = (tokio::time::Instant::now() + QUIET).min(settled);
+                let quiet = (tokio::time::Instant::now() + QUIET)
+                    .max(floor)
+                    .min(settled);
                 tokio::select! {
                     Some(_) = config_events.recv() => {}
-                    Some(_) = wave_events.recv() => {}
+                    Some(e) = wave_events.recv() => {
+                        if matches!(e, Event::Deleted(_)) {
+                            floor = target_floor;
+                        }
+                    }
                     Some(_) = service_events.recv() => {}
                     _ = tokio::time::sleep_until(quiet) => break,
                 }

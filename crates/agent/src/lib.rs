@@ -32,6 +32,13 @@ use tokio::task::JoinHandle;
 /// this.
 const QUIET: Duration = Duration::from_millis(2);
 
+/// How long a burst that deletes a wave target settles at least. A rollout in waves
+/// completes in one transaction that sets the environment's version and deletes the
+/// targets, but the two arrive on different watch streams: rendering on the deletion alone
+/// would drop the configuration (or serve its previous version) until the environment's
+/// key arrives. A rollback deletes targets alone and waits this long too.
+const TARGET_DELETED_SETTLE: Duration = Duration::from_millis(10);
+
 /// The longest a render waits for changes to stop (consul-template's `wait` maximum): a
 /// stream of changes that never pauses is still rendered this often.
 const SETTLE_MAX: Duration = Duration::from_millis(50);
