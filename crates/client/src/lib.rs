@@ -18,12 +18,14 @@ pub mod duration;
 mod endpoint;
 pub mod health;
 mod insecure;
+mod ports;
 mod retry;
 pub mod tls;
 
 #[cfg(feature = "clap")]
 pub use args::ConnectionArgs;
 pub use endpoint::{is_dns_name, parse_endpoint, AddrError, Endpoint, HostPort};
+pub use ports::free_loopback_ports;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

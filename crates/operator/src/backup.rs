@@ -361,10 +361,9 @@ async fn verify(
 ) -> Result<(i64, u32), BackupError> {
     let file: PathBuf = scratch.join("snapshot.db");
     std::fs::write(&file, data).map_err(io(format!("writing {}", file.display())))?;
-    let [peer_port, client_port] =
-        crate::ports::free_ports().map_err(io("allocating two ports"))?;
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let client_url = format!("http://127.0.0.1:{client_port}");
+    let ports = ferry_client::free_loopback_ports(2).map_err(io("allocating two ports"))?;
+    let peer = format!("http://127.0.0.1:{}", ports[0]);
+    let client_url = format!("http://127.0.0.1:{}", ports[1]);
     let data_dir = scratch.join("data");
     restore_into(spec, &file, &data_dir, "verify", &peer, "ferry-verify")?;
     let mut command = Command::new(&spec.etcd.binary);

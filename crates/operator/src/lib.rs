@@ -10,7 +10,6 @@ pub mod backup;
 pub mod etcd;
 pub mod metrics;
 pub mod operator;
-mod ports;
 pub mod reconcile;
 pub mod records;
 pub mod runtime;

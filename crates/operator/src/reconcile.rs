@@ -163,7 +163,8 @@ impl Reconciler {
     }
 
     fn new_record(&self, spec: &ClusterSpec, phase: Phase) -> Result<MemberRecord, ReconcileError> {
-        let [client_port, peer_port] = crate::ports::free_ports().map_err(ReconcileError::Port)?;
+        let ports = ferry_client::free_loopback_ports(2).map_err(ReconcileError::Port)?;
+        let (client_port, peer_port) = (ports[0], ports[1]);
         Ok(MemberRecord {
             name: format!("{}-{:06x}", spec.name, rand::random::<u32>() & 0xff_ffff),
             id: 0,

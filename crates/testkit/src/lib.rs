@@ -62,13 +62,9 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// `n` different free loopback ports: each is held until all are chosen, so two calls of
-/// [`free_port`] in a row cannot hand out the same port twice.
+/// `n` different free loopback ports (see [`ferry_client::free_loopback_ports`]).
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let held = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").context("binding a free port"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    ferry_client::free_loopback_ports(n).context("binding free ports")
 }
 
 /// The `etcd` binary, or an error saying how to install it.

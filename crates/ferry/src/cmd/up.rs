@@ -43,18 +43,6 @@ fn nginx_binary() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// `n` different free loopback ports (each held until all are chosen: separate picks can
-/// return the same port, and two agents' nginx on one port fail their check).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let held = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    Ok(held
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<std::io::Result<_>>()?)
-}
-
 /// A tiny HTTP backend answering with its name, standing in for a real service.
 async fn demo_backend(name: String) -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -208,7 +196,7 @@ impl UpArgs {
 
         let mut agents: Vec<(RunningAgent, PathBuf, u16)> = Vec::new();
         // An HTTP and a TLS port for each of the six agents.
-        let mut ports = free_ports(12)?.into_iter();
+        let mut ports = ferry_client::free_loopback_ports(12)?.into_iter();
         for env in ["staging", "production"] {
             for n in 1..=3 {
                 let name = format!("{env}-agent-{n}");
