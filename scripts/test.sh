@@ -12,7 +12,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Doc examples first (nextest does not run them), then every other test.
 cargo test --workspace --locked --doc
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  status=0
+  cargo nextest run --workspace --locked --no-fail-fast || status=$?
+  if [ "$status" -ne 0 ]; then
+    python3 scripts/failure-summary.py "${CARGO_TARGET_DIR:-target}/nextest/default/junit.xml" || true
+    exit "$status"
+  fi
 else
   cargo test --workspace --locked --no-fail-fast
 fi

@@ -21,6 +21,12 @@ use crate::records::{
 use crate::runtime::{Launch, MemberRuntime, ProcessState};
 use crate::spec::{quorum, ClusterSpec};
 
+/// How many times a new member (a learner, or a seed that never wrote data) is started
+/// before a process that keeps exiting (a port taken since it was picked, a bad flag, a full
+/// disk) is replaced by a new member on new ports, instead of waiting out the learner
+/// timeout or restarting a seed forever.
+pub const STARTS_BEFORE_REPLACING: u32 = 3;
+
 /// Why a reconcile pass failed (the next pass tries again).
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -67,6 +73,8 @@ pub struct Reconciler {
     keys: Keys,
     runtime: Arc<dyn MemberRuntime>,
     unhealthy_since: Mutex<HashMap<String, Instant>>,
+    /// Per new member (learner, seed without data), how many times this operator started it.
+    new_member_starts: Mutex<HashMap<String, u32>>,
     events: Mutex<HashMap<String, Vec<Event>>>,
     /// Per cluster, when the next scheduled backup is due (Unix seconds).
     next_backup: Mutex<HashMap<String, i64>>,
@@ -87,6 +95,7 @@ impl Reconciler {
             keys,
             runtime,
             unhealthy_since: Mutex::new(HashMap::new()),
+            new_member_starts: Mutex::new(HashMap::new()),
             events: Mutex::new(HashMap::new()),
             next_backup: Mutex::new(HashMap::new()),
             last_backup: Mutex::new(HashMap::new()),
@@ -327,6 +336,22 @@ impl Reconciler {
                 {
                     // A seed that never wrote its data starts the cluster again; any other
                     // member has data, and etcd ignores the initial cluster then.
+                    if o.record.phase == Phase::Seed
+                        && !has_data
+                        && self.gave_up_starting(&o.record)
+                    {
+                        self.runtime.wipe(spec, &o.record)?;
+                        self.forget(&spec.name, &o.record).await?;
+                        self.event(
+                            &spec.name,
+                            format!(
+                                "seed {}: its process exited {STARTS_BEFORE_REPLACING} times before the cluster started (see {}); starting a new seed",
+                                o.record.name,
+                                self.log_of(spec, &o.record).display()
+                            ),
+                        );
+                        continue;
+                    }
                     let (cluster, state) = if o.record.phase == Phase::Seed {
                         (vec![o.record.clone()], "new")
                     } else {
@@ -554,6 +579,26 @@ impl Reconciler {
         tokio::task::block_in_place(|| self.runtime.stop(spec, member, Duration::from_secs(10)));
     }
 
+    /// Counts one more start of a new member; true (and the count forgotten) once it was
+    /// started [`STARTS_BEFORE_REPLACING`] times and its process is gone again.
+    fn gave_up_starting(&self, member: &MemberRecord) -> bool {
+        let mut starts = self.new_member_starts.lock();
+        let count = starts.entry(member.name.clone()).or_insert(0);
+        *count += 1;
+        if *count > STARTS_BEFORE_REPLACING {
+            starts.remove(&member.name);
+            return true;
+        }
+        false
+    }
+
+    /// Where a member's process writes its output.
+    fn log_of(&self, spec: &ClusterSpec, member: &MemberRecord) -> std::path::PathBuf {
+        self.runtime
+            .data_dir(spec, member)
+            .with_file_name("etcd.log")
+    }
+
     fn unhealthy_for(&self, name: &str) -> Duration {
         self.unhealthy_since
             .lock()
@@ -685,11 +730,29 @@ impl Reconciler {
                 }
                 (Phase::Learner, Some(m)) => {
                     if !m.is_learner() {
+                        self.new_member_starts.lock().remove(&record.name);
                         record.phase = Phase::Voter;
                         self.save(cluster, &record).await?;
                         continue;
                     }
                     if o.process == ProcessState::Gone {
+                        if self.gave_up_starting(&record) {
+                            let log = self.log_of(spec, &record);
+                            record.phase = Phase::Removing;
+                            record.reason = format!(
+                                "its process exited {STARTS_BEFORE_REPLACING} times before catching up"
+                            );
+                            self.save(cluster, &record).await?;
+                            self.event(
+                                cluster,
+                                format!(
+                                    "learner {}: its process exited {STARTS_BEFORE_REPLACING} times before catching up (see {}); replacing it",
+                                    record.name,
+                                    log.display()
+                                ),
+                            );
+                            return Ok(format!("removing learner {}", record.name));
+                        }
                         let mut members: Vec<MemberRecord> = observed
                             .iter()
                             .filter(|x| x.listed.is_some())
@@ -724,6 +787,7 @@ impl Reconciler {
                     }
                     match self.access(spec).promote(voter_urls, m.id()).await {
                         Ok(()) => {
+                            self.new_member_starts.lock().remove(&record.name);
                             record.phase = Phase::Voter;
                             self.save(cluster, &record).await?;
                             self.event(
