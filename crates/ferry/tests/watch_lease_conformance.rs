@@ -26,6 +26,7 @@ against_both!(&["--experimental-watch-progress-notify-interval", "1s"];
     transaction_events_arrive_in_one_response,
     oversized_revision_is_fragmented_when_asked,
     watches_created_under_concurrent_writes_miss_nothing,
+    prev_kv_watches_created_under_concurrent_overwrites_get_every_previous_value,
     lease_grant_ids_and_ttl_bounds,
     lease_revoke_deletes_every_key_in_one_revision,
     lease_keep_alive_and_time_to_live,
@@ -546,6 +547,66 @@ async fn oversized_revision_is_fragmented_when_asked(server: &Server) -> anyhow:
         "expected fragments, got {fragments:?}"
     );
     assert!(fragments[..fragments.len() - 1].iter().all(|f| *f));
+    Ok(())
+}
+
+/// Watches asking for previous values, created one by one while keys are overwritten (the
+/// first of them is the only one on the server when it registers): every event carries
+/// exactly the value its put replaced.
+async fn prev_kv_watches_created_under_concurrent_overwrites_get_every_previous_value(
+    server: &Server,
+) -> anyhow::Result<()> {
+    const WRITERS: usize = 4;
+    const PUTS: usize = 150;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut c = server.client().await?;
+        writers.push(tokio::spawn(async move {
+            for i in 0..PUTS {
+                c.put(format!("o/{w}"), format!("{i}"), None).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut watches = Vec::new();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut stream = Client::connect([server.endpoint()], None)
+            .await?
+            .watch(
+                "o/",
+                Some(WatchOptions::new().with_prefix().with_prev_key()),
+            )
+            .await?;
+        next(&mut stream).await?;
+        watches.push(stream);
+    }
+    for w in writers {
+        w.await??;
+    }
+    let last = 1 + (WRITERS * PUTS) as i64;
+    let mut checked = 0;
+    for mut stream in watches {
+        let mut rev = 0;
+        while rev != last {
+            let resp = next(&mut stream).await?;
+            for e in resp.events() {
+                let kv = e.kv().ok_or_else(|| anyhow::anyhow!("event without kv"))?;
+                rev = kv.mod_revision();
+                let value: usize = kv.value_str()?.parse()?;
+                let prev = e.prev_kv().map(|p| p.value_str().map(str::to_string));
+                let expected = value.checked_sub(1).map(|v| v.to_string());
+                assert_eq!(
+                    prev.transpose()?,
+                    expected,
+                    "{} = {value} at revision {rev}: the previous value",
+                    kv.key_str()?
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "the watches saw no event");
     Ok(())
 }
 

@@ -41,6 +41,9 @@ pub struct Applier<'a, 't> {
     pub leases: &'a mut Table<'t, i64, i64>,
     /// The batch's redo record: every row written is logged here too.
     pub redo: &'a mut crate::wal::Redo,
+    /// Whether events carry the previous value of a key a put overwrites (read from the
+    /// backend only while a watcher asks for previous values: the index has the rest).
+    pub read_prevs: bool,
 }
 
 impl Applier<'_, '_> {
@@ -65,11 +68,6 @@ impl Applier<'_, '_> {
         })
     }
 
-    fn current(&self, key: &[u8]) -> Result<Option<PbKeyValue>, StoreError> {
-        let change = self.index.read().get(key, self.read_revision());
-        change.map(|c| load(self.kv, c.rev)).transpose()
-    }
-
     /// Checks a put that depends on existing state, without changing anything.
     fn check_put(&self, req: &PbPutRequest) -> Result<(), StoreError> {
         if (req.ignore_value || req.ignore_lease)
@@ -87,7 +85,14 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
-    fn write(&mut self, kv: PbKeyValue, prev: Option<PbKeyValue>) -> Result<(), StoreError> {
+    /// Writes `kv` over a key whose live lease was `prev_lease` (0 for none); `prev` is
+    /// the event's previous value.
+    fn write(
+        &mut self,
+        kv: PbKeyValue,
+        prev: Option<PbKeyValue>,
+        prev_lease: i64,
+    ) -> Result<(), StoreError> {
         let rev = Revision::new(kv.mod_revision, self.sub);
         self.sub += 1;
         let (at, row) = (rev.to_bytes(), kv.encode_to_vec());
@@ -97,12 +102,8 @@ impl Applier<'_, '_> {
         self.redo.kv_put(&at, &row);
         self.index.write().record(&kv.key, change_of(rev, &kv));
         self.touched.push(kv.key.clone());
-        if let Some(old) = prev
-            .as_ref()
-            .map(|p| p.lease)
-            .filter(|&l| l != 0 && l != kv.lease)
-        {
-            self.lessor.detach(old, &kv.key);
+        if prev_lease != 0 && prev_lease != kv.lease {
+            self.lessor.detach(prev_lease, &kv.key);
         }
         if kv.lease != 0 {
             self.lessor.attach(kv.lease, &kv.key);
@@ -118,19 +119,29 @@ impl Applier<'_, '_> {
     }
 
     fn put_checked(&mut self, req: &PbPutRequest) -> Result<PbPutResponse, StoreError> {
-        let prev = self.current(&req.key)?;
+        let before = self.index.read().get(&req.key, self.read_revision());
+        // The index has the previous generation, version and lease; the stored value is
+        // read only when the request or a watcher needs it.
+        let prev = match before {
+            Some(change) if req.prev_kv || req.ignore_value || self.read_prevs => {
+                Some(load(self.kv, change.rev)?)
+            }
+            _ => None,
+        };
         let main = self.base + 1;
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
+        let (create_revision, version) = match &before {
+            Some(c) => (c.create_revision, c.version + 1),
             None => (main, 1),
         };
         let value = match (&prev, req.ignore_value) {
             (Some(p), true) => p.value.clone(),
             _ => req.value.clone(),
         };
-        let lease = match (&prev, req.ignore_lease) {
-            (Some(p), true) => p.lease,
-            _ => req.lease,
+        let prev_lease = before.map_or(0, |c| c.lease);
+        let lease = if req.ignore_lease && before.is_some() {
+            prev_lease
+        } else {
+            req.lease
         };
         let kv = PbKeyValue {
             key: req.key.clone(),
@@ -140,7 +151,7 @@ impl Applier<'_, '_> {
             value,
             lease,
         };
-        self.write(kv, prev.clone())?;
+        self.write(kv, prev.clone(), prev_lease)?;
         Ok(PbPutResponse {
             header: self.header(),
             prev_kv: if req.prev_kv { prev } else { None },
@@ -166,7 +177,7 @@ impl Applier<'_, '_> {
                 mod_revision: main,
                 ..Default::default()
             };
-            self.write(tombstone, Some(prev.clone()))?;
+            self.write(tombstone, Some(prev.clone()), prev.lease)?;
             if req.prev_kv {
                 prev_kvs.push(prev);
             }

@@ -12,7 +12,7 @@
 //! it missed from history; the writer never waits for a reader.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -27,6 +27,8 @@ pub struct Fanout {
     /// Every batch up to this revision has been handed to the streams that want it.
     routed: AtomicI64,
     capacity: usize,
+    /// Watchers, on every stream, that asked for previous values.
+    prev_watchers: AtomicUsize,
 }
 
 /// A stream's count of watchers per range (one range may be watched several times).
@@ -62,6 +64,7 @@ impl Fanout {
             routes: Mutex::new(Routes::default()),
             routed: AtomicI64::new(routed),
             capacity: capacity.max(1),
+            prev_watchers: AtomicUsize::new(0),
         }
     }
 
@@ -85,7 +88,16 @@ impl Fanout {
             inbox,
             overflow,
             ranges: HashMap::new(),
+            prev_watchers: 0,
         }
+    }
+
+    /// Whether some watcher asks for previous values: the writer reads a key's previous
+    /// value for its event only then (etcd too reads them only for such watchers). A batch
+    /// applied while the first such watcher registers lacks them; see
+    /// [`ChangeBatch::has_prevs`].
+    pub fn wants_prevs(&self) -> bool {
+        self.prev_watchers.load(Ordering::Acquire) > 0
     }
 
     /// Every batch up to the returned revision has been handed to the streams that want it.
@@ -213,20 +225,31 @@ pub struct Subscription {
     overflow: Arc<Overflow>,
     /// This stream's ranges, so that leaving touches only them.
     ranges: HashMap<KeyRange, usize>,
+    /// This stream's watchers that asked for previous values.
+    prev_watchers: usize,
 }
 
 impl Subscription {
-    /// Routes commits touching `range` to this stream from now on (once per watcher).
-    pub fn add(&mut self, range: &KeyRange) {
+    /// Routes commits touching `range` to this stream from now on (once per watcher), with
+    /// the keys' previous values if `prevs`.
+    pub fn add(&mut self, range: &KeyRange, prevs: bool) {
+        if prevs {
+            self.prev_watchers += 1;
+            self.fanout.prev_watchers.fetch_add(1, Ordering::AcqRel);
+        }
         *self.ranges.entry(range.clone()).or_default() += 1;
         self.fanout.add(self.id, range);
     }
 
-    /// Undoes one [`Subscription::add`] of `range`.
-    pub fn remove(&mut self, range: &KeyRange) {
+    /// Undoes one [`Subscription::add`] of `range` with `prevs`.
+    pub fn remove(&mut self, range: &KeyRange, prevs: bool) {
         let Some(count) = self.ranges.get_mut(range) else {
             return;
         };
+        if prevs && self.prev_watchers > 0 {
+            self.prev_watchers -= 1;
+            self.fanout.prev_watchers.fetch_sub(1, Ordering::AcqRel);
+        }
         *count -= 1;
         if *count == 0 {
             self.ranges.remove(range);
@@ -274,6 +297,9 @@ impl OverflowSignal {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.fanout
+            .prev_watchers
+            .fetch_sub(self.prev_watchers, Ordering::AcqRel);
         self.fanout.leave(self.id, &self.ranges);
     }
 }
@@ -310,13 +336,13 @@ mod tests {
     fn a_commit_reaches_only_the_streams_watching_its_keys() {
         let fanout = Arc::new(Fanout::new(16, 1));
         let mut key = fanout.join();
-        key.add(&KeyRange::new(b"a/1", b""));
+        key.add(&KeyRange::new(b"a/1", b""), false);
         let mut prefix = fanout.join();
-        prefix.add(&KeyRange::new(b"a/", b"a0"));
+        prefix.add(&KeyRange::new(b"a/", b"a0"), false);
         let mut everything = fanout.join();
-        everything.add(&KeyRange::new(&[0], &[0]));
+        everything.add(&KeyRange::new(&[0], &[0]), false);
         let mut other = fanout.join();
-        other.add(&KeyRange::new(b"b/", b"b0"));
+        other.add(&KeyRange::new(b"b/", b"b0"), false);
         let mut none = fanout.join();
 
         fanout.route(&batch(&[("a/1", 2)]));
@@ -337,28 +363,53 @@ mod tests {
         let fanout = Arc::new(Fanout::new(16, 1));
         let mut sub = fanout.join();
         let range = KeyRange::new(b"k/", b"k0");
-        sub.add(&range);
-        sub.add(&range);
-        sub.remove(&range);
+        sub.add(&range, false);
+        sub.add(&range, false);
+        sub.remove(&range, false);
         fanout.route(&batch(&[("k/x", 2)]));
         assert_eq!(revisions(&mut sub), [2]);
-        sub.remove(&range);
+        sub.remove(&range, false);
         fanout.route(&batch(&[("k/x", 3)]));
         assert_eq!(revisions(&mut sub), Vec::<i64>::new());
 
         let mut gone = fanout.join();
-        gone.add(&range);
-        gone.add(&KeyRange::new(b"single", b""));
+        gone.add(&range, false);
+        gone.add(&KeyRange::new(b"single", b""), false);
         drop(gone);
         let routes = fanout.routes.lock();
         assert!(routes.spans.is_empty() && routes.keys.is_empty() && routes.streams.len() == 1);
     }
 
     #[test]
+    fn previous_values_are_wanted_while_a_watcher_on_any_stream_asks_for_them() {
+        let fanout = Arc::new(Fanout::new(16, 1));
+        let range = KeyRange::new(b"k/", b"k0");
+        let mut plain = fanout.join();
+        plain.add(&range, false);
+        assert!(!fanout.wants_prevs());
+        let mut sub = fanout.join();
+        sub.add(&range, true);
+        sub.add(&range, true);
+        assert!(fanout.wants_prevs());
+        sub.remove(&range, true);
+        assert!(fanout.wants_prevs(), "one watcher still asks");
+        sub.remove(&range, true);
+        assert!(!fanout.wants_prevs());
+        let mut gone = fanout.join();
+        gone.add(&range, true);
+        assert!(fanout.wants_prevs());
+        drop(gone);
+        assert!(
+            !fanout.wants_prevs(),
+            "a dropped stream's watchers ask no more"
+        );
+    }
+
+    #[test]
     fn a_full_inbox_drops_the_batch_and_says_so() {
         let fanout = Arc::new(Fanout::new(2, 1));
         let mut sub = fanout.join();
-        sub.add(&KeyRange::new(b"k", b""));
+        sub.add(&KeyRange::new(b"k", b""), false);
         for rev in 2..=4 {
             fanout.route(&batch(&[("k", rev)]));
         }

@@ -502,11 +502,15 @@ impl Writer {
         let seq = self.wal.next_seq();
         let shared = self.shared.clone();
         let applying = shared.applying.write();
+        // Read before applying: a watcher asking for previous values that registers later
+        // gets them from history (see `ChangeBatch::has_prevs`).
+        let read_prevs = self.fanout.wants_prevs();
         let outcome = self
             .apply_batch(
                 &batch,
                 published,
                 seq,
+                read_prevs,
                 &mut touched,
                 &mut events,
                 &mut results,
@@ -522,7 +526,7 @@ impl Writer {
             Ok(new_rev) => {
                 self.shared.current_rev.store(new_rev, Ordering::Release);
                 if !events.is_empty() {
-                    let batch = Arc::new(ChangeBatch::new(events));
+                    let batch = Arc::new(ChangeBatch::with_prevs(events, read_prevs));
                     self.fanout.route(&batch);
                     let _ = self.events.send(batch);
                 }
@@ -565,6 +569,7 @@ impl Writer {
         batch: &[(WriteRequest, Reply)],
         published: i64,
         seq: u64,
+        read_prevs: bool,
         touched: &mut Vec<Vec<u8>>,
         events: &mut Vec<Event>,
         results: &mut Vec<Result<WriteResponse, StoreError>>,
@@ -604,6 +609,7 @@ impl Writer {
                     lessor: &mut lessor,
                     leases: &mut lease_table,
                     redo,
+                    read_prevs,
                 };
                 let result = match req {
                     WriteRequest::Put(p) => applier.put(p).map(WriteResponse::Put),

@@ -62,17 +62,32 @@ impl Event {
 #[derive(Debug, Default)]
 pub struct ChangeBatch {
     events: Vec<Event>,
+    /// Whether each event's `prev` was read (the writer reads them only while a watcher
+    /// asks for previous values).
+    prevs: bool,
     /// Without and with each event's previous value.
     encoded: [OnceLock<EncodedEvents>; 2],
 }
 
 impl ChangeBatch {
-    /// A batch of `events`, in revision order.
+    /// A batch of `events`, in revision order, whose `prev` fields are filled in.
     pub fn new(events: Vec<Event>) -> Self {
+        Self::with_prevs(events, true)
+    }
+
+    /// A batch of `events` whose `prev` fields are filled in only if `prevs`.
+    pub fn with_prevs(events: Vec<Event>, prevs: bool) -> Self {
         Self {
             events,
+            prevs,
             encoded: Default::default(),
         }
+    }
+
+    /// Whether the events' previous values were read: a watcher asking for them must read
+    /// them from history otherwise.
+    pub fn has_prevs(&self) -> bool {
+        self.prevs
     }
 
     /// The events as `WatchResponse.events` fields, with or without previous values.

@@ -185,8 +185,12 @@ impl Session {
                 None => break,
             }
         }
-        // A batch dropped before any of these was routed: history has them all.
-        if self.feed.take_overflow() {
+        // A batch dropped before any of these was routed: history has them all. So it has
+        // the previous values of a batch applied before this stream's first watcher asking
+        // for them was counted.
+        let prevs_missing =
+            batches.iter().any(|b| !b.has_prevs()) && self.watchers.values().any(|w| w.prev_kv);
+        if self.feed.take_overflow() || prevs_missing {
             return self.catch_up().await;
         }
         self.dispatch(&batches).await
@@ -266,7 +270,7 @@ impl Session {
                 };
                 // Routed from now on; what was routed before is handled by the sync, so
                 // "now" below leaves no revision between history and the live feed.
-                self.feed.add(&range);
+                self.feed.add(&range, create.prev_kv);
                 self.sync().await?;
                 let start = if create.start_revision == 0 {
                     self.synced + 1
@@ -295,13 +299,13 @@ impl Session {
                 if start > self.synced || self.replay(id, &watcher, start).await? {
                     self.register(id, watcher);
                 } else {
-                    self.feed.remove(&range);
+                    self.feed.remove(&range, watcher.prev_kv);
                 }
                 Ok(())
             }
             Some(PbWatchRequestUnion::CancelRequest(cancel)) => {
                 if let Some(watcher) = self.watchers.remove(&cancel.watch_id) {
-                    self.feed.remove(&watcher.range);
+                    self.feed.remove(&watcher.range, watcher.prev_kv);
                     self.send(PbWatchResponse {
                         header: self.header(self.ctx.store.current_revision()),
                         watch_id: cancel.watch_id,
@@ -454,7 +458,7 @@ impl Session {
                         self.send_compacted(id).await?;
                     }
                     for watcher in std::mem::take(&mut self.watchers).into_values() {
-                        self.feed.remove(&watcher.range);
+                        self.feed.remove(&watcher.range, watcher.prev_kv);
                     }
                     self.synced = to;
                     return Ok(());
