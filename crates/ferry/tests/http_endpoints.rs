@@ -100,6 +100,41 @@ async fn metrics_carry_etcds_names_and_move_with_load(server: &Server) -> anyhow
         );
     }
     assert_eq!(sample(&before, "etcd_server_has_leader", &[]), 1.0);
+    // Every served method's counters exist before it is called (go-grpc-prometheus's
+    // InitializeMetrics, which etcd runs), for every code.
+    for (name, labels) in [
+        (
+            "grpc_server_started_total",
+            &[
+                ("grpc_service", "etcdserverpb.Maintenance"),
+                ("grpc_method", "MoveLeader"),
+                ("grpc_type", "unary"),
+            ][..],
+        ),
+        (
+            "grpc_server_handled_total",
+            &[
+                ("grpc_service", "etcdserverpb.Maintenance"),
+                ("grpc_method", "MoveLeader"),
+                ("grpc_code", "FailedPrecondition"),
+            ][..],
+        ),
+        (
+            "grpc_server_started_total",
+            &[
+                ("grpc_service", "etcdserverpb.Watch"),
+                ("grpc_method", "Watch"),
+                ("grpc_type", "bidi_stream"),
+            ][..],
+        ),
+    ] {
+        assert!(
+            before.samples.iter().any(
+                |s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+            ),
+            "no {name}{labels:?} in /metrics before any call"
+        );
+    }
     let mut c = server.client().await?;
     for i in 0..20 {
         c.put(format!("metrics/{i}"), "v", None).await?;

@@ -2,17 +2,176 @@
 //! and labels), counted by a tower layer around every gRPC service. A call is handled when
 //! its response starts: a refusal then carries its code in the response headers; a stream's
 //! later errors count as `OK`.
+//!
+//! As go-grpc-prometheus does for etcd, every served method's counters exist from the start
+//! (at zero, for every code), and a path that names no served method is not counted: a
+//! client cannot add label values. The counters are looked up once, by path, so a call
+//! costs no allocation and no lookup in the metric families.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::metrics::{GrpcCall, GrpcHandled, StoreMetrics};
+
+/// Every RPC the store serves, by service.
+const SERVED: &[(&str, &[&str])] = &[
+    (
+        "etcdserverpb.KV",
+        &[
+            "Range",
+            "RangeStream",
+            "Put",
+            "DeleteRange",
+            "Txn",
+            "Compact",
+        ],
+    ),
+    ("etcdserverpb.Watch", &["Watch"]),
+    (
+        "etcdserverpb.Lease",
+        &[
+            "LeaseGrant",
+            "LeaseRevoke",
+            "LeaseKeepAlive",
+            "LeaseTimeToLive",
+            "LeaseLeases",
+        ],
+    ),
+    (
+        "etcdserverpb.Cluster",
+        &[
+            "MemberAdd",
+            "MemberRemove",
+            "MemberUpdate",
+            "MemberList",
+            "MemberPromote",
+        ],
+    ),
+    (
+        "etcdserverpb.Maintenance",
+        &[
+            "Alarm",
+            "Status",
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "Snapshot",
+            "MoveLeader",
+            "Downgrade",
+        ],
+    ),
+    (
+        "etcdserverpb.Auth",
+        &[
+            "AuthEnable",
+            "AuthDisable",
+            "AuthStatus",
+            "Authenticate",
+            "UserAdd",
+            "UserGet",
+            "UserList",
+            "UserDelete",
+            "UserChangePassword",
+            "UserGrantRole",
+            "UserRevokeRole",
+            "RoleAdd",
+            "RoleGet",
+            "RoleList",
+            "RoleDelete",
+            "RoleGrantPermission",
+            "RoleRevokePermission",
+        ],
+    ),
+    ("v3lockpb.Lock", &["Lock", "Unlock"]),
+    (
+        "v3electionpb.Election",
+        &["Campaign", "Proclaim", "Leader", "Observe", "Resign"],
+    ),
+];
+
+/// gRPC's status codes by number, with Go's names.
+const CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// The index in [`CODES`] of a `grpc-status` header's value (an unknown one is `Unknown`).
+fn code_index(status: &str) -> usize {
+    status
+        .parse::<usize>()
+        .ok()
+        .filter(|i| *i < CODES.len())
+        .unwrap_or(2)
+}
+
+/// One method's counters: started, and handled by code.
+struct MethodCounters {
+    started: Counter,
+    handled: [Counter; CODES.len()],
+}
+
+/// The counters of every served method, by request path (`/etcdserverpb.KV/Put`).
+pub(crate) struct GrpcCounters(HashMap<String, Arc<MethodCounters>>);
+
+impl GrpcCounters {
+    /// Creates every served method's counters in `metrics`' families.
+    pub(crate) fn new(metrics: &StoreMetrics) -> Self {
+        let mut by_path = HashMap::new();
+        for (service, methods) in SERVED {
+            for method in *methods {
+                let grpc_type = grpc_type(service, method);
+                let started = metrics
+                    .grpc_started
+                    .get_or_create(&GrpcCall {
+                        grpc_type,
+                        grpc_service: service.to_string(),
+                        grpc_method: method.to_string(),
+                    })
+                    .clone();
+                let handled = CODES.map(|code| {
+                    metrics
+                        .grpc_handled
+                        .get_or_create(&GrpcHandled {
+                            grpc_type,
+                            grpc_service: service.to_string(),
+                            grpc_method: method.to_string(),
+                            grpc_code: code,
+                        })
+                        .clone()
+                });
+                by_path.insert(
+                    format!("/{service}/{method}"),
+                    Arc::new(MethodCounters { started, handled }),
+                );
+            }
+        }
+        Self(by_path)
+    }
+}
 
 /// Adds [`GrpcMetrics`] to a service.
 #[derive(Clone)]
-pub(crate) struct GrpcMetricsLayer(pub Arc<StoreMetrics>);
+pub(crate) struct GrpcMetricsLayer(pub Arc<GrpcCounters>);
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
     type Service = GrpcMetrics<S>;
@@ -20,7 +179,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GrpcMetrics {
             inner,
-            metrics: self.0.clone(),
+            counters: self.0.clone(),
         }
     }
 }
@@ -29,7 +188,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 #[derive(Clone)]
 pub(crate) struct GrpcMetrics<S> {
     inner: S,
-    metrics: Arc<StoreMetrics>,
+    counters: Arc<GrpcCounters>,
 }
 
 /// The streaming kind of an etcd RPC.
@@ -40,30 +199,6 @@ fn grpc_type(service: &str, method: &str) -> &'static str {
         | ("v3electionpb.Election", "Observe")
         | ("etcdserverpb.KV", "RangeStream") => "server_stream",
         _ => "unary",
-    }
-}
-
-/// Go's name of a gRPC status code.
-fn code_name(code: &str) -> &'static str {
-    match code {
-        "0" => "OK",
-        "1" => "Canceled",
-        "2" => "Unknown",
-        "3" => "InvalidArgument",
-        "4" => "DeadlineExceeded",
-        "5" => "NotFound",
-        "6" => "AlreadyExists",
-        "7" => "PermissionDenied",
-        "8" => "ResourceExhausted",
-        "9" => "FailedPrecondition",
-        "10" => "Aborted",
-        "11" => "OutOfRange",
-        "12" => "Unimplemented",
-        "13" => "Internal",
-        "14" => "Unavailable",
-        "15" => "DataLoss",
-        "16" => "Unauthenticated",
-        _ => "Unknown",
     }
 }
 
@@ -86,41 +221,59 @@ where
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        let call = request
-            .uri()
-            .path()
-            .strip_prefix('/')
-            .and_then(|p| p.split_once('/'))
-            .filter(|_| is_grpc)
-            .map(|(service, method)| GrpcCall {
-                grpc_type: grpc_type(service, method),
-                grpc_service: service.to_string(),
-                grpc_method: method.to_string(),
-            });
-        if let Some(call) = &call {
-            self.metrics.grpc_started.get_or_create(call).inc();
+        let counters = is_grpc
+            .then(|| self.counters.0.get(request.uri().path()).cloned())
+            .flatten();
+        if let Some(c) = &counters {
+            c.started.inc();
         }
-        let metrics = self.metrics.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            if let Some(call) = call {
+            if let Some(c) = counters {
                 let code = response
                     .headers()
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
-                    .map_or("OK", code_name);
-                metrics
-                    .grpc_handled
-                    .get_or_create(&GrpcHandled {
-                        grpc_type: call.grpc_type,
-                        grpc_service: call.grpc_service,
-                        grpc_method: call.grpc_method,
-                        grpc_code: code,
-                    })
-                    .inc();
+                    .map_or(0, code_index);
+                c.handled[code].inc();
             }
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_in_the_stores_own_protos_is_counted() {
+        for proto in [
+            include_str!("../../proto/auth.proto"),
+            include_str!("../../proto/watch.proto"),
+            include_str!("../../proto/v3lock.proto"),
+            include_str!("../../proto/v3election.proto"),
+        ] {
+            for line in proto.lines() {
+                let Some(rpc) = line.trim().strip_prefix("rpc ") else {
+                    continue;
+                };
+                let name = rpc.split('(').next().unwrap_or_default().trim();
+                assert!(
+                    SERVED.iter().any(|(_, methods)| methods.contains(&name)),
+                    "{name} is not in SERVED"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn codes_are_named_as_go_names_them() {
+        assert_eq!(CODES[code_index("0")], "OK");
+        assert_eq!(CODES[code_index("5")], "NotFound");
+        assert_eq!(CODES[code_index("16")], "Unauthenticated");
+        assert_eq!(CODES[code_index("17")], "Unknown");
+        assert_eq!(CODES[code_index("x")], "Unknown");
     }
 }

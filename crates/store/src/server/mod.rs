@@ -290,6 +290,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
         });
     }
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let grpc_counters = Arc::new(grpc_metrics::GrpcCounters::new(&ctx.metrics));
     for ((listener, addr), https) in listeners.into_iter().zip(&local_addrs).zip(secure) {
         let builder = tonic::transport::Server::builder();
         // etcd's HTTP endpoints and JSON gateway share the port with gRPC (HTTP/1.1 and
@@ -334,7 +335,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
         let router = builder
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .layer(grpc_metrics::GrpcMetricsLayer(ctx.metrics.clone()))
+            .layer(grpc_metrics::GrpcMetricsLayer(grpc_counters.clone()))
             .add_routes(routes);
         let mut stopped = stopped.clone();
         tracing::info!(address = %addr, tls = https, name = %config.name, "serving etcd v3 clients");
