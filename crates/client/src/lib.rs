@@ -14,6 +14,7 @@
 pub mod access;
 #[cfg(feature = "clap")]
 pub mod args;
+mod channel;
 pub mod duration;
 mod endpoint;
 pub mod health;
@@ -24,6 +25,7 @@ pub mod tls;
 
 #[cfg(feature = "clap")]
 pub use args::ConnectionArgs;
+pub use channel::grpc_channel;
 pub use endpoint::{is_dns_name, parse_endpoint, AddrError, Endpoint, HostPort};
 pub use ports::free_loopback_ports;
 

@@ -2,4 +2,5 @@
 
 pub(crate) mod kv;
 pub(crate) mod lease;
+pub(crate) mod raw_watch;
 pub(crate) mod watch;

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchOptions, WatchStream};
+use etcd_client::Client;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use super::raw_watch::RawWatchStream;
 use crate::driver::{connect, drive};
 use crate::keys::KeyGen;
 use crate::stats::{Latencies, Section};
@@ -41,6 +42,26 @@ pub(crate) async fn run(
 ) -> Result<Vec<Section>, BenchError> {
     let streams = streams.min(watchers);
     let conns = connect(config).await?;
+    // The watch streams are read below etcd-client (see `raw_watch`), over connections of
+    // their own: as many as the puts', spread over the endpoints alike.
+    let endpoints = &config.connect.endpoints;
+    let channels = (0..conns.len())
+        .map(|i| ferry_client::grpc_channel(&config.connect, &endpoints[i % endpoints.len()]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let token: Option<Arc<str>> = match &config.connect.credentials {
+        Some((user, password)) => {
+            let reply = conns[0]
+                .auth_client()
+                .authenticate(user.clone(), password.clone())
+                .await
+                .map_err(|source| BenchError::Setup {
+                    what: "authenticating the watch streams".into(),
+                    source,
+                })?;
+            Some(reply.token().into())
+        }
+        None => None,
+    };
     let epoch = Instant::now();
     // How many events each stream should expect, known once the puts are done.
     let (expect_tx, expect_rx) = watch::channel::<Option<u64>>(None);
@@ -51,13 +72,14 @@ pub(crate) async fn run(
     let creation_started = Instant::now();
     for s in 0..streams {
         let on_stream = watchers / streams + usize::from(s < watchers % streams);
-        let client = conns[s % conns.len()].clone();
+        let channel = channels[s % channels.len()].clone();
         let (created_tx, created_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         created.push(created_rx);
         receivers.push(done_rx);
         tasks.push(tokio::spawn(stream_task(
-            client,
+            channel,
+            token.clone(),
             on_stream,
             epoch,
             created_tx,
@@ -135,8 +157,10 @@ pub(crate) async fn run(
 
 /// Creates `watchers` watches on one stream (reporting their creation latencies), then
 /// records one latency per delivered event until it has all it should get.
+#[allow(clippy::too_many_arguments)]
 async fn stream_task(
-    mut client: Client,
+    channel: etcd_client::Channel,
+    token: Option<Arc<str>>,
     watchers: usize,
     epoch: Instant,
     created: oneshot::Sender<Result<Latencies, etcd_client::Error>>,
@@ -145,12 +169,11 @@ async fn stream_task(
     mut release: watch::Receiver<bool>,
 ) {
     let mut creation = Latencies::new();
-    let opts = || Some(WatchOptions::new().with_prefix());
     let t = Instant::now();
-    let mut stream: WatchStream = match client.watch(PREFIX, opts()).await {
+    let mut stream = match RawWatchStream::open(channel, token.as_deref(), PREFIX).await {
         Ok(s) => s,
         Err(e) => {
-            let _ = created.send(Err(e));
+            let _ = created.send(Err(etcd_client::Error::GRpcStatus(e)));
             return;
         }
     };
@@ -158,27 +181,44 @@ async fn stream_task(
     let mut pending_since = vec![t];
     let mut confirmed = 0;
     while confirmed < watchers {
-        match stream.message().await {
-            Ok(Some(m)) if m.created() => {
+        let message = stream.message().await;
+        let created_now = match &message {
+            Ok(Some(m)) => m.created().and_then(|c| {
+                if c && m.canceled()? {
+                    Err(tonic::Status::failed_precondition(
+                        "the server refused a watch",
+                    ))
+                } else {
+                    Ok(c)
+                }
+            }),
+            _ => Ok(false),
+        };
+        match (message, created_now) {
+            (_, Err(e)) => {
+                let _ = created.send(Err(etcd_client::Error::GRpcStatus(e)));
+                return;
+            }
+            (Ok(Some(_)), Ok(true)) => {
                 creation.record(pending_since[confirmed].elapsed());
                 confirmed += 1;
                 if confirmed < watchers {
                     pending_since.push(Instant::now());
-                    if let Err(e) = stream.watch(PREFIX, opts()).await {
-                        let _ = created.send(Err(e));
+                    if let Err(e) = stream.watch_prefix(PREFIX).await {
+                        let _ = created.send(Err(etcd_client::Error::GRpcStatus(e)));
                         return;
                     }
                 }
             }
-            Ok(Some(_)) => {}
-            Ok(None) => {
+            (Ok(Some(_)), Ok(false)) => {}
+            (Ok(None), _) => {
                 let _ = created.send(Err(etcd_client::Error::WatchError(
                     "watch stream ended during creation".into(),
                 )));
                 return;
             }
-            Err(e) => {
-                let _ = created.send(Err(e));
+            (Err(e), _) => {
+                let _ = created.send(Err(etcd_client::Error::GRpcStatus(e)));
                 return;
             }
         }
@@ -207,15 +247,17 @@ async fn stream_task(
             msg = stream.message() => match msg {
                 Ok(Some(m)) => {
                     let now = Instant::now();
-                    for ev in m.events() {
-                        if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
-                            match sent_at(epoch, kv.value()) {
-                                Some(sent) => delivery.record(now.saturating_duration_since(sent)),
-                                None => delivery.fail("an event without a timestamp"),
-                            }
-                            received += 1;
-                            last = now;
+                    let read = m.for_each_put(|value| {
+                        match sent_at(epoch, value) {
+                            Some(sent) => delivery.record(now.saturating_duration_since(sent)),
+                            None => delivery.fail("an event without a timestamp"),
                         }
+                        received += 1;
+                        last = now;
+                    });
+                    if let Err(e) = read {
+                        delivery.fail(e);
+                        break;
                     }
                 }
                 Ok(None) => break,
