@@ -508,8 +508,7 @@ impl Writer {
         let outcome = self
             .apply_batch(
                 &batch,
-                published,
-                seq,
+                (published, seq),
                 read_prevs,
                 &mut touched,
                 &mut events,
@@ -567,8 +566,7 @@ impl Writer {
     fn apply_batch(
         &mut self,
         batch: &[(WriteRequest, Reply)],
-        published: i64,
-        seq: u64,
+        (published, seq): (i64, u64),
         read_prevs: bool,
         touched: &mut Vec<Vec<u8>>,
         events: &mut Vec<Event>,
