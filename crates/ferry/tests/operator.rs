@@ -165,9 +165,7 @@ impl Operator {
             anyhow::ensure!(
                 Instant::now() < until,
                 "never {what}; last status: {}",
-                status
-                    .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default())
-                    .unwrap_or_default()
+                status.map(|s| brief(&s)).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -183,6 +181,39 @@ impl Operator {
         let path = self.data_root().join("main").join(member).join("etcd.pid");
         Ok(std::fs::read_to_string(path)?.trim().to_string())
     }
+}
+
+/// A status on one line (a CI log shows the line after "never …"): the operation, each
+/// member's phase and health, and the last events.
+fn brief(s: &ClusterStatus) -> String {
+    let members: Vec<String> = s
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}{}{}",
+                m.name,
+                m.phase,
+                if m.healthy { " healthy" } else { " unhealthy" },
+                if m.learner { " learner" } else { "" }
+            )
+        })
+        .collect();
+    let events: Vec<&str> = s
+        .events
+        .iter()
+        .rev()
+        .take(6)
+        .map(|e| e.message.as_str())
+        .collect();
+    format!(
+        "operation {:?}; members [{}]; last events (newest first) {:?}; updated {} by {}",
+        s.operation,
+        members.join(", "),
+        events,
+        s.updated,
+        s.operator
+    )
 }
 
 impl Drop for Operator {
