@@ -550,6 +550,26 @@ async fn oversized_revision_is_fragmented_when_asked(server: &Server) -> anyhow:
     Ok(())
 }
 
+/// `writers` clients, each putting `i` (0 to `puts` - 1) in turn at `key(writer, i)`.
+async fn spawn_writers(
+    server: &Server,
+    writers: usize,
+    puts: usize,
+    key: fn(usize, usize) -> String,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut c = server.client().await?;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..puts {
+                c.put(key(w, i), format!("{i}"), None).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    Ok(tasks)
+}
+
 /// Watches asking for previous values, created one by one while keys are overwritten (the
 /// first of them is the only one on the server when it registers): every event carries
 /// exactly the value its put replaced.
@@ -558,16 +578,7 @@ async fn prev_kv_watches_created_under_concurrent_overwrites_get_every_previous_
 ) -> anyhow::Result<()> {
     const WRITERS: usize = 4;
     const PUTS: usize = 150;
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let mut c = server.client().await?;
-        writers.push(tokio::spawn(async move {
-            for i in 0..PUTS {
-                c.put(format!("o/{w}"), format!("{i}"), None).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
+    let writers = spawn_writers(server, WRITERS, PUTS, |w, _| format!("o/{w}")).await?;
     let mut watches = Vec::new();
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -615,16 +626,7 @@ async fn watches_created_under_concurrent_writes_miss_nothing(
 ) -> anyhow::Result<()> {
     const WRITERS: usize = 4;
     const PUTS: usize = 150;
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let mut c = server.client().await?;
-        writers.push(tokio::spawn(async move {
-            for i in 0..PUTS {
-                c.put(format!("g/{w}/{i}"), format!("{i}"), None).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
+    let writers = spawn_writers(server, WRITERS, PUTS, |w, i| format!("g/{w}/{i}")).await?;
     // Watches created while the writers run: some from a past revision, some from "now".
     let mut c = server.client().await?;
     let mut watches = Vec::new();

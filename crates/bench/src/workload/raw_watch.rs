@@ -95,26 +95,24 @@ const DELETE: u64 = 1;
 impl RawWatchResponse {
     /// Whether the response confirms a watch's creation.
     pub(crate) fn created(&self) -> Result<bool, Status> {
-        let mut created = false;
-        fields(&self.0, |field, value| {
-            if let (RESPONSE_CREATED, Field::Varint(v)) = (field, value) {
-                created = v != 0;
-            }
-            Ok(())
-        })?;
-        Ok(created)
+        self.flag(RESPONSE_CREATED)
     }
 
     /// Whether the server cancelled the watch.
     pub(crate) fn canceled(&self) -> Result<bool, Status> {
-        let mut canceled = false;
+        self.flag(RESPONSE_CANCELED)
+    }
+
+    /// The boolean field `wanted` (false when absent, as proto3 leaves it out).
+    fn flag(&self, wanted: u32) -> Result<bool, Status> {
+        let mut on = false;
         fields(&self.0, |field, value| {
-            if let (RESPONSE_CANCELED, Field::Varint(v)) = (field, value) {
-                canceled = v != 0;
+            if let (true, Field::Varint(v)) = (field == wanted, value) {
+                on = v != 0;
             }
             Ok(())
         })?;
-        Ok(canceled)
+        Ok(on)
     }
 
     /// Calls `put` with the value of every put event, in order.
