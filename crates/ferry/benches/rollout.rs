@@ -1,8 +1,9 @@
 //! Time from an API call to a "complete" rollout, for 10, 100 and 1,000 in-process agents
 //! rendering without nginx, on the embedded store and on a real etcd 3.4 in the same run.
 //!
-//! Run on demand: `cargo bench -p ferry --bench rollout [-- [--disk] AGENTS...]` (default 10
-//! 100 1000). "Complete" is the moment the last live agent's status key reports the new
+//! Run on demand: `cargo bench -p ferry --bench rollout [-- [--disk] [--only embedded|process|etcd]
+//! [--rounds N] AGENTS...]` (default 10 100 1000; `--only` measures one store and `--rounds`
+//! makes the measured part long, to profile it). "Complete" is the moment the last live agent's status key reports the new
 //! version, as seen through a watch opened before the call (what the API's status summary is
 //! built from).
 //!
@@ -12,9 +13,11 @@
 //! controller's database stay on disk.
 //!
 //! 200 rounds below 1,000 agents (so the p99 is not just the slowest round), 20 at 1,000.
-//! "CPU ms per round" is the CPU time of this process (agents, controller, and the embedded
-//! store when it is the one measured) plus etcd's own process when etcd is: the whole
-//! machine's cost of one rollout.
+//! Three stores: ferry's embedded in this process (as `ferry up` runs it), ferry's as its own
+//! process (`ferry store`), and etcd. "CPU ms per round" is the whole machine's cost of one
+//! rollout: this process (agents, controller, their clients, and the embedded store) plus the
+//! store's own process, shown apart: the agents' share is the same work on every store, so the
+//! store processes' column compares the stores alone.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -55,17 +58,19 @@ struct Run {
     answers: Vec<Duration>,
     /// From the call to the first agent's status with the new version.
     firsts: Vec<Duration>,
-    /// CPU time per round of this process and the store's, if it is another one.
+    /// CPU time per round of this process (agents, controller, their clients; and the store
+    /// when it is embedded).
     cpu_per_round: Duration,
+    /// CPU time per round of the store's own process, when it has one.
+    store_cpu_per_round: Option<Duration>,
 }
 
-/// CPU time used so far by this process (agents, controller, an embedded store) and by
-/// `store_pid`, a store in its own process.
-fn cpu(store_pid: Option<u32>) -> Duration {
-    ferry_testkit::process_cpu(None)
-        + store_pid
-            .map(|p| ferry_testkit::process_cpu(Some(p)))
-            .unwrap_or_default()
+/// CPU time used so far by this process and by `store_pid`, a store in its own process.
+fn cpu(store_pid: Option<u32>) -> (Duration, Option<Duration>) {
+    (
+        ferry_testkit::process_cpu(None),
+        store_pid.map(|p| ferry_testkit::process_cpu(Some(p))),
+    )
 }
 
 async fn run(
@@ -213,7 +218,11 @@ async fn run(
         }
         samples.push(started.elapsed());
     }
-    let cpu_per_round = (cpu(store_pid).saturating_sub(cpu_before)) / rounds as u32;
+    let cpu_after = cpu(store_pid);
+    let per_round =
+        |after: Duration, before: Duration| after.saturating_sub(before) / rounds as u32;
+    let cpu_per_round = per_round(cpu_after.0, cpu_before.0);
+    let store_cpu_per_round = cpu_after.1.zip(cpu_before.1).map(|(a, b)| per_round(a, b));
     // The API agrees: complete at the last version.
     let status = call("GET", format!("{path}/status"), String::new(), None).await?;
     let status: serde_json::Value = serde_json::from_str(&status.body)?;
@@ -230,6 +239,7 @@ async fn run(
         answers,
         firsts,
         cpu_per_round,
+        store_cpu_per_round,
     })
 }
 
@@ -272,10 +282,34 @@ fn fmt(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let disk = std::env::args().any(|a| a == "--disk");
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let disk = args.iter().any(|a| a == "--disk");
+    let option = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args.get(i + 1).cloned().unwrap_or_default())
+    };
+    let only = option("--only");
+    let fixed_rounds = option("--rounds")
+        .map(|r| {
+            r.parse::<usize>()
+                .with_context(|| format!("--rounds {r:?}"))
+        })
+        .transpose()?;
+    if let Some(o) = &only {
+        anyhow::ensure!(
+            ["embedded", "process", "etcd"].contains(&o.as_str()),
+            "--only takes embedded, process or etcd, not {o:?}"
+        );
+    }
+    let sizes: Vec<usize> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| {
+            !a.starts_with("--")
+                && (*i == 0 || !matches!(args[i - 1].as_str(), "--only" | "--rounds"))
+        })
+        .map(|(_, a)| a)
         .map(|a| a.parse().with_context(|| format!("agent count {a:?}")))
         .collect::<anyhow::Result<_>>()?;
     let sizes = if sizes.is_empty() {
@@ -286,23 +320,39 @@ async fn main() -> anyhow::Result<()> {
     let bench_dir = tempfile::tempdir()?;
     let mut store_config = ferry_store::StoreConfig::new(bench_dir.path().join("store"));
     store_config.listen_client_urls = vec!["http://127.0.0.1:0".into()];
-    let embedded = ferry_store::start(store_config).await?;
+    let embedded = ferry_store::start_on_own_runtime(store_config).await?;
     let embedded_endpoint = embedded.local_addrs[0].to_string();
-    let etcd = Server::start(Kind::Etcd, std::path::Path::new("ferry"), &[]).await?;
+    let ferry_bin = std::path::Path::new(env!("CARGO_BIN_EXE_ferry"));
+    let own_process = Server::start(Kind::Ferry, ferry_bin, &[]).await?;
+    let etcd = Server::start(Kind::Etcd, ferry_bin, &[]).await?;
     let on_disk = disk || !std::path::Path::new("/dev/shm").is_dir();
     println!(
         "agents write nginx.conf to {}",
         if on_disk { "disk" } else { "tmpfs (/dev/shm)" }
     );
-    println!("| agents | store | rounds | p50 ms | p99 ms | max ms | API answer p50 ms | first agent p50 ms | CPU ms per round |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| agents | store | rounds | p50 ms | p99 ms | max ms | API answer p50 ms | first agent p50 ms | CPU ms per round | of which the store's process |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &agents in &sizes {
         // With fewer than 100 rounds the p99 is the slowest round.
-        let rounds = if agents >= 1000 { 20 } else { 200 };
-        for (name, endpoint, store_pid) in [
-            ("ferry (embedded)", embedded_endpoint.clone(), None),
-            ("etcd 3.4", etcd.endpoint(), etcd.pid()),
+        let rounds = fixed_rounds.unwrap_or(if agents >= 1000 { 20 } else { 200 });
+        for (key, name, endpoint, store_pid) in [
+            (
+                "embedded",
+                "ferry (embedded)",
+                embedded_endpoint.clone(),
+                None,
+            ),
+            (
+                "process",
+                "ferry store (own process)",
+                own_process.endpoint(),
+                own_process.pid(),
+            ),
+            ("etcd", "etcd 3.4", etcd.endpoint(), etcd.pid()),
         ] {
+            if only.as_deref().is_some_and(|o| o != key) {
+                continue;
+            }
             // Each run under its own prefix state: clear what the previous run left.
             let mut c =
                 ferry_client::connect(&ferry_client::ConnectConfig::new([endpoint.as_str()]))
@@ -316,14 +366,16 @@ async fn main() -> anyhow::Result<()> {
             result.samples.sort();
             result.answers.sort();
             result.firsts.sort();
+            let store_cpu = result.store_cpu_per_round;
             println!(
-                "| {agents} | {name} | {rounds} | {} | {} | {} | {} | {} | {} |",
+                "| {agents} | {name} | {rounds} | {} | {} | {} | {} | {} | {} | {} |",
                 fmt(percentile(&result.samples, 50.0)),
                 fmt(percentile(&result.samples, 99.0)),
                 fmt(*result.samples.last().unwrap_or(&Duration::ZERO)),
                 fmt(percentile(&result.answers, 50.0)),
                 fmt(percentile(&result.firsts, 50.0)),
-                fmt(result.cpu_per_round),
+                fmt(result.cpu_per_round + store_cpu.unwrap_or_default()),
+                store_cpu.map(fmt).unwrap_or_else(|| "(in process)".into()),
             );
         }
     }

@@ -16,4 +16,6 @@ pub mod server;
 pub mod snapshot;
 pub mod wal;
 
-pub use server::{start, AutoCompaction, RunningStore, ServerTls, StoreConfig};
+pub use server::{
+    start, start_on_own_runtime, AutoCompaction, RunningStore, ServerTls, StoreConfig,
+};

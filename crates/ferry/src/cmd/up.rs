@@ -93,7 +93,7 @@ impl UpArgs {
         let (store, endpoints) = if self.endpoints.is_empty() {
             let mut store_config = ferry_store::StoreConfig::new(dir.join("store"));
             store_config.listen_client_urls = vec!["http://127.0.0.1:0".into()];
-            let store = ferry_store::start(store_config)
+            let store = ferry_store::start_on_own_runtime(store_config)
                 .await
                 .context("starting the store")?;
             let endpoint = store.local_addrs[0].to_string();

@@ -14,6 +14,7 @@ mod lease;
 mod lock;
 mod maintenance;
 pub mod metrics;
+mod own_runtime;
 mod queue;
 mod tls;
 pub mod watch;
@@ -32,6 +33,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 pub use auto_compaction::AutoCompaction;
+pub use own_runtime::start_on_own_runtime;
 pub use tls::ServerTls;
 
 use crate::error::StoreError;
@@ -176,6 +178,9 @@ pub struct RunningStore {
     pub metrics_addrs: Vec<SocketAddr>,
     tasks: tokio::task::JoinSet<Result<(), StoreError>>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// The runtime serving it, when it has one of its own (declared last: dropped after the
+    /// tasks).
+    own_runtime: Option<own_runtime::OwnRuntime>,
 }
 
 impl RunningStore {
@@ -271,22 +276,24 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
     if let Some(policy) = config.auto_compaction.clone() {
         let mut stopped = stopped.clone();
         let store = store.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::select! {
                 _ = auto_compaction::run(store, policy) => {}
                 _ = stopped.wait_for(|s| *s) => {}
             }
+            Ok(())
         });
     }
     {
         let mut stopped = stopped.clone();
         let store = store.clone();
         let metrics = ctx.metrics.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::select! {
                 _ = lease::revoke_expired(store, metrics) => {}
                 _ = stopped.wait_for(|s| *s) => {}
             }
+            Ok(())
         });
     }
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -407,5 +414,6 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
         metrics_addrs,
         tasks,
         stop,
+        own_runtime: None,
     })
 }
