@@ -847,7 +847,6 @@ pub fn template_for(
 pub struct PreparedTemplate {
     template: ConfdTemplate,
     snapshot: SnapshotSlot,
-    source: String,
     nameserver: Option<std::net::SocketAddr>,
 }
 
@@ -862,14 +861,13 @@ impl PreparedTemplate {
         Ok(Self {
             template: parse_over(name, text, snapshot.clone(), nameserver)?,
             snapshot,
-            source: text.to_string(),
             nameserver,
         })
     }
 
-    /// Whether this is `text` parsed as `name` with `nameserver`.
-    pub fn is(&self, name: &str, text: &str, nameserver: Option<std::net::SocketAddr>) -> bool {
-        self.template.name == name && self.source == text && self.nameserver == nameserver
+    /// Whether it was prepared for lookups through `nameserver`.
+    pub fn uses(&self, nameserver: Option<std::net::SocketAddr>) -> bool {
+        self.nameserver == nameserver
     }
 
     /// Runs the template over `snapshot`.

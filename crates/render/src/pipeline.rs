@@ -163,10 +163,58 @@ pub async fn render_resource(
 
 /// The last template parsed, kept by a caller that renders the same resource again.
 #[derive(Default)]
-pub struct TemplateCache(Option<PreparedTemplate>);
+pub struct TemplateCache(Option<CachedTemplate>);
 
-/// `resource`'s template (read from `templates_dir` every time) run over `snapshot`; the
-/// parse in `cache` is reused while the template's text is unchanged.
+struct CachedTemplate {
+    template: PreparedTemplate,
+    text: String,
+    stamp: FileStamp,
+    /// Whether the file had been left alone for [`SETTLED`] when `text` was read: only then
+    /// does an equal stamp mean equal text.
+    trusted: bool,
+}
+
+/// What identifies one version of a file without reading it: a file replaced (renamed over)
+/// gets a new inode, one rewritten in place a new size or change time. A change time is only
+/// as fine as the kernel's clock tick, so a stamp vouches for the text only once the file
+/// has been left alone for longer than that when it is taken (git's "racily clean" rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    path: PathBuf,
+    inode: (u64, u64),
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+/// How long a file must have been left alone before its stamp is trusted.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl FileStamp {
+    fn of(path: &Path) -> std::io::Result<(Self, bool)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        let changed_at = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                u64::try_from(m.ctime()).unwrap_or(0),
+                u32::try_from(m.ctime_nsec()).unwrap_or(0),
+            );
+        let settled = changed_at.elapsed().is_ok_and(|since| since > SETTLED);
+        let stamp = Self {
+            path: path.to_path_buf(),
+            inode: (m.dev(), m.ino()),
+            len: m.len(),
+            modified: (m.mtime(), m.mtime_nsec()),
+            changed: (m.ctime(), m.ctime_nsec()),
+        };
+        Ok((stamp, settled))
+    }
+}
+
+/// `resource`'s template (under `templates_dir`) run over `snapshot`. The parse in `cache`
+/// is reused while the template's text is unchanged; a file left alone since it was read is
+/// not read again (one `stat` per render: a thousand agents in one process re-read it at
+/// every change).
 pub fn render_text(
     resource: &TemplateResource,
     templates_dir: &Path,
@@ -175,16 +223,29 @@ pub fn render_text(
     cache: &mut TemplateCache,
 ) -> Result<String, RenderError> {
     let src = templates_dir.join(&resource.src);
-    let text = std::fs::read_to_string(&src).map_err(io(&src))?;
-    let name = src.display().to_string();
-    let template = match &mut cache.0 {
-        Some(t) if t.is(&name, &text, nameserver) => t,
-        slot => slot.insert(
-            PreparedTemplate::parse(&name, &text, nameserver)
-                .map_err(|e| RenderError::Template(e.to_string()))?,
-        ),
+    // Taken before the read: a write after it gives another stamp at the next render.
+    let (stamp, settled) = FileStamp::of(&src).map_err(io(&src))?;
+    let cached = match cache.0.take() {
+        Some(c) if c.trusted && c.stamp == stamp && c.template.uses(nameserver) => c,
+        previous => {
+            let text = std::fs::read_to_string(&src).map_err(io(&src))?;
+            let template = match previous {
+                Some(c) if c.text == text && c.template.uses(nameserver) => c.template,
+                _ => PreparedTemplate::parse(&src.display().to_string(), &text, nameserver)
+                    .map_err(|e| RenderError::Template(e.to_string()))?,
+            };
+            CachedTemplate {
+                template,
+                text,
+                stamp,
+                trusted: settled,
+            }
+        }
     };
-    template
+    cache
+        .0
+        .insert(cached)
+        .template
         .execute_to_string(snapshot)
         .map_err(|e| RenderError::Template(e.to_string()))
 }
@@ -385,6 +446,37 @@ mod tests {
         ));
         std::fs::write(&src, r#"c={{getv "/a"}}"#)?;
         assert_eq!(render(&[("/a", "6")])?, "c=6");
+        Ok(())
+    }
+
+    #[test]
+    fn a_template_left_alone_is_still_followed_when_rewritten_or_replaced(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let src = dir.path().join("t.tmpl");
+        let resource: TemplateResource = serde_json::from_value(serde_json::json!({
+            "src": "t.tmpl",
+            "dest": dir.path().join("out"),
+        }))?;
+        let mut cache = TemplateCache::default();
+        let mut render = |pairs: &[(&str, &str)]| {
+            render_text(&resource, dir.path(), snapshot(pairs), None, &mut cache)
+        };
+        std::fs::write(&src, r#"a={{getv "/a"}}"#)?;
+        // Older than the settling time when read: later renders trust its stamp.
+        std::thread::sleep(SETTLED + std::time::Duration::from_millis(200));
+        assert_eq!(render(&[("/a", "1")])?, "a=1");
+        assert_eq!(render(&[("/a", "2")])?, "a=2");
+        // Rewritten in place with text of the same length.
+        std::fs::write(&src, r#"b={{getv "/a"}}"#)?;
+        assert_eq!(render(&[("/a", "3")])?, "b=3");
+        // Replaced by a rename, as editors and configuration tools do.
+        std::thread::sleep(SETTLED + std::time::Duration::from_millis(200));
+        assert_eq!(render(&[("/a", "4")])?, "b=4");
+        let staged = dir.path().join("t.tmpl.new");
+        std::fs::write(&staged, r#"c={{getv "/a"}}"#)?;
+        std::fs::rename(&staged, &src)?;
+        assert_eq!(render(&[("/a", "5")])?, "c=5");
         Ok(())
     }
 }
