@@ -75,6 +75,39 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
+/// A published configuration's fields around its document.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    id: String,
+    env: String,
+    version: i64,
+    #[serde(rename = "document")]
+    _document: serde::de::IgnoredAny,
+    changed_by: String,
+    changed_at: String,
+}
+
+/// Decodes a published configuration in one pass over its value: the document through the
+/// controller's own parser and validation (its errors name the field), the rest beside it.
+fn decode_config(value: &serde_json::Value) -> Result<PublishedConfig, String> {
+    let document = value
+        .get("document")
+        .map(|d| IngressDocument::from_value(d.clone()).map_err(|e| e.to_string()))
+        .transpose()?;
+    let envelope: Envelope = serde_path_to_error::deserialize(value)
+        .map_err(|e| format!("not a published configuration: {}: {}", e.path(), e.inner()))?;
+    Ok(PublishedConfig {
+        id: envelope.id,
+        env: envelope.env,
+        version: envelope.version,
+        // Present: the envelope requires it.
+        document: document.ok_or("not a published configuration: no document")?,
+        changed_by: envelope.changed_by,
+        changed_at: envelope.changed_at,
+    })
+}
+
+/// What the store's copy must agree with: its key, the agent's environment, a version.
 fn check_config(key_id: &str, c: &PublishedConfig, env: &str) -> Result<(), String> {
     if c.id != key_id {
         return Err(format!("id {:?} is not the one its key names", c.id));
@@ -85,7 +118,7 @@ fn check_config(key_id: &str, c: &PublishedConfig, env: &str) -> Result<(), Stri
     if c.version < 1 {
         return Err(format!("version {} is not a positive number", c.version));
     }
-    c.document.validate().map_err(|e| e.to_string())
+    Ok(())
 }
 
 /// Checks every configuration of environment `env` and every instance under
@@ -104,17 +137,8 @@ pub fn admit(
             continue;
         }
         let version = object.value["version"].as_i64().unwrap_or(0);
-        // The document first, through the controller's own parser: its errors name the field.
-        let document = object
-            .value
-            .get("document")
-            .map(|d| IngressDocument::from_json(d.to_string().as_bytes()));
-        let decoded = match document {
-            Some(Err(e)) => Err(e.to_string()),
-            _ => serde_path_to_error::deserialize::<_, PublishedConfig>(&*object.value)
-                .map_err(|e| format!("not a published configuration: {}: {}", e.path(), e.inner())),
-        }
-        .and_then(|c| check_config(id, &c, env).map(|()| c));
+        let decoded =
+            decode_config(&object.value).and_then(|c| check_config(id, &c, env).map(|()| c));
         match decoded {
             Ok(config) => admission.configs.push(Arc::new(config)),
             Err(reason) => admission.refused.push(RefusedConfig {
@@ -259,5 +283,37 @@ mod tests {
             reasons[3].1.contains("read_timeout_seconds: invalid type"),
             "{reasons:?}"
         );
+    }
+
+    #[test]
+    fn a_configuration_without_a_document_or_with_odd_fields_is_refused_and_named() {
+        let mut no_document = config("u1", SHOP);
+        no_document.as_object_mut().map(|o| o.remove("document"));
+        let mut text_version = config("u2", SHOP);
+        text_version["version"] = "2".into();
+        let mut null_inside = config("u3", SHOP);
+        null_inside["document"]["virtual_hosts"][0]["tls"] = serde_json::Value::Null;
+        let admission = admit(
+            "prod",
+            vec![
+                object("/c/u1", no_document),
+                object("/c/u2", text_version),
+                object("/c/u3", null_inside),
+            ],
+            vec![],
+            "/services",
+        );
+        assert!(admission.configs.is_empty());
+        let reasons: Vec<&str> = admission
+            .refused
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect();
+        assert!(
+            reasons[0].contains("missing field `document`"),
+            "{reasons:?}"
+        );
+        assert!(reasons[1].contains("version: invalid type"), "{reasons:?}");
+        assert!(reasons[2].contains("virtual_hosts[0].tls"), "{reasons:?}");
     }
 }

@@ -298,6 +298,11 @@ impl IngressDocument {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ValidationError> {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| invalid("(document)", e.to_string()))?;
+        Self::from_value(value)
+    }
+
+    /// Validates an already parsed document, as [`from_json`](Self::from_json) does.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, ValidationError> {
         let serde_json::Value::Object(mut obj) = value else {
             return Err(invalid("(document)", "must be a JSON object"));
         };

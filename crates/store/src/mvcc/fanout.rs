@@ -11,7 +11,7 @@
 //! batch is dropped for that stream and the stream is told it overflowed, so it replays what
 //! it missed from history; the writer never waits for a reader.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -40,8 +40,11 @@ struct Routes {
     streams: HashMap<u64, Inbox>,
     /// Single keys, looked up per event.
     keys: HashMap<Vec<u8>, Watching>,
-    /// Ranges and prefixes, checked per commit against its sorted keys.
-    spans: HashMap<KeyRange, Watching>,
+    /// Ranges and prefixes in order of their first key, checked per commit against its
+    /// sorted keys: only those starting at or before its last key can hold one (a thousand
+    /// agents each watching its own wave-target prefix are not checked against every status
+    /// write that sorts before them).
+    spans: BTreeMap<KeyRange, Watching>,
 }
 
 struct Inbox {
@@ -123,7 +126,15 @@ impl Fanout {
         if !routes.spans.is_empty() {
             let mut keys: Vec<&[u8]> = batch.iter().map(|e| e.kv.key.as_slice()).collect();
             keys.sort_unstable();
-            for (range, streams) in &routes.spans {
+            // The least span starting after the last key: every span before it starts at or
+            // before that key.
+            let mut after_last = keys.last().map(|k| k.to_vec()).unwrap_or_default();
+            after_last.push(0);
+            let first_beyond = KeyRange::Span {
+                start: after_last,
+                end: None,
+            };
+            for (range, streams) in routes.spans.range(..first_beyond) {
                 if touches(range, &keys) {
                     hit.extend(streams.keys());
                 }
@@ -155,9 +166,15 @@ impl Fanout {
     fn remove(&self, id: u64, range: &KeyRange) {
         let mut routes = self.routes.lock();
         let routes = &mut *routes;
-        match range {
-            KeyRange::Single(key) => forget(&mut routes.keys, key, id),
-            KeyRange::Span { .. } => forget(&mut routes.spans, range, id),
+        let emptied = match range {
+            KeyRange::Single(key) => routes.keys.get_mut(key).is_some_and(|s| forget(s, id)),
+            KeyRange::Span { .. } => routes.spans.get_mut(range).is_some_and(|s| forget(s, id)),
+        };
+        if emptied {
+            match range {
+                KeyRange::Single(key) => routes.keys.remove(key),
+                KeyRange::Span { .. } => routes.spans.remove(range),
+            };
         }
     }
 
@@ -184,24 +201,15 @@ impl Fanout {
     }
 }
 
-/// Takes one watcher of stream `id` off `at`, and the entry when no stream watches it.
-fn forget<K: std::hash::Hash + Eq + std::borrow::Borrow<Q>, Q: std::hash::Hash + Eq + ?Sized>(
-    table: &mut HashMap<K, Watching>,
-    at: &Q,
-    id: u64,
-) {
-    let Some(streams) = table.get_mut(at) else {
-        return;
-    };
+/// Takes one watcher of stream `id` off a range's streams; whether none is left.
+fn forget(streams: &mut Watching, id: u64) -> bool {
     if let Some(count) = streams.get_mut(&id) {
         *count -= 1;
         if *count == 0 {
             streams.remove(&id);
         }
     }
-    if streams.is_empty() {
-        table.remove(at);
-    }
+    streams.is_empty()
 }
 
 /// Whether one of `sorted` keys falls in `range`.
@@ -356,6 +364,66 @@ mod tests {
         assert_eq!(revisions(&mut everything), [2, 3, 4, 5]);
         assert_eq!(revisions(&mut other), Vec::<i64>::new());
         assert_eq!(revisions(&mut none), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn many_ranges_route_each_commit_exactly_where_a_scan_of_all_of_them_would() {
+        // Ranges over a small alphabet, so that many start at, just after or around the
+        // keys of a commit; expected streams come from checking every range.
+        struct Rng(u64);
+        impl Rng {
+            fn below(&mut self, n: u64) -> u64 {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0 % n
+            }
+            fn word(&mut self) -> Vec<u8> {
+                let len = 1 + self.below(3);
+                (0..len).map(|_| b"ab\0"[self.below(3) as usize]).collect()
+            }
+        }
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let fanout = Arc::new(Fanout::new(1024, 1));
+        let mut streams = Vec::new();
+        for _ in 0..300 {
+            let start = rng.word();
+            let range = match rng.below(4) {
+                0 => KeyRange::new(&start, &[0]),
+                1 => KeyRange::new(&start, b""),
+                _ => KeyRange::new(&start, &rng.word()),
+            };
+            let mut sub = fanout.join();
+            sub.add(&range, false);
+            streams.push((range, sub));
+        }
+        for rev in 2..200 {
+            let keys: Vec<Vec<u8>> = (0..1 + rng.below(3)).map(|_| rng.word()).collect();
+            let mut sorted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            sorted.sort_unstable();
+            let commit = Arc::new(ChangeBatch::new(
+                keys.iter()
+                    .map(|k| Event {
+                        kv: PbKeyValue {
+                            key: k.clone(),
+                            mod_revision: rev,
+                            version: 1,
+                            ..Default::default()
+                        },
+                        prev: None,
+                    })
+                    .collect(),
+            ));
+            fanout.route(&commit);
+            for (range, sub) in &mut streams {
+                let got = !revisions(sub).is_empty();
+                assert_eq!(
+                    got,
+                    touches(range, &sorted),
+                    "{range:?} and keys {sorted:?}"
+                );
+            }
+        }
     }
 
     #[test]

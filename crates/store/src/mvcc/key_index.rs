@@ -32,8 +32,9 @@ impl KeyChange {
     }
 }
 
-/// Which keys a request addresses, in etcd's encoding of `key` and `range_end`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Which keys a request addresses, in etcd's encoding of `key` and `range_end`. Ordered by
+/// variant, then first key, then end (no end last).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyRange {
     /// Exactly one key (`range_end` empty).
     Single(Vec<u8>),
