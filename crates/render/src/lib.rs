@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod dns;
+mod file_worker;
 pub mod functions;
 mod gofmt;
 mod gopath;

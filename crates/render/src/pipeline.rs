@@ -301,25 +301,11 @@ fn stage(
     Ok(Staged::File(staged))
 }
 
-/// How many renders' file work runs at once in one process. tokio's blocking pool starts a
-/// thread for every task that finds no idle one: a thousand agents in one process (the
-/// rollout benchmark) rendering together started hundreds of threads that spent more time
-/// waking and contending than writing. A few at a time keep a slow disk from holding back
-/// every render and the pool small.
-static FILE_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
-
-/// Runs blocking file work on tokio's blocking pool, a few renders' at a time.
+/// Runs blocking file work off the async workers (see `file_worker`).
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, RenderError> + Send + 'static,
 ) -> Result<T, RenderError> {
-    // The semaphore is never closed, so acquiring fails only in theory; then run anyway.
-    let _permit = FILE_WORK.acquire().await.ok();
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| RenderError::Io {
-            path: PathBuf::new(),
-            source: std::io::Error::other(e),
-        })?
+    crate::file_worker::run(work).await
 }
 
 /// Installs `rendered` as `resource.dest` the confd way: only if content, mode or owner
