@@ -21,6 +21,10 @@ use crate::records::{
 use crate::runtime::{Launch, MemberRuntime, ProcessState};
 use crate::spec::{quorum, ClusterSpec};
 
+/// How long no member may answer, while some member's process still runs, before the
+/// members whose process is gone are restarted on their data.
+const SILENCE_BEFORE_RESTART: Duration = Duration::from_secs(5);
+
 /// How many times a new member (a learner, or a seed that never wrote data) is started
 /// before a process that keeps exiting (a port taken since it was picked, a bad flag, a full
 /// disk) is replaced by a new member on new ports, instead of waiting out the learner
@@ -75,6 +79,8 @@ pub struct Reconciler {
     unhealthy_since: Mutex<HashMap<String, Instant>>,
     /// Per new member (learner, seed without data), how many times this operator started it.
     new_member_starts: Mutex<HashMap<String, u32>>,
+    /// Per cluster, since when no member has answered while some process still runs.
+    silent_since: Mutex<HashMap<String, Instant>>,
     events: Mutex<HashMap<String, Vec<Event>>>,
     /// Per cluster, when the next scheduled backup is due (Unix seconds).
     next_backup: Mutex<HashMap<String, i64>>,
@@ -96,6 +102,7 @@ impl Reconciler {
             runtime,
             unhealthy_since: Mutex::new(HashMap::new()),
             new_member_starts: Mutex::new(HashMap::new()),
+            silent_since: Mutex::new(HashMap::new()),
             events: Mutex::new(HashMap::new()),
             next_backup: Mutex::new(HashMap::new()),
             last_backup: Mutex::new(HashMap::new()),
@@ -321,9 +328,22 @@ impl Reconciler {
         };
         let Some(list) = list else {
             // No member answers: restart the ones whose process is gone (a host restart),
-            // never rebuild anything: quorum loss is for a person to decide.
+            // never rebuild anything: quorum loss is for a person to decide. While some
+            // process still runs, only once the silence has lasted: one pass of timed-out
+            // checks on a loaded host restarted a killed member on its data instead of
+            // replacing it after the grace.
             let none_healthy = observed.iter().all(|o| o.health.is_none());
-            for o in observed.iter().filter(|_| none_healthy) {
+            let any_running = observed
+                .iter()
+                .any(|o| matches!(o.process, ProcessState::Running(_)));
+            let silent_for = self
+                .silent_since
+                .lock()
+                .entry(spec.name.clone())
+                .or_insert_with(Instant::now)
+                .elapsed();
+            let restart = none_healthy && (!any_running || silent_for >= SILENCE_BEFORE_RESTART);
+            for o in observed.iter().filter(|_| restart) {
                 let has_data = self
                     .runtime
                     .data_dir(spec, &o.record)
@@ -368,6 +388,7 @@ impl Reconciler {
                 .write_status(spec, &observed, None, "waiting for a quorum of members")
                 .await;
         };
+        self.silent_since.lock().remove(&spec.name);
         let observed: Vec<Observed> = observed
             .into_iter()
             .map(|mut o| {
