@@ -59,6 +59,16 @@ async fn hold(
     Ok(())
 }
 
+/// Fails, naming the outage just survived, if discovery saw the instance leave or join.
+async fn no_change_seen(discovery: &mut Discovery, phase: &str) -> anyhow::Result<()> {
+    let seen = tokio::time::timeout(Duration::from_millis(500), discovery.next_change()).await;
+    anyhow::ensure!(
+        seen.is_err(),
+        "discovery saw a change by the end of \"{phase}\": {seen:?}"
+    );
+    Ok(())
+}
+
 /// `web/a1` announced through every member, and its lease.
 async fn announce_web_a1_with(
     cluster: &EtcdCluster,
@@ -157,6 +167,7 @@ async fn an_instance_outlives_member_kills_and_pauses_on_its_first_lease() -> an
         wait_live(&announcement, lease).await?;
         cluster.restart(victim)?;
         cluster.wait_healthy().await?;
+        no_change_seen(&mut discovery, phase).await?;
     }
     // A paused member (as if partitioned) for longer than the TTL.
     let leader = cluster.leader().await?;
@@ -166,8 +177,7 @@ async fn an_instance_outlives_member_kills_and_pauses_on_its_first_lease() -> an
     cluster.wait_healthy().await?;
     wait_live(&announcement, lease).await?;
     // Discovery saw no leave and no join the whole time.
-    let seen = tokio::time::timeout(Duration::from_millis(500), discovery.next_change()).await;
-    assert!(seen.is_err(), "discovery saw a change: {seen:?}");
+    no_change_seen(&mut discovery, "leader paused").await?;
     assert_eq!(discovery.instances().len(), 1);
     announcement.stop().await?;
     Ok(())
