@@ -805,15 +805,21 @@ async fn members_serve_client_and_peer_tls_and_refuse_clients_without_a_certific
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_of_three_lost_for_good_is_quorum_lost_until_a_person_recovers() -> anyhow::Result<()> {
-    let op = Operator::start().await?;
+/// A 3-member cluster (a 10-minute failure grace) holding `/data/k00`…`/data/k19`.
+async fn three_members_holding_twenty_writes(op: &Operator) -> anyhow::Result<ClusterStatus> {
     op.apply(3, "10m")?;
     let status = op.wait_at_spec(3).await?;
     let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
     for i in 0..20 {
         client.put(format!("/data/k{i:02}"), "v", None).await?;
     }
+    Ok(status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_lost_for_good_is_quorum_lost_until_a_person_recovers() -> anyhow::Result<()> {
+    let op = Operator::start().await?;
+    let status = three_members_holding_twenty_writes(&op).await?;
     // Two members gone for good: processes killed, data lost.
     for member in &status.members[..2] {
         Command::new("kill")
@@ -856,12 +862,7 @@ async fn two_of_three_lost_for_good_is_quorum_lost_until_a_person_recovers() -> 
 async fn two_of_three_killed_with_their_data_are_restarted_on_it_and_keep_every_write(
 ) -> anyhow::Result<()> {
     let op = Operator::start().await?;
-    op.apply(3, "10m")?;
-    let status = op.wait_at_spec(3).await?;
-    let mut client = etcd_client::Client::connect(status.endpoints(), None).await?;
-    for i in 0..20 {
-        client.put(format!("/data/k{i:02}"), "v", None).await?;
-    }
+    let status = three_members_holding_twenty_writes(&op).await?;
     // Quorum lost with the data kept (a crash, not a lost disk): the one left still runs,
     // so the operator waits for the silence to last, then restarts the others on their data.
     for member in &status.members[..2] {

@@ -400,17 +400,25 @@ mod tests {
         })
     }
 
-    /// A parse kept in the cache renders each new snapshot (nothing of an earlier one stays
-    /// visible), and a template file that changed is parsed again.
-    #[test]
-    fn a_cached_template_renders_each_snapshot_and_follows_its_file(
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    /// A temporary directory, its template file `t.tmpl` (not written yet) and a resource
+    /// rendering it.
+    fn template_in_temp_dir(
+    ) -> Result<(tempfile::TempDir, PathBuf, TemplateResource), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let src = dir.path().join("t.tmpl");
         let resource: TemplateResource = serde_json::from_value(serde_json::json!({
             "src": "t.tmpl",
             "dest": dir.path().join("out"),
         }))?;
+        Ok((dir, src, resource))
+    }
+
+    /// A parse kept in the cache renders each new snapshot (nothing of an earlier one stays
+    /// visible), and a template file that changed is parsed again.
+    #[test]
+    fn a_cached_template_renders_each_snapshot_and_follows_its_file(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (dir, src, resource) = template_in_temp_dir()?;
         let mut cache = TemplateCache::default();
         let mut render = |pairs: &[(&str, &str)]| {
             render_text(&resource, dir.path(), snapshot(pairs), None, &mut cache)
@@ -438,12 +446,7 @@ mod tests {
     #[test]
     fn a_template_left_alone_is_still_followed_when_rewritten_or_replaced(
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let src = dir.path().join("t.tmpl");
-        let resource: TemplateResource = serde_json::from_value(serde_json::json!({
-            "src": "t.tmpl",
-            "dest": dir.path().join("out"),
-        }))?;
+        let (dir, src, resource) = template_in_temp_dir()?;
         let mut cache = TemplateCache::default();
         let mut render = |pairs: &[(&str, &str)]| {
             render_text(&resource, dir.path(), snapshot(pairs), None, &mut cache)
