@@ -85,3 +85,18 @@ async fn it_stops_from_async_code_and_reopens_with_what_it_acknowledged() -> any
     reopened.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_is_an_error_naming_why_and_leaves_the_running_store_alone(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let running = start(dir.path()).await?;
+    let second = start(dir.path()).await;
+    let err = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("already in use"), "{err:?}");
+    let mut client =
+        etcd_client::Client::connect([running.local_addrs[0].to_string()], None).await?;
+    client.put("still", "served", None).await?;
+    running.shutdown().await?;
+    Ok(())
+}

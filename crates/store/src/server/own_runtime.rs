@@ -25,20 +25,16 @@ impl Drop for OwnRuntime {
 /// Opens the store and serves it on a runtime of its own (one worker thread per CPU, named
 /// `ferry-store`), stopped with the returned store.
 pub async fn start_on_own_runtime(config: StoreConfig) -> Result<RunningStore, StoreError> {
-    let runtime = OwnRuntime(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .thread_name("ferry-store")
-            .enable_all()
-            .build()
-            .map_err(|source| StoreError::Io {
-                what: "starting the store's runtime".into(),
-                source,
-            })?,
-    ));
-    let started = match &runtime.0 {
-        Some(r) => r.spawn(start(config)),
-        None => return Err(StoreError::Backend("the store's runtime is gone".into())),
-    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("ferry-store")
+        .enable_all()
+        .build()
+        .map_err(|source| StoreError::Io {
+            what: "starting the store's runtime".into(),
+            source,
+        })?;
+    let started = runtime.spawn(start(config));
+    let runtime = OwnRuntime(Some(runtime));
     // On an error `runtime` is dropped here, without blocking.
     let mut running = started
         .await
