@@ -235,7 +235,10 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
             reported: HashMap::new(),
             warned: Default::default(),
             last_good: HashMap::new(),
-            template: Default::default(),
+            // The agent wrote the template file above and nothing changes it while it runs.
+            template: Arc::new(parking_lot::Mutex::new(
+                ferry_render::TemplateCache::pinned(),
+            )),
         }
         .run(),
     );

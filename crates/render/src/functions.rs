@@ -321,18 +321,49 @@ fn sort_kv_by_length(a: &[Value], in_place: bool) -> Result<Value, Error> {
     }
 }
 
-/// The snapshot a template's functions read: replaced between runs of a template parsed
-/// once ([`PreparedTemplate`]).
+/// The snapshot a template's functions read: one bound at parse time ([`template_for`]), or
+/// that of the execution running on this thread ([`PreparedTemplate`], whose parse is shared
+/// by every caller with the same template).
 #[derive(Clone)]
-struct SnapshotSlot(Arc<parking_lot::RwLock<Arc<KvSnapshot>>>);
+enum SnapshotSlot {
+    Bound(Arc<KvSnapshot>),
+    Running,
+}
+
+thread_local! {
+    /// The snapshot of the [`PreparedTemplate`] executing on this thread (one thread runs
+    /// a template from start to end).
+    static RUNNING: std::cell::RefCell<Option<Arc<KvSnapshot>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Sets this thread's running snapshot for one execution, and clears it after.
+struct RunningOver(Option<Arc<KvSnapshot>>);
+
+impl RunningOver {
+    fn start(snapshot: Arc<KvSnapshot>) -> Self {
+        // A template function cannot start another execution, but keep an outer one intact.
+        Self(RUNNING.with(|r| r.replace(Some(snapshot))))
+    }
+}
+
+impl Drop for RunningOver {
+    fn drop(&mut self) {
+        let outer = self.0.take();
+        RUNNING.with(|r| *r.borrow_mut() = outer);
+    }
+}
 
 impl SnapshotSlot {
     fn new(snapshot: Arc<KvSnapshot>) -> Self {
-        Self(Arc::new(parking_lot::RwLock::new(snapshot)))
+        Self::Bound(snapshot)
     }
 
     fn get(&self) -> Arc<KvSnapshot> {
-        self.0.read().clone()
+        match self {
+            Self::Bound(snapshot) => snapshot.clone(),
+            Self::Running => RUNNING.with(|r| r.borrow().clone()).unwrap_or_default(),
+        }
     }
 }
 
@@ -843,24 +874,46 @@ pub fn template_for(
 }
 
 /// A template parsed once and run over a new snapshot each time: an agent renders the same
-/// template after every change, and parsing it cost more than running it.
+/// template after every change, and parsing it cost more than running it. Every
+/// `PreparedTemplate` of one process with the same name, text and nameserver shares one
+/// parse (agents running in one process, `ferry up`'s, render the same template).
+#[derive(Clone)]
 pub struct PreparedTemplate {
-    template: ConfdTemplate,
-    snapshot: SnapshotSlot,
+    template: Arc<ConfdTemplate>,
     nameserver: Option<std::net::SocketAddr>,
 }
 
+/// What makes two prepared templates the same: name, text and nameserver.
+type PreparedKey = (String, String, Option<std::net::SocketAddr>);
+
+/// The parses in use in this process (dropped with their last user).
+static PREPARED: std::sync::LazyLock<
+    parking_lot::Mutex<std::collections::HashMap<PreparedKey, std::sync::Weak<ConfdTemplate>>>,
+> = std::sync::LazyLock::new(Default::default);
+
 impl PreparedTemplate {
-    /// Parses `text` as the template `name` (see [`template_for`]).
+    /// Parses `text` as the template `name` (see [`template_for`]), or takes the parse this
+    /// process already holds for the same name, text and nameserver.
     pub fn parse(
         name: &str,
         text: &str,
         nameserver: Option<std::net::SocketAddr>,
     ) -> Result<Self, Error> {
-        let snapshot = SnapshotSlot::new(Arc::new(KvSnapshot::default()));
+        let key = (name.to_string(), text.to_string(), nameserver);
+        if let Some(template) = PREPARED.lock().get(&key).and_then(|t| t.upgrade()) {
+            return Ok(Self {
+                template,
+                nameserver,
+            });
+        }
+        // Parsed outside the lock: two first parses of one template at once both succeed,
+        // and the later one is kept.
+        let template = Arc::new(parse_over(name, text, SnapshotSlot::Running, nameserver)?);
+        let mut prepared = PREPARED.lock();
+        prepared.retain(|_, t| t.strong_count() > 0);
+        prepared.insert(key, Arc::downgrade(&template));
         Ok(Self {
-            template: parse_over(name, text, snapshot.clone(), nameserver)?,
-            snapshot,
+            template,
             nameserver,
         })
     }
@@ -871,12 +924,9 @@ impl PreparedTemplate {
     }
 
     /// Runs the template over `snapshot`.
-    pub fn execute_to_string(&mut self, snapshot: Arc<KvSnapshot>) -> Result<String, Error> {
-        *self.snapshot.0.write() = snapshot;
-        let out = self.template.execute_to_string();
-        // The snapshot is not kept alive between renders.
-        *self.snapshot.0.write() = Arc::new(KvSnapshot::default());
-        out
+    pub fn execute_to_string(&self, snapshot: Arc<KvSnapshot>) -> Result<String, Error> {
+        let _running = RunningOver::start(snapshot);
+        self.template.execute_to_string()
     }
 }
 
@@ -939,6 +989,47 @@ mod tests {
 
     fn ok(text: &str) -> String {
         render(text).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+    }
+
+    /// Prepared templates with the same name, text and nameserver share one parse, and
+    /// executions of it on many threads at once each read their own snapshot.
+    #[test]
+    fn one_parse_serves_concurrent_renders_of_their_own_snapshots() -> Result<(), Error> {
+        let text = r#"{{getv "/who"}}:{{range gets "/n/*"}}{{.Value}},{{end}}"#;
+        let first = PreparedTemplate::parse("shared.tmpl", text, None)?;
+        let second = PreparedTemplate::parse("shared.tmpl", text, None)?;
+        assert!(Arc::ptr_eq(&first.template, &second.template));
+        let other = PreparedTemplate::parse("shared.tmpl", &format!("{text}."), None)?;
+        assert!(!Arc::ptr_eq(&first.template, &other.template));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let template = first.clone();
+                std::thread::spawn(move || {
+                    for round in 0..200 {
+                        let mut s = KvSnapshot::default();
+                        s.pairs.insert("/who".into(), format!("t{t}"));
+                        for n in 0..=(round % 3) {
+                            s.pairs.insert(format!("/n/{n}"), format!("{t}.{round}"));
+                        }
+                        let out = template.execute_to_string(Arc::new(s))?;
+                        let expected =
+                            format!("t{t}:{}", format!("{t}.{round},").repeat(round % 3 + 1));
+                        assert_eq!(out, expected);
+                    }
+                    Ok::<(), Error>(())
+                })
+            })
+            .collect();
+        for thread in threads {
+            match thread.join() {
+                Ok(result) => result?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        // No snapshot stays behind on this thread once an execution is over, failed or not.
+        assert!(first.execute_to_string(snap()).is_err());
+        assert!(RUNNING.with(|r| r.borrow().is_none()));
+        Ok(())
     }
 
     #[test]

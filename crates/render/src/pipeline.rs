@@ -163,7 +163,21 @@ pub async fn render_resource(
 
 /// The last template parsed, kept by a caller that renders the same resource again.
 #[derive(Default)]
-pub struct TemplateCache(Option<CachedTemplate>);
+pub struct TemplateCache {
+    cached: Option<CachedTemplate>,
+    pinned: bool,
+}
+
+impl TemplateCache {
+    /// A cache for a template file that its owner wrote once and nothing changes afterwards
+    /// (the agent's copy of its template): read at the first render, never looked at again.
+    pub fn pinned() -> Self {
+        Self {
+            cached: None,
+            pinned: true,
+        }
+    }
+}
 
 struct CachedTemplate {
     template: PreparedTemplate,
@@ -222,16 +236,29 @@ pub fn render_text(
     nameserver: Option<std::net::SocketAddr>,
     cache: &mut TemplateCache,
 ) -> Result<String, RenderError> {
+    let execute = |cached: &CachedTemplate| {
+        cached
+            .template
+            .execute_to_string(snapshot)
+            .map_err(|e| RenderError::Template(e.to_string()))
+    };
+    if let Some(c) = &cache.cached {
+        if cache.pinned && c.template.uses(nameserver) {
+            return execute(c);
+        }
+    }
     let src = templates_dir.join(&resource.src);
     // Taken before the read: a write after it gives another stamp at the next render.
     let (stamp, settled) = FileStamp::of(&src).map_err(io(&src))?;
-    let cached = match cache.0.take() {
+    let cached = match cache.cached.take() {
         Some(c) if c.trusted && c.stamp == stamp && c.template.uses(nameserver) => c,
         previous => {
             let text = std::fs::read_to_string(&src).map_err(io(&src))?;
             let template = match previous {
                 Some(c) if c.text == text && c.template.uses(nameserver) => c.template,
-                _ => PreparedTemplate::parse(&src.display().to_string(), &text, nameserver)
+                // Named by its file name, as confd names it (and the same for every agent of
+                // a process, which then share one parse).
+                _ => PreparedTemplate::parse(&template_name(&src), &text, nameserver)
                     .map_err(|e| RenderError::Template(e.to_string()))?,
             };
             CachedTemplate {
@@ -242,12 +269,15 @@ pub fn render_text(
             }
         }
     };
-    cache
-        .0
-        .insert(cached)
-        .template
-        .execute_to_string(snapshot)
-        .map_err(|e| RenderError::Template(e.to_string()))
+    execute(cache.cached.insert(cached))
+}
+
+/// The name a template file's parse goes by: its file name, as confd's `filepath.Base`.
+fn template_name(src: &Path) -> String {
+    src.file_name().map_or_else(
+        || src.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// What staging the rendered file found.
@@ -270,9 +300,18 @@ fn stage(
     force: bool,
     noop: bool,
 ) -> Result<Staged, RenderError> {
+    use std::io::{Read, Write};
     use std::os::unix::fs::MetadataExt;
-    let current = std::fs::read_to_string(dest).ok();
-    let meta = std::fs::metadata(dest).ok();
+    // One open of `dest` and its handle for the rest: every path lookup walks the whole path.
+    let (current, meta) = match std::fs::File::open(dest) {
+        Ok(mut file) => {
+            let meta = file.metadata().ok();
+            let mut text = String::new();
+            let current = file.read_to_string(&mut text).ok().map(|_| text);
+            (current, meta)
+        }
+        Err(_) => (None, None),
+    };
     let current_mode = meta.as_ref().map(|m| m.permissions().mode() & 0o7777);
     let owner_ok = meta
         .as_ref()
@@ -288,15 +327,17 @@ fn stage(
     }
     let dir = dest.parent().unwrap_or(Path::new("."));
     let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("dest");
-    let staged = tempfile::Builder::new()
+    let mut staged = tempfile::Builder::new()
         .prefix(&format!(".{base}"))
         .tempfile_in(dir)
         .map_err(io(dir))?;
-    std::fs::write(staged.path(), rendered).map_err(io(staged.path()))?;
-    std::fs::set_permissions(staged.path(), std::fs::Permissions::from_mode(mode))
-        .map_err(io(staged.path()))?;
+    let path = staged.path().to_path_buf();
+    let file = staged.as_file_mut();
+    file.write_all(rendered.as_bytes()).map_err(io(&path))?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(&path))?;
     if uid.is_some() || gid.is_some() {
-        std::os::unix::fs::chown(staged.path(), uid, gid).map_err(io(staged.path()))?;
+        std::os::unix::fs::fchown(&*file, uid, gid).map_err(io(&path))?;
     }
     Ok(Staged::File(staged))
 }
@@ -440,6 +481,29 @@ mod tests {
         ));
         std::fs::write(&src, r#"c={{getv "/a"}}"#)?;
         assert_eq!(render(&[("/a", "6")])?, "c=6");
+        Ok(())
+    }
+
+    /// A pinned cache reads its template once: later changes to the file, even its removal,
+    /// do not reach the renders (the agent owns its copy and never changes it).
+    #[test]
+    fn a_pinned_template_is_read_once() -> Result<(), Box<dyn std::error::Error>> {
+        let (dir, src, resource) = template_in_temp_dir()?;
+        let mut cache = TemplateCache::pinned();
+        let mut render = |pairs: &[(&str, &str)]| {
+            render_text(&resource, dir.path(), snapshot(pairs), None, &mut cache)
+        };
+        let first = render(&[("/a", "1")]);
+        assert!(
+            matches!(&first, Err(RenderError::Io { path, .. }) if *path == src),
+            "{first:?}"
+        );
+        std::fs::write(&src, r#"a={{getv "/a"}}"#)?;
+        assert_eq!(render(&[("/a", "1")])?, "a=1");
+        std::fs::write(&src, r#"b={{getv "/a"}}"#)?;
+        assert_eq!(render(&[("/a", "2")])?, "a=2");
+        std::fs::remove_file(&src)?;
+        assert_eq!(render(&[("/a", "3")])?, "a=3");
         Ok(())
     }
 
