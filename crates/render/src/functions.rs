@@ -460,16 +460,20 @@ fn functions_over(snapshot: SnapshotSlot, nameserver: Option<std::net::SocketAdd
         "json",
         Arc::new(|a| {
             let raw = text(a, 0, "json")?;
-            match serde_json::from_str::<serde_json::Value>(&raw) {
-                Ok(v @ serde_json::Value::Object(_)) => Ok(json_to_value(v)),
-                // Go's Unmarshal of `null` leaves the map nil: an empty map, no error.
-                Ok(serde_json::Value::Null) => Ok(Value::from(BTreeMap::<String, Value>::new())),
-                Ok(other) => Err(fail(format!(
-                    "json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
-                    json_kind(&other)
-                ))),
-                Err(e) => Err(fail(format!("json: {e}"))),
-            }
+            crate::json_memo::decoded(&raw, |raw| {
+                match serde_json::from_str::<serde_json::Value>(raw) {
+                    Ok(v @ serde_json::Value::Object(_)) => Ok(json_to_value(v)),
+                    // Go's Unmarshal of `null` leaves the map nil: an empty map, no error.
+                    Ok(serde_json::Value::Null) => {
+                        Ok(Value::from(BTreeMap::<String, Value>::new()))
+                    }
+                    Ok(other) => Err(fail(format!(
+                        "json: cannot unmarshal {} into Go value of type map[string]interface {{}}",
+                        json_kind(&other)
+                    ))),
+                    Err(e) => Err(fail(format!("json: {e}"))),
+                }
+            })
         }),
     );
     add(

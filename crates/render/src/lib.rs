@@ -14,6 +14,7 @@ mod gopath;
 pub mod goprint;
 mod gosort;
 mod gotime;
+mod json_memo;
 pub mod pipeline;
 pub mod resource;
 mod rewrite;
