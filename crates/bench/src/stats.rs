@@ -37,6 +37,12 @@ impl Latencies {
         self.histogram.saturating_record(us);
     }
 
+    /// `n` successful requests that each took `d`.
+    pub fn record_n(&mut self, d: Duration, n: u64) {
+        let us = (d.as_micros() as u64).max(1);
+        self.histogram.saturating_record_n(us, n);
+    }
+
     /// One failed request.
     pub fn fail(&mut self, error: impl std::fmt::Display) {
         self.errors += 1;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::Client;
+use futures::FutureExt;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -26,6 +27,34 @@ fn stamp(epoch: Instant, size: usize) -> Vec<u8> {
     let mut v = nanos.to_be_bytes().to_vec();
     v.resize(size.max(8), b'x');
     v
+}
+
+/// The events read at one instant, tallied per put (per timestamp) before they are recorded.
+struct Burst {
+    now: Instant,
+    tally: Option<(Instant, u64)>,
+}
+
+impl Burst {
+    fn new(now: Instant) -> Self {
+        Self { now, tally: None }
+    }
+
+    fn add(&mut self, sent: Instant, delivery: &mut Latencies) {
+        match &mut self.tally {
+            Some((at, n)) if *at == sent => *n += 1,
+            _ => {
+                self.flush(delivery);
+                self.tally = Some((sent, 1));
+            }
+        }
+    }
+
+    fn flush(&mut self, delivery: &mut Latencies) {
+        if let Some((sent, n)) = self.tally.take() {
+            delivery.record_n(self.now.saturating_duration_since(sent), n);
+        }
+    }
 }
 
 fn sent_at(epoch: Instant, value: &[u8]) -> Option<Instant> {
@@ -246,17 +275,41 @@ async fn stream_task(
         tokio::select! {
             msg = stream.message() => match msg {
                 Ok(Some(m)) => {
+                    // Responses already received when this one is read arrived with it: one
+                    // clock reading for all of them, and one histogram entry per put (a put's
+                    // events all carry its timestamp).
                     let now = Instant::now();
-                    let read = m.for_each_put(|value| {
-                        match sent_at(epoch, value) {
-                            Some(sent) => delivery.record(now.saturating_duration_since(sent)),
-                            None => delivery.fail("an event without a timestamp"),
+                    let mut burst = Burst::new(now);
+                    let mut next = Some(Ok(Some(m)));
+                    let mut ended = false;
+                    while let Some(message) = next.take() {
+                        match message {
+                            Ok(Some(m)) => {
+                                let read = m.for_each_put(|value| {
+                                    match sent_at(epoch, value) {
+                                        Some(sent) => burst.add(sent, &mut delivery),
+                                        None => delivery.fail("an event without a timestamp"),
+                                    }
+                                    received += 1;
+                                });
+                                if let Err(e) = read {
+                                    delivery.fail(e);
+                                    ended = true;
+                                }
+                            }
+                            Ok(None) => ended = true,
+                            Err(e) => {
+                                delivery.fail(e);
+                                ended = true;
+                            }
                         }
-                        received += 1;
-                        last = now;
-                    });
-                    if let Err(e) = read {
-                        delivery.fail(e);
+                        if !ended {
+                            next = stream.message().now_or_never();
+                        }
+                    }
+                    burst.flush(&mut delivery);
+                    last = now;
+                    if ended {
                         break;
                     }
                 }
@@ -271,4 +324,35 @@ async fn stream_task(
     // Keep the stream (and its watches) open until the run releases it.
     let _ = release.wait_for(|r| *r).await;
     drop(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst records every event once, at its own put's latency, however its events
+    /// interleave.
+    #[test]
+    fn a_burst_records_each_event_at_its_puts_latency() {
+        let now = Instant::now();
+        let (early, late) = (
+            now - Duration::from_millis(30),
+            now - Duration::from_millis(10),
+        );
+        let mut delivery = Latencies::new();
+        let mut burst = Burst::new(now);
+        for sent in [early, early, early, late, late, early] {
+            burst.add(sent, &mut delivery);
+        }
+        burst.flush(&mut delivery);
+        let summary = delivery.summary("delivery", Duration::from_secs(1));
+        assert_eq!(summary.requests, 6);
+        assert!((summary.latency_ms.min - 10.0).abs() < 0.1, "{summary:?}");
+        assert!((summary.latency_ms.max - 30.0).abs() < 0.1, "{summary:?}");
+        // Four events 30 ms old, two 10 ms old.
+        assert!(
+            (summary.latency_ms.mean - 70.0 / 3.0).abs() < 0.1,
+            "{summary:?}"
+        );
+    }
 }
