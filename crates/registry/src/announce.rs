@@ -164,7 +164,7 @@ async fn keep_registered(
     let mut backoff = Duration::from_millis(100);
     loop {
         let end = tokio::select! {
-            end = keep_alive(&mut client, lease, config.keep_alive_interval, &state) => end,
+            end = keep_alive(&mut client, lease, &config, &state) => end,
             _ = stopped.wait_for(|s| *s) => return,
         };
         match end {
@@ -215,16 +215,26 @@ async fn keep_registered(
     }
 }
 
-/// Renews `lease` every `interval` until the stream breaks or the lease is gone; marks the
-/// registration live again once a renewal succeeds.
+/// How long a keep-alive stream may take to open or to answer before it is given up and
+/// opened again: short enough that three tries after a missed renewal still fit in the TTL
+/// (a member that stopped answering, paused or partitioned, must not cost the lease), never
+/// more than two intervals, and at least 100 ms.
+fn patience(ttl: i64, interval: Duration) -> Duration {
+    let room = Duration::from_secs(u64::try_from(ttl).unwrap_or(0)).saturating_sub(interval);
+    (room / 3).clamp(Duration::from_millis(100), interval * 2)
+}
+
+/// Renews `lease` every keep-alive interval until the stream breaks or the lease is gone;
+/// marks the registration live again once a renewal succeeds.
 async fn keep_alive(
     client: &mut Client,
     lease: i64,
-    interval: Duration,
+    config: &AnnounceConfig,
     state: &watch::Sender<AnnounceState>,
 ) -> KeepAliveEnd {
-    // A member that stopped answering (paused, partitioned) must not hold the opening.
-    let opening = tokio::time::timeout(interval * 2, client.lease_keep_alive(lease)).await;
+    let interval = config.keep_alive_interval;
+    let patience = patience(config.ttl, interval);
+    let opening = tokio::time::timeout(patience, client.lease_keep_alive(lease)).await;
     let (mut keeper, mut responses) = match opening {
         Ok(Ok(pair)) => pair,
         // etcd-client sends a first keep-alive when opening and reports a gone lease so.
@@ -242,7 +252,7 @@ async fn keep_alive(
         if let Err(e) = keeper.keep_alive().await {
             return KeepAliveEnd::StreamBroken(format!("sending a keep-alive: {e}"));
         }
-        match tokio::time::timeout(interval * 2, responses.message()).await {
+        match tokio::time::timeout(patience, responses.message()).await {
             Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                 if !matches!(*state.borrow(), AnnounceState::Live { lease: l } if l == lease) {
                     let _ = state.send(AnnounceState::Live { lease });
@@ -331,5 +341,40 @@ impl Announcement {
             .await
             .map_err(RegistryError::store(format!("deleting {}", self.key)))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After the last renewal the next goes out one interval later; if the member does not
+    /// answer, two tries (each given up after `patience`, then a 100 ms pause) end before
+    /// the TTL, leaving a third one time to reach another member, whenever the TTL leaves
+    /// 600 ms beyond the interval.
+    #[test]
+    fn two_silent_tries_end_before_the_ttl() {
+        let pause = Duration::from_millis(100);
+        for ttl in [1, 2, 3, 5, 8, 10, 30, 60] {
+            for interval_ms in [100, 250, 500, 1_000, 2_000, 5_000, 20_000] {
+                let interval = Duration::from_millis(interval_ms);
+                let lease = Duration::from_secs(ttl as u64);
+                if interval >= lease {
+                    continue; // refused by `announce`
+                }
+                let wait = patience(ttl, interval);
+                assert!(wait >= pause, "ttl {ttl}, interval {interval:?}");
+                assert!(wait <= interval * 2, "ttl {ttl}, interval {interval:?}");
+                if lease >= interval + 6 * pause {
+                    let second_given_up = interval + 2 * (wait + pause);
+                    assert!(
+                        second_given_up <= lease,
+                        "ttl {ttl}, interval {interval:?}: {second_given_up:?}"
+                    );
+                }
+            }
+        }
+        // The defaults (5 s, 2 s) gave up on a silent member only after 4 s, past the TTL.
+        assert_eq!(patience(5, Duration::from_secs(2)), Duration::from_secs(1));
     }
 }
