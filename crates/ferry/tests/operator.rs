@@ -181,6 +181,14 @@ impl Operator {
         let path = self.data_root().join("main").join(member).join("etcd.pid");
         Ok(std::fs::read_to_string(path)?.trim().to_string())
     }
+
+    /// kill -9 of `member`'s etcd process.
+    fn kill_member(&self, member: &str) -> anyhow::Result<()> {
+        Command::new("kill")
+            .args(["-KILL", &self.pid_of(member)?])
+            .status()?;
+        Ok(())
+    }
 }
 
 /// A status on one line (a CI log shows the line after "never …"): the operation, each
@@ -363,8 +371,7 @@ async fn a_killed_member_is_replaced_after_the_grace_a_paused_one_is_not() -> an
 
     // kill -9: replaced by a new member once the grace has passed; its data is wiped.
     let victim = before.members[1].name.clone();
-    let pid = op.pid_of(&victim)?;
-    Command::new("kill").args(["-KILL", &pid]).status()?;
+    op.kill_member(&victim)?;
     let replaced = op
         .wait_for("the killed member replaced", |s| {
             s.members.len() == 3
@@ -402,9 +409,7 @@ async fn a_shrink_is_refused_while_a_member_is_down() -> anyhow::Result<()> {
     op.apply(3, "10m")?;
     let before = op.wait_at_spec(3).await?;
     let down = before.members[2].name.clone();
-    Command::new("kill")
-        .args(["-KILL", &op.pid_of(&down)?])
-        .status()?;
+    op.kill_member(&down)?;
     op.apply(1, "10m")?;
     let refused = op
         .wait_for("the shrink refused", |s| s.operation.starts_with("refused"))
@@ -531,9 +536,7 @@ async fn a_rolling_change_restarts_one_member_at_a_time_and_waits_for_a_down_one
     }
     // With a member down, the next change is refused and says why.
     let down = after.members[0].name.clone();
-    Command::new("kill")
-        .args(["-KILL", &op.pid_of(&down)?])
-        .status()?;
+    op.kill_member(&down)?;
     op.apply_with(3, "10m", &["--snapshot-count=6000"])?;
     let refused = op
         .wait_for("the rolling change refused", |s| {
@@ -822,9 +825,7 @@ async fn two_of_three_lost_for_good_is_quorum_lost_until_a_person_recovers() -> 
     let status = three_members_holding_twenty_writes(&op).await?;
     // Two members gone for good: processes killed, data lost.
     for member in &status.members[..2] {
-        Command::new("kill")
-            .args(["-KILL", &op.pid_of(&member.name)?])
-            .status()?;
+        op.kill_member(&member.name)?;
         std::fs::remove_dir_all(op.data_root().join("main").join(&member.name).join("data"))?;
     }
     op.wait_for("QuorumLost", |s| {
@@ -866,9 +867,7 @@ async fn two_of_three_killed_with_their_data_are_restarted_on_it_and_keep_every_
     // Quorum lost with the data kept (a crash, not a lost disk): the one left still runs,
     // so the operator waits for the silence to last, then restarts the others on their data.
     for member in &status.members[..2] {
-        Command::new("kill")
-            .args(["-KILL", &op.pid_of(&member.name)?])
-            .status()?;
+        op.kill_member(&member.name)?;
     }
     let back = op
         .wait_for("both killed members restarted on their data", |s| {
@@ -1265,9 +1264,7 @@ async fn paused_leader_replaced_by_standby(kind: Kind) -> anyhow::Result<()> {
     let leader_pid = op.operator.0.id().to_string();
     Command::new("kill").args(["-STOP", &leader_pid]).status()?;
     let victim = before.members[1].name.clone();
-    Command::new("kill")
-        .args(["-KILL", &op.pid_of(&victim)?])
-        .status()?;
+    op.kill_member(&victim)?;
     let replaced = op
         .wait_for("the killed member replaced by the standby", |s| {
             s.operator == "op-b"

@@ -454,6 +454,15 @@ mod tests {
         Ok((dir, src, resource))
     }
 
+    /// Renders `resource` from `dir` over the pairs it is given, keeping parses in `cache`.
+    fn renderer<'a>(
+        resource: &'a TemplateResource,
+        dir: &'a Path,
+        cache: &'a mut TemplateCache,
+    ) -> impl FnMut(&[(&str, &str)]) -> Result<String, RenderError> + 'a {
+        move |pairs| render_text(resource, dir, snapshot(pairs), None, cache)
+    }
+
     /// A parse kept in the cache renders each new snapshot (nothing of an earlier one stays
     /// visible), and a template file that changed is parsed again.
     #[test]
@@ -461,9 +470,7 @@ mod tests {
     ) -> Result<(), Box<dyn std::error::Error>> {
         let (dir, src, resource) = template_in_temp_dir()?;
         let mut cache = TemplateCache::default();
-        let mut render = |pairs: &[(&str, &str)]| {
-            render_text(&resource, dir.path(), snapshot(pairs), None, &mut cache)
-        };
+        let mut render = renderer(&resource, dir.path(), &mut cache);
         std::fs::write(&src, r#"a={{getv "/a"}}"#)?;
         assert_eq!(render(&[("/a", "1")])?, "a=1");
         assert_eq!(render(&[("/a", "2")])?, "a=2");
@@ -490,9 +497,7 @@ mod tests {
     fn a_pinned_template_is_read_once() -> Result<(), Box<dyn std::error::Error>> {
         let (dir, src, resource) = template_in_temp_dir()?;
         let mut cache = TemplateCache::pinned();
-        let mut render = |pairs: &[(&str, &str)]| {
-            render_text(&resource, dir.path(), snapshot(pairs), None, &mut cache)
-        };
+        let mut render = renderer(&resource, dir.path(), &mut cache);
         let first = render(&[("/a", "1")]);
         assert!(
             matches!(&first, Err(RenderError::Io { path, .. }) if *path == src),
@@ -512,9 +517,7 @@ mod tests {
     ) -> Result<(), Box<dyn std::error::Error>> {
         let (dir, src, resource) = template_in_temp_dir()?;
         let mut cache = TemplateCache::default();
-        let mut render = |pairs: &[(&str, &str)]| {
-            render_text(&resource, dir.path(), snapshot(pairs), None, &mut cache)
-        };
+        let mut render = renderer(&resource, dir.path(), &mut cache);
         std::fs::write(&src, r#"a={{getv "/a"}}"#)?;
         // Older than the settling time when read: later renders trust its stamp.
         std::thread::sleep(SETTLED + std::time::Duration::from_millis(200));
