@@ -190,6 +190,7 @@ impl Reconciler {
             created: now(),
             reason: String::new(),
             config: spec.member_config(),
+            restarting: false,
             client_tls: spec.client_tls(),
             peer_tls: spec.peer_tls(),
         })
@@ -868,6 +869,10 @@ impl Reconciler {
             return Ok(format!("removing stray member {:x}", stray.id()));
         }
 
+        if let Some(step) = self.finish_interrupted_restart(spec, observed).await? {
+            return Ok(step);
+        }
+
         // Replace a voter gone or unhealthy for longer than the grace.
         for o in observed {
             if o.health.is_none()
@@ -1042,15 +1047,49 @@ impl Reconciler {
             }
         }
         let mut record = target.record.clone();
+        record.restarting = true;
+        self.save(cluster, &record).await?;
         self.stop(spec, &record);
         self.start(spec, &record, &[], "existing")?;
         record.config = wanted;
+        record.restarting = false;
         self.save(cluster, &record).await?;
         self.unhealthy_since.lock().remove(&record.name);
         self.event(
             cluster,
             format!(
                 "rolling change: restarted {} with the spec's binary and flags",
+                record.name
+            ),
+        );
+        Ok(Some(format!("rolling change: restarted {}", record.name)))
+    }
+
+    /// Starts a voter that a rolling change stopped and an operator that died did not start
+    /// again (its record still says it is restarting and its process is gone): it was
+    /// stopped on purpose, so it is not a failure to wait out and replace.
+    async fn finish_interrupted_restart(
+        &self,
+        spec: &ClusterSpec,
+        observed: &[Observed],
+    ) -> Result<Option<String>, ReconcileError> {
+        let Some(stopped) = observed.iter().find(|o| {
+            o.record.restarting
+                && o.process == ProcessState::Gone
+                && o.listed.as_ref().is_some_and(|m| !m.is_learner())
+        }) else {
+            return Ok(None);
+        };
+        let mut record = stopped.record.clone();
+        self.start(spec, &record, &[], "existing")?;
+        record.config = spec.member_config();
+        record.restarting = false;
+        self.save(&spec.name, &record).await?;
+        self.unhealthy_since.lock().remove(&record.name);
+        self.event(
+            &spec.name,
+            format!(
+                "rolling change: started {}, which an interrupted restart left stopped",
                 record.name
             ),
         );

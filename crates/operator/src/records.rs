@@ -103,6 +103,11 @@ pub struct MemberRecord {
     /// whose configuration differs from the spec's is restarted by a rolling change.
     #[serde(default)]
     pub config: String,
+    /// Set just before a rolling change stops it to start it again, cleared with the new
+    /// `config`: an operator that dies between the two leaves it set, and the next one
+    /// starts a member it finds gone instead of waiting out the failure grace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restarting: bool,
     /// Whether its client URL is https (fixed when it is created: etcd's member list holds
     /// its URLs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
