@@ -329,6 +329,10 @@ async fn leases_survive_a_restart_with_their_full_ttl() -> anyhow::Result<()> {
     let lease = c.lease_grant(10, None).await?.id();
     c.put("leased", "v", Some(PutOptions::new().with_lease(lease)))
         .await?;
+    // Leased once, then written without it: detached, on disk as in memory.
+    c.put("detached", "v", Some(PutOptions::new().with_lease(lease)))
+        .await?;
+    c.put("detached", "w", None).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     server.kill();
     server.restart().await?;
@@ -347,7 +351,12 @@ async fn leases_survive_a_restart_with_their_full_ttl() -> anyhow::Result<()> {
         [b"leased".to_vec()],
         "key attachments are rebuilt"
     );
+    // A put that ignores the lease keeps the one rebuilt.
+    c.put("leased", "w", Some(PutOptions::new().with_ignore_lease()))
+        .await?;
+    assert_eq!(c.get("leased", None).await?.kvs()[0].lease(), lease);
     c.lease_revoke(lease).await?;
     assert!(c.get("leased", None).await?.kvs().is_empty());
+    assert_eq!(c.get("detached", None).await?.kvs()[0].value(), b"w");
     Ok(())
 }

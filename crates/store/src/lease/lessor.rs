@@ -43,6 +43,9 @@ pub struct TimeToLive {
 #[derive(Debug, Default)]
 pub struct Lessor {
     leases: HashMap<i64, Lease>,
+    /// The lease of each attached key (the store's index keeps no lease: a put needs only
+    /// the live one, to detach it or keep it with `ignore_lease`).
+    lease_of: HashMap<Vec<u8>, i64>,
 }
 
 fn deadline(now: Instant, ttl: i64) -> Instant {
@@ -64,7 +67,10 @@ impl Lessor {
                 (id, lease)
             })
             .collect();
-        Self { leases }
+        Self {
+            leases,
+            lease_of: HashMap::new(),
+        }
     }
 
     /// Whether lease `id` exists.
@@ -113,10 +119,19 @@ impl Lessor {
         }
     }
 
-    /// Attaches `key` to lease `id` (no-op for an unknown lease).
+    /// Attaches `key` to lease `id` (no-op for an unknown lease), detaching it from the
+    /// lease it had.
     pub fn attach(&mut self, id: i64, key: &[u8]) {
-        if let Some(lease) = self.leases.get_mut(&id) {
-            lease.keys.insert(key.to_vec());
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        lease.keys.insert(key.to_vec());
+        if let Some(old) = self.lease_of.insert(key.to_vec(), id) {
+            if old != id {
+                if let Some(lease) = self.leases.get_mut(&old) {
+                    lease.keys.remove(key);
+                }
+            }
         }
     }
 
@@ -125,6 +140,14 @@ impl Lessor {
         if let Some(lease) = self.leases.get_mut(&id) {
             lease.keys.remove(key);
         }
+        if self.lease_of.get(key) == Some(&id) {
+            self.lease_of.remove(key);
+        }
+    }
+
+    /// The live lease `key` is attached to (0 for none).
+    pub fn lease_of(&self, key: &[u8]) -> i64 {
+        self.lease_of.get(key).copied().unwrap_or(0)
     }
 
     /// The keys of lease `id`.
@@ -134,9 +157,15 @@ impl Lessor {
             .map(|l| l.keys.iter().cloned().collect())
     }
 
-    /// Forgets lease `id`.
+    /// Forgets lease `id` (its keys are no longer attached to it).
     pub fn remove(&mut self, id: i64) -> Option<Lease> {
-        self.leases.remove(&id)
+        let lease = self.leases.remove(&id)?;
+        for key in &lease.keys {
+            if self.lease_of.get(key.as_slice()) == Some(&id) {
+                self.lease_of.remove(key.as_slice());
+            }
+        }
+        Some(lease)
     }
 
     /// Renews lease `id`; `None` if it does not exist or has already expired.
@@ -189,6 +218,28 @@ impl Lessor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_has_one_live_lease_which_detaching_or_removing_forgets() {
+        let mut lessor = Lessor::default();
+        let now = Instant::now();
+        lessor.grant(1, 10, now).ok();
+        lessor.grant(2, 10, now).ok();
+        lessor.attach(1, b"k");
+        assert_eq!(lessor.lease_of(b"k"), 1);
+        lessor.attach(2, b"k");
+        assert_eq!(lessor.lease_of(b"k"), 2);
+        assert_eq!(lessor.keys(1), Some(vec![]), "moved off its old lease");
+        lessor.detach(1, b"k");
+        assert_eq!(lessor.lease_of(b"k"), 2, "detaching another lease changes nothing");
+        lessor.detach(2, b"k");
+        assert_eq!(lessor.lease_of(b"k"), 0);
+        lessor.attach(3, b"k");
+        assert_eq!(lessor.lease_of(b"k"), 0, "an unknown lease attaches nothing");
+        lessor.attach(1, b"k");
+        lessor.remove(1);
+        assert_eq!(lessor.lease_of(b"k"), 0);
+    }
 
     #[test]
     fn grant_raises_short_ttls_and_refuses_long_ones() {

@@ -137,7 +137,10 @@ impl Applier<'_, '_> {
             (Some(p), true) => p.value.clone(),
             _ => req.value.clone(),
         };
-        let prev_lease = before.map_or(0, |c| c.lease);
+        let prev_lease = match before {
+            Some(_) => self.lessor.lease_of(&req.key),
+            None => 0,
+        };
         let lease = if req.ignore_lease && before.is_some() {
             prev_lease
         } else {

@@ -4,6 +4,7 @@
 //! tombstone is a `KeyValue` with version 0); `meta` holds counters and ids; `lease` maps a
 //! lease id to its TTL. The in-memory [`TreeIndex`] is rebuilt from `kv` on open.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use etcd_client::proto::PbKeyValue;
@@ -73,6 +74,8 @@ pub struct Recovered {
     pub nospace: Vec<u64>,
     /// Leases: id and granted TTL.
     pub leases: Vec<(i64, i64)>,
+    /// Live keys with a lease, and the lease.
+    pub leased: Vec<(Vec<u8>, i64)>,
 }
 
 /// redb's page cache. Its default (1 GiB) keeps every page written in memory, which made the
@@ -134,6 +137,7 @@ pub fn recover(db: &Database) -> Result<Recovered, StoreError> {
     let compact_rev = get(META_COMPACT_REV)?;
     let mut current_rev = get(META_CURRENT_REV)?.max(compact_rev);
     let mut index = TreeIndex::default();
+    let mut leased = HashMap::new();
     let kv = txn.open_table(KV).map_err(StoreError::backend)?;
     for entry in kv.iter().map_err(StoreError::backend)? {
         let (rev, value) = entry.map_err(StoreError::backend)?;
@@ -141,6 +145,12 @@ pub fn recover(db: &Database) -> Result<Recovered, StoreError> {
             .ok_or_else(|| StoreError::Corrupt("kv table key is not a revision".into()))?;
         let kv = decode_kv(value.value())?;
         index.record(&kv.key, change_of(rev, &kv));
+        // Rows come in revision order: the last one of a key is its live state.
+        if kv.lease != 0 {
+            leased.insert(kv.key, kv.lease);
+        } else {
+            leased.remove(&kv.key);
+        }
         current_rev = current_rev.max(rev.main);
     }
     let leases = txn
@@ -155,6 +165,7 @@ pub fn recover(db: &Database) -> Result<Recovered, StoreError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Recovered {
         index,
+        leased: leased.into_iter().collect(),
         current_rev,
         compact_rev,
         cluster_id: get(META_CLUSTER_ID)? as u64,
@@ -204,7 +215,6 @@ pub fn change_of(rev: Revision, kv: &PbKeyValue) -> KeyChange {
         rev,
         create_revision: kv.create_revision,
         version: kv.version,
-        lease: kv.lease,
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use super::apply::Applier;
 use super::backend::{self, KV, LEASE, META};
 use super::fanout::Fanout;
-use super::key_index::{KeyRange, TreeIndex};
+use super::key_index::TreeIndex;
 use super::range::{self, resolve_revision};
 use super::revision::Revision;
 use super::watchable::{ChangeBatch, Event};
@@ -153,15 +153,9 @@ impl MvccStore {
         let recovered = backend::recover(&db)?;
         let mut lessor =
             Lessor::restore(recovered.leases.iter().copied(), std::time::Instant::now());
-        let all = KeyRange::new(&[0], &[0]);
-        recovered
-            .index
-            .visit(&all, recovered.current_rev, |key, change| {
-                if change.lease != 0 {
-                    lessor.attach(change.lease, key);
-                }
-                true
-            });
+        for (key, lease) in &recovered.leased {
+            lessor.attach(*lease, key);
+        }
         let shared = Arc::new(Shared {
             db: RwLock::new(db),
             db_path: data_dir.join(backend::DB_FILE),
