@@ -231,11 +231,19 @@ mod tests {
         assert_eq!(lessor.lease_of(b"k"), 2);
         assert_eq!(lessor.keys(1), Some(vec![]), "moved off its old lease");
         lessor.detach(1, b"k");
-        assert_eq!(lessor.lease_of(b"k"), 2, "detaching another lease changes nothing");
+        assert_eq!(
+            lessor.lease_of(b"k"),
+            2,
+            "detaching another lease changes nothing"
+        );
         lessor.detach(2, b"k");
         assert_eq!(lessor.lease_of(b"k"), 0);
         lessor.attach(3, b"k");
-        assert_eq!(lessor.lease_of(b"k"), 0, "an unknown lease attaches nothing");
+        assert_eq!(
+            lessor.lease_of(b"k"),
+            0,
+            "an unknown lease attaches nothing"
+        );
         lessor.attach(1, b"k");
         lessor.remove(1);
         assert_eq!(lessor.lease_of(b"k"), 0);
