@@ -1151,10 +1151,11 @@ async fn an_operator_killed_mid_rolling_change_is_finished_by_the_next() -> anyh
     op.operator.kill9();
     // Whatever step the killed operator was in, also the widest window for certain: a member
     // stopped for its restart that the dead operator never started again.
+    let keys = ferry_operator::Keys::new(ferry_operator::DEFAULT_PREFIX);
     let mut store = etcd_client::Client::connect([op.store.endpoint()], None).await?;
     let records = store
         .get(
-            "/ferry/operator/members/main/",
+            keys.members("main"),
             Some(etcd_client::GetOptions::new().with_prefix()),
         )
         .await?;
@@ -1170,7 +1171,7 @@ async fn an_operator_killed_mid_rolling_change_is_finished_by_the_next() -> anyh
     stopped.restarting = true;
     store
         .put(
-            format!("/ferry/operator/members/main/{}", stopped.name),
+            keys.member("main", &stopped.name),
             serde_json::to_vec(&stopped)?,
             None,
         )

@@ -1050,19 +1050,27 @@ impl Reconciler {
         record.restarting = true;
         self.save(cluster, &record).await?;
         self.stop(spec, &record);
-        self.start(spec, &record, &[], "existing")?;
-        record.config = wanted;
-        record.restarting = false;
-        self.save(cluster, &record).await?;
-        self.unhealthy_since.lock().remove(&record.name);
+        let name = self.start_on_spec(spec, record).await?;
         self.event(
             cluster,
-            format!(
-                "rolling change: restarted {} with the spec's binary and flags",
-                record.name
-            ),
+            format!("rolling change: restarted {name} with the spec's binary and flags"),
         );
-        Ok(Some(format!("rolling change: restarted {}", record.name)))
+        Ok(Some(format!("rolling change: restarted {name}")))
+    }
+
+    /// Starts a stopped voter on its data with the spec's binary and flags, and records
+    /// that it runs them (the restart finished); returns its name.
+    async fn start_on_spec(
+        &self,
+        spec: &ClusterSpec,
+        mut record: MemberRecord,
+    ) -> Result<String, ReconcileError> {
+        self.start(spec, &record, &[], "existing")?;
+        record.config = spec.member_config();
+        record.restarting = false;
+        self.save(&spec.name, &record).await?;
+        self.unhealthy_since.lock().remove(&record.name);
+        Ok(record.name)
     }
 
     /// Starts a voter that a rolling change stopped and an operator that died did not start
@@ -1080,20 +1088,12 @@ impl Reconciler {
         }) else {
             return Ok(None);
         };
-        let mut record = stopped.record.clone();
-        self.start(spec, &record, &[], "existing")?;
-        record.config = spec.member_config();
-        record.restarting = false;
-        self.save(&spec.name, &record).await?;
-        self.unhealthy_since.lock().remove(&record.name);
+        let name = self.start_on_spec(spec, stopped.record.clone()).await?;
         self.event(
             &spec.name,
-            format!(
-                "rolling change: started {}, which an interrupted restart left stopped",
-                record.name
-            ),
+            format!("rolling change: started {name}, which an interrupted restart left stopped"),
         );
-        Ok(Some(format!("rolling change: restarted {}", record.name)))
+        Ok(Some(format!("rolling change: restarted {name}")))
     }
 
     /// Defragments one member whose free fraction exceeds the policy's: followers first,
