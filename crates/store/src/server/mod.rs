@@ -5,6 +5,7 @@ mod access;
 mod auth;
 mod auto_compaction;
 mod cluster;
+mod connection;
 mod election;
 mod gateway;
 mod grpc_metrics;
@@ -29,8 +30,6 @@ use etcd_client::proto::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 pub use auto_compaction::AutoCompaction;
 pub use own_runtime::start_on_own_runtime;
@@ -297,6 +296,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
         });
     }
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    const KEEPALIVE: Duration = Duration::from_secs(30);
     let grpc_counters = Arc::new(grpc_metrics::GrpcCounters::new(&ctx.metrics));
     for ((listener, addr), https) in listeners.into_iter().zip(&local_addrs).zip(secure) {
         let builder = tonic::transport::Server::builder();
@@ -339,19 +339,19 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
                 election::ElectionService::new(ctx.clone()),
             ),
         );
-        let router = builder
-            .accept_http1(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .layer(grpc_metrics::GrpcMetricsLayer(grpc_counters.clone()))
-            .add_routes(routes);
-        let mut stopped = stopped.clone();
         tracing::info!(address = %addr, tls = https, name = %config.name, "serving etcd v3 clients");
+        let mut on_stop = stopped.clone();
         let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
+            let _ = on_stop.wait_for(|s| *s).await;
         };
         let failed = |e: tonic::transport::Error| StoreError::Backend(format!("gRPC server: {e}"));
         match (https, &tls) {
             (true, Some(acceptor)) => {
+                let router = builder
+                    .accept_http1(true)
+                    .http2_keepalive_interval(Some(KEEPALIVE))
+                    .layer(grpc_metrics::GrpcMetricsLayer(grpc_counters.clone()))
+                    .add_routes(routes);
                 let incoming = tls::incoming(listener, acceptor.clone());
                 tasks.spawn(async move {
                     router
@@ -361,20 +361,14 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
                 });
             }
             _ => {
-                // Small responses (a put's header, a watch event) must leave at once: with
-                // Nagle's algorithm they wait for the client's delayed ACK, adding ~40 ms
-                // (etcd's Go server sets TCP_NODELAY too).
-                let incoming = TcpListenerStream::new(listener).map(|conn| {
-                    conn.and_then(|stream| {
-                        stream.set_nodelay(true)?;
-                        Ok(stream)
-                    })
-                });
+                drop(builder);
+                let service = tower::ServiceBuilder::new()
+                    .layer(grpc_metrics::GrpcMetricsLayer(grpc_counters.clone()))
+                    .service(routes.prepare());
+                let stopped = stopped.clone();
                 tasks.spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(incoming, shutdown)
-                        .await
-                        .map_err(failed)
+                    connection::accept(listener, service, KEEPALIVE, stopped).await;
+                    Ok(())
                 });
             }
         }

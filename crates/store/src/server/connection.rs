@@ -1,0 +1,166 @@
+//! Serving plain-TCP client connections, with the responses a batch answers written together.
+//!
+//! hyper runs each HTTP/2 stream's handler as a task, and a connection's task writes what its
+//! streams have ready. tokio runs a task woken by the task it is running next (its LIFO
+//! slot), so when a batch of writes was answered, each handler's response woke its
+//! connection, which wrote and flushed that one response: about one `writev` (and one TCP
+//! segment, paid on both sides of loopback) per response, although a batch answers several
+//! requests of each connection at once (docs/BENCHMARKS.md, issue 22).
+//!
+//! Here a connection with more than one request in progress, once woken, first yields to
+//! every task already runnable (`tokio::task::yield_now` runs it again once the worker has
+//! nothing else to do, or at its next periodic I/O poll), so the handlers answered by the
+//! same batch have all queued their responses when it writes. A connection with one request
+//! in progress at most (a lone client) is never held back.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+/// What every connection serves: the gRPC routes and etcd's HTTP endpoints.
+pub(super) trait ClientService:
+    tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ClientService for S where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// Accepts clients on `listener` until `stopped`, then waits for their connections to close
+/// (each is asked to, gracefully). Dropping this future closes every connection at once.
+pub(super) async fn accept(
+    listener: TcpListener,
+    service: impl ClientService,
+    keepalive: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    let each = stopped.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Small responses (a put's header, a watch event) must leave at once: with
+                    // Nagle's algorithm they wait for the client's delayed ACK, adding ~40 ms
+                    // (etcd's Go server sets TCP_NODELAY too).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "setting TCP_NODELAY on a client connection");
+                    }
+                    connections.spawn(serve(stream, service.clone(), keepalive, each.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors, most likely: try again shortly rather than spin.
+                    tracing::warn!(error = %e, "accepting a client connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = until_stopped(&mut stopped) => break,
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Serves `stream` until the client closes it, or gracefully once `stopped`.
+async fn serve(
+    stream: TcpStream,
+    service: impl ClientService,
+    keepalive: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let in_progress = Arc::new(AtomicUsize::new(0));
+    let counted = {
+        let in_progress = in_progress.clone();
+        service
+            .map_request(|r: http::Request<hyper::body::Incoming>| r.map(tonic::body::Body::new))
+            .map_future(move |response| {
+                let started = InProgress::start(&in_progress);
+                async move {
+                    let _started = started;
+                    response.await
+                }
+            })
+    };
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(keepalive));
+    builder.http1().timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(counted));
+    tokio::pin!(conn);
+    let stop = until_stopped(&mut stopped);
+    tokio::pin!(stop);
+    let mut stopping = false;
+    let mut yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    let result = std::future::poll_fn(|cx| {
+        if !stopping && stop.as_mut().poll(cx).is_ready() {
+            stopping = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        if let Some(turn) = yielding.as_mut() {
+            if turn.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            yielding = None;
+        }
+        let polled = conn.as_mut().poll(cx);
+        if polled.is_pending() && in_progress.load(Ordering::Relaxed) > 1 {
+            yielding = Some(Box::pin(tokio::task::yield_now()));
+        }
+        polled
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended");
+    }
+}
+
+/// One request of a connection between its arrival and its response's headers.
+struct InProgress(Arc<AtomicUsize>);
+
+impl InProgress {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Returns once the store is stopping (or its stop signal is gone).
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
