@@ -17,47 +17,25 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::grpc_metrics::GrpcMetrics;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tower::ServiceExt;
 
-/// What every connection serves: the gRPC routes and etcd's HTTP endpoints.
-pub(super) trait ClientService:
-    tower::Service<
-        http::Request<tonic::body::Body>,
-        Response = http::Response<tonic::body::Body>,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> ClientService for S where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
-{
-}
+/// What every connection serves: the gRPC routes and etcd's HTTP endpoints, counted.
+pub(super) type ClientService = GrpcMetrics<tonic::service::Routes>;
 
 /// Accepts clients on `listener` until `stopped`, then waits for their connections to close
 /// (each is asked to, gracefully). Dropping this future closes every connection at once.
 pub(super) async fn accept(
     listener: TcpListener,
-    service: impl ClientService,
+    service: ClientService,
     keepalive: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -92,22 +70,14 @@ pub(super) async fn accept(
 /// Serves `stream` until the client closes it, or gracefully once `stopped`.
 async fn serve(
     stream: TcpStream,
-    service: impl ClientService,
+    service: ClientService,
     keepalive: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
     let in_progress = Arc::new(AtomicUsize::new(0));
-    let counted = {
-        let in_progress = in_progress.clone();
-        service
-            .map_request(|r: http::Request<hyper::body::Incoming>| r.map(tonic::body::Body::new))
-            .map_future(move |response| {
-                let started = InProgress::start(&in_progress);
-                async move {
-                    let _started = started;
-                    response.await
-                }
-            })
+    let counted = Counted {
+        service,
+        in_progress: in_progress.clone(),
     };
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -144,15 +114,37 @@ async fn serve(
     }
 }
 
-/// One request of a connection between its arrival and its response's headers.
-struct InProgress(Arc<AtomicUsize>);
+/// The connection's service, counting its requests in progress: from arrival to the
+/// response's headers.
+#[derive(Clone)]
+struct Counted {
+    service: ClientService,
+    in_progress: Arc<AtomicUsize>,
+}
 
-impl InProgress {
-    fn start(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count.clone())
+impl tower::Service<http::Request<hyper::body::Incoming>> for Counted {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.service, cx)
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
+        let started = InProgress(self.in_progress.clone());
+        let response = self.service.call(request.map(tonic::body::Body::new));
+        Box::pin(async move {
+            let _started = started;
+            response.await
+        })
     }
 }
+
+/// One request in progress; dropped when its response's headers are ready (or it is
+/// abandoned).
+struct InProgress(Arc<AtomicUsize>);
 
 impl Drop for InProgress {
     fn drop(&mut self) {

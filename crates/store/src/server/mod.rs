@@ -299,7 +299,6 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
     const KEEPALIVE: Duration = Duration::from_secs(30);
     let grpc_counters = Arc::new(grpc_metrics::GrpcCounters::new(&ctx.metrics));
     for ((listener, addr), https) in listeners.into_iter().zip(&local_addrs).zip(secure) {
-        let builder = tonic::transport::Server::builder();
         // etcd's HTTP endpoints and JSON gateway share the port with gRPC (HTTP/1.1 and
         // HTTP/2).
         let routes = tonic::service::Routes::from(
@@ -347,7 +346,7 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
         let failed = |e: tonic::transport::Error| StoreError::Backend(format!("gRPC server: {e}"));
         match (https, &tls) {
             (true, Some(acceptor)) => {
-                let router = builder
+                let router = tonic::transport::Server::builder()
                     .accept_http1(true)
                     .http2_keepalive_interval(Some(KEEPALIVE))
                     .layer(grpc_metrics::GrpcMetricsLayer(grpc_counters.clone()))
@@ -361,7 +360,6 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
                 });
             }
             _ => {
-                drop(builder);
                 let service = tower::ServiceBuilder::new()
                     .layer(grpc_metrics::GrpcMetricsLayer(grpc_counters.clone()))
                     .service(routes.prepare());
