@@ -16,7 +16,10 @@ use ferry_render::{install, render_text, KvSnapshot, Outcome, RenderOptions, Tem
 use ferry_runtime::{Event, Informer};
 
 use crate::blame::{self, RenderSet};
-use crate::{admission, AgentConfig, AgentMetrics, QUIET, SETTLE_MAX, TARGET_DELETED_SETTLE};
+use crate::{
+    admission, view, AgentConfig, AgentMetrics, QUIET, SETTLE_MAX, TARGET_DELETED_SETTLE,
+    VIEW_READ_TIMEOUT, VIEW_RETRY,
+};
 
 /// Everything one agent's render-check-report cycle needs.
 pub(crate) struct Applier {
@@ -38,6 +41,9 @@ pub(crate) struct Applier {
     pub(crate) last_good: HashMap<String, Arc<PublishedConfig>>,
     /// The nginx template as last parsed (re-parsed only when its file changes).
     pub(crate) template: Arc<parking_lot::Mutex<TemplateCache>>,
+    /// The targets cache's revision when a target deletion was last seen: the
+    /// configurations rendered must be at least this recent (see `view`).
+    pub(crate) targets_deleted_at: i64,
 }
 
 /// The agent's nginx.conf from a set of configurations (and the agent's own keys and the
@@ -86,48 +92,52 @@ impl Applier {
         let mut config_events = self.configs.subscribe();
         let mut wave_events = self.wave_targets.subscribe();
         let mut service_events = self.services.subscribe();
+        // Set while the last render could not know the configurations (see `view`).
+        let mut retry: Option<tokio::time::Instant> = None;
         loop {
             // Whatever changed, render everything once the burst is over.
-            let target_deleted = tokio::select! {
+            let mut target_deleted = tokio::select! {
                 Some(_) = config_events.recv() => false,
                 Some(e) = wave_events.recv() => matches!(e, Event::Deleted(_)),
                 Some(_) = service_events.recv() => false,
+                _ = sleep_until_some(retry), if retry.is_some() => false,
                 else => return,
             };
             let started = tokio::time::Instant::now();
             let settled = started + SETTLE_MAX;
             let target_floor = started + TARGET_DELETED_SETTLE;
-            let mut floor = if target_deleted {
-                target_floor
-            } else {
-                started
-            };
             loop {
+                let floor = if target_deleted { target_floor } else { started };
                 let quiet = (tokio::time::Instant::now() + QUIET)
                     .max(floor)
                     .min(settled);
                 tokio::select! {
                     Some(_) = config_events.recv() => {}
                     Some(e) = wave_events.recv() => {
-                        if matches!(e, Event::Deleted(_)) {
-                            floor = target_floor;
-                        }
+                        target_deleted |= matches!(e, Event::Deleted(_));
                     }
                     Some(_) = service_events.recv() => {}
                     _ = tokio::time::sleep_until(quiet) => break,
                 }
             }
             // What arrived meanwhile is in the caches this render reads.
-            while config_events.try_recv().is_ok()
-                || wave_events.try_recv().is_ok()
-                || service_events.try_recv().is_ok()
-            {}
-            self.apply().await;
+            while config_events.try_recv().is_ok() || service_events.try_recv().is_ok() {}
+            while let Ok(e) = wave_events.try_recv() {
+                target_deleted |= matches!(e, Event::Deleted(_));
+            }
+            if target_deleted {
+                self.targets_deleted_at = self.wave_targets.cache().revision();
+            }
+            retry = match self.apply().await {
+                Rendered::Done => None,
+                Rendered::Postponed => Some(tokio::time::Instant::now() + VIEW_RETRY),
+            };
         }
     }
 
-    /// One render of everything admitted, then the status of each configuration.
-    async fn apply(&mut self) {
+    /// One render of everything admitted, then the status of each configuration; postponed,
+    /// with nothing changed, while the configurations at the targets' revision are unknown.
+    async fn apply(&mut self) -> Rendered {
         let Self {
             client,
             config,
@@ -141,15 +151,26 @@ impl Applier {
             warned,
             last_good,
             template,
+            targets_deleted_at,
         } = self;
+        let (environment, revision) = match view::configurations_at(
+            client,
+            &keys.configs(&config.env),
+            &configs.cache(),
+            *targets_deleted_at,
+            VIEW_READ_TIMEOUT,
+        )
+        .await
+        {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!(agent = %config.name, error = %e, retry_in = ?VIEW_RETRY, "the configurations after a wave target's deletion are unknown; keeping what is installed");
+                return Rendered::Postponed;
+            }
+        };
         // A wave target replaces the environment's version of the same configuration.
         let mut effective: BTreeMap<String, _> = BTreeMap::new();
-        for object in configs
-            .cache()
-            .list()
-            .into_iter()
-            .chain(wave_targets.cache().list())
-        {
+        for object in environment.into_iter().chain(wave_targets.cache().list()) {
             let id = object
                 .key
                 .rsplit('/')
@@ -199,7 +220,7 @@ impl Applier {
         );
         let renderer = NginxRender {
             base,
-            revision: configs.cache().revision(),
+            revision,
             templates: templates.clone(),
             resource: nginx::template_resource(
                 config.nginx_prefix.join("conf/nginx.conf"),
@@ -292,5 +313,22 @@ impl Applier {
             .chain(admission.refused.iter().map(|r| r.id.as_str()))
             .collect();
         reported.retain(|id, _| live.contains(id.as_str()));
+        Rendered::Done
+    }
+}
+
+/// What became of one render.
+enum Rendered {
+    /// Rendered (installed or refused) and reported.
+    Done,
+    /// Nothing changed: to be tried again after `VIEW_RETRY`.
+    Postponed,
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

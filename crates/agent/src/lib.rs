@@ -12,6 +12,7 @@ pub mod admission;
 mod apply;
 mod blame;
 mod metrics;
+pub mod view;
 
 pub use metrics::AgentMetrics;
 
@@ -34,10 +35,18 @@ const QUIET: Duration = Duration::from_millis(2);
 
 /// How long a burst that deletes a wave target settles at least. A rollout in waves
 /// completes in one transaction that sets the environment's version and deletes the
-/// targets, but the two arrive on different watch streams: rendering on the deletion alone
-/// would drop the configuration (or serve its previous version) until the environment's
-/// key arrives. A rollback deletes targets alone and waits this long too.
+/// targets, but the two arrive on different watch streams; when the environment's key has
+/// not arrived by the render, the agent reads it from the store (`view`), so this wait only
+/// saves that read in the usual case. A rollback deletes targets alone and waits this long
+/// too.
 const TARGET_DELETED_SETTLE: Duration = Duration::from_millis(10);
+
+/// How long the read of the configurations after a target deletion may take before the
+/// agent keeps what is installed and tries again.
+const VIEW_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How soon a render that could not know the environment's configurations is tried again.
+const VIEW_RETRY: Duration = Duration::from_millis(500);
 
 /// The longest a render waits for changes to stop (consul-template's `wait` maximum): a
 /// stream of changes that never pauses is still rendered this often.
@@ -235,6 +244,7 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
             reported: HashMap::new(),
             warned: Default::default(),
             last_good: HashMap::new(),
+            targets_deleted_at: 0,
             // The agent wrote the template file above and nothing changes it while it runs.
             template: Arc::new(parking_lot::Mutex::new(
                 ferry_render::TemplateCache::pinned(),

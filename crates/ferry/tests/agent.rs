@@ -17,6 +17,7 @@ against_both!(&["--bcrypt-cost", "4"];
     agent_applies_reports_and_refuses_bad_configurations,
     agent_serves_tls_virtual_hosts_through_nginx,
     an_agent_signed_in_as_another_environments_user_stops_with_the_reason,
+    configurations_are_read_from_the_store_when_the_cache_is_behind_a_target_deletion,
 );
 
 struct Killer(Child);
@@ -480,5 +481,66 @@ async fn an_agent_signed_in_as_another_environments_user_stops_with_the_reason(
         stderr.contains("refuses reading its environment's configurations (/ingress/ingress_config/prod/): etcdserver: permission denied"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// The agent's configurations cache may lag its wave targets (two watch streams, possibly on
+/// different members): once a target deletion at revision R is seen, a cache that has not
+/// seen R is not rendered from (it may hold the version from before the rollout); the
+/// store is read instead, and a store that does not answer gives an error (the agent then
+/// keeps what is installed), never the stale cache.
+async fn configurations_are_read_from_the_store_when_the_cache_is_behind_a_target_deletion(
+    server: &Server,
+) -> anyhow::Result<()> {
+    use ferry_agent::view::{configurations_at, ViewError};
+    use ferry_runtime::{Cache, Object};
+    let mut client = server.client().await?;
+    let prefix = Keys::default().configs("prod");
+    let key = format!("{prefix}shop");
+    let first = client.put(key.as_str(), r#"{"version":1}"#, None).await?;
+    let stale: Cache<serde_json::Value> = Cache::new();
+    stale.upsert(Object {
+        key: key.clone(),
+        value: std::sync::Arc::new(serde_json::json!({"version": 1})),
+        mod_revision: first.header().map_or(0, |h| h.revision()),
+        create_revision: 0,
+    });
+    client.put(format!("{prefix}junk"), "not json", None).await?;
+    let second = client.put(key.as_str(), r#"{"version":2}"#, None).await?;
+    let deleted_at = second.header().map_or(0, |h| h.revision());
+    let version = |objects: &[Object<serde_json::Value>]| -> Vec<(String, i64)> {
+        objects
+            .iter()
+            .map(|o| (o.key.clone(), o.value["version"].as_i64().unwrap_or(-1)))
+            .collect()
+    };
+    // Nothing deleted yet: the cache serves, whatever it holds.
+    let (objects, revision) =
+        configurations_at(&client, &prefix, &stale, 0, Duration::from_secs(5)).await?;
+    assert_eq!(version(&objects), [(key.clone(), 1)]);
+    assert_eq!(revision, 0);
+    // Behind a deletion: the store's configurations, never the cache's, without the value
+    // that is not JSON (as the informer leaves it out).
+    let (objects, revision) =
+        configurations_at(&client, &prefix, &stale, deleted_at, Duration::from_secs(5)).await?;
+    assert_eq!(version(&objects), [(key.clone(), 2)]);
+    assert!(revision >= deleted_at, "{revision} < {deleted_at}");
+    // A store that does not answer: an error naming the prefix, not the stale cache.
+    server.pause()?;
+    let paused = configurations_at(
+        &client,
+        &prefix,
+        &stale,
+        deleted_at,
+        Duration::from_millis(300),
+    )
+    .await;
+    server.resume()?;
+    match paused {
+        Err(e @ ViewError::TimedOut { .. }) => {
+            assert!(e.to_string().contains(&prefix), "{e}")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
     Ok(())
 }
