@@ -107,7 +107,11 @@ impl Applier {
             let settled = started + SETTLE_MAX;
             let target_floor = started + TARGET_DELETED_SETTLE;
             loop {
-                let floor = if target_deleted { target_floor } else { started };
+                let floor = if target_deleted {
+                    target_floor
+                } else {
+                    started
+                };
                 let quiet = (tokio::time::Instant::now() + QUIET)
                     .max(floor)
                     .min(settled);

@@ -505,7 +505,9 @@ async fn configurations_are_read_from_the_store_when_the_cache_is_behind_a_targe
         mod_revision: first.header().map_or(0, |h| h.revision()),
         create_revision: 0,
     });
-    client.put(format!("{prefix}junk"), "not json", None).await?;
+    client
+        .put(format!("{prefix}junk"), "not json", None)
+        .await?;
     let second = client.put(key.as_str(), r#"{"version":2}"#, None).await?;
     let deleted_at = second.header().map_or(0, |h| h.revision());
     let version = |objects: &[Object<serde_json::Value>]| -> Vec<(String, i64)> {
