@@ -1,4 +1,5 @@
-//! Serving plain-TCP client connections, with the responses a batch answers written together.
+//! Serving client connections (plain TCP or TLS), with the responses a batch answers written
+//! together.
 //!
 //! hyper runs each HTTP/2 stream's handler as a task, and a connection's task writes what its
 //! streams have ready. tokio runs a task woken by the task it is running next (its LIFO
@@ -21,20 +22,29 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::grpc_metrics::GrpcMetrics;
+use futures::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::server::Connected;
+
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection serves: the gRPC routes and etcd's HTTP endpoints, counted.
 pub(super) type ClientService = GrpcMetrics<tonic::service::Routes>;
 
-/// Accepts clients on `listener` until `stopped`, then waits for their connections to close
-/// (each is asked to, gracefully). Dropping this future closes every connection at once.
+/// Accepts clients on `listener` (over TLS with `tls`) until `stopped`, then waits for their
+/// connections to close (each is asked to, gracefully). Dropping this future closes every
+/// connection at once.
 pub(super) async fn accept(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     service: ClientService,
     keepalive: Duration,
     mut stopped: watch::Receiver<bool>,
@@ -51,7 +61,16 @@ pub(super) async fn accept(
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "setting TCP_NODELAY on a client connection");
                     }
-                    connections.spawn(serve(stream, service.clone(), keepalive, each.clone()));
+                    let (service, stopped) = (service.clone(), each.clone());
+                    connections.spawn(match tls.clone() {
+                        None => {
+                            let info = stream.connect_info();
+                            serve(stream, info, service, keepalive, stopped).boxed()
+                        }
+                        Some(acceptor) => {
+                            serve_tls(stream, acceptor, service, keepalive, stopped).boxed()
+                        }
+                    });
                 }
                 Err(e) => {
                     // Out of descriptors, most likely: try again shortly rather than spin.
@@ -67,16 +86,43 @@ pub(super) async fn accept(
     while connections.join_next().await.is_some() {}
 }
 
-/// Serves `stream` until the client closes it, or gracefully once `stopped`.
-async fn serve(
+/// Completes the TLS handshake (on this connection's own task, so a slow or silent client
+/// holds up no one), then serves it with its peer's certificates for authentication.
+async fn serve_tls(
     stream: TcpStream,
+    acceptor: TlsAcceptor,
+    service: ClientService,
+    keepalive: Duration,
+    stopped: watch::Receiver<bool>,
+) {
+    let peer = stream.peer_addr().ok();
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let info = tls.connect_info();
+            serve(tls, info, service, keepalive, stopped).await
+        }
+        Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake refused"),
+        Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serves `stream` until the client closes it, or gracefully once `stopped`; every request
+/// carries `info` (the peer's address, and its certificates over TLS) as tonic's own server
+/// would give it.
+async fn serve<S, I>(
+    stream: S,
+    info: I,
     service: ClientService,
     keepalive: Duration,
     mut stopped: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: Clone + Send + Sync + 'static,
+{
     let in_progress = Arc::new(AtomicUsize::new(0));
     let counted = Counted {
         service,
+        info,
         in_progress: in_progress.clone(),
     };
     let mut builder = Builder::new(TokioExecutor::new());
@@ -114,15 +160,18 @@ async fn serve(
     }
 }
 
-/// The connection's service, counting its requests in progress: from arrival to the
-/// response's headers.
+/// The connection's service, counting its requests in progress (from arrival to the
+/// response's headers) and giving each the connection's `info`.
 #[derive(Clone)]
-struct Counted {
+struct Counted<I> {
     service: ClientService,
+    info: I,
     in_progress: Arc<AtomicUsize>,
 }
 
-impl tower::Service<http::Request<hyper::body::Incoming>> for Counted {
+impl<I: Clone + Send + Sync + 'static> tower::Service<http::Request<hyper::body::Incoming>>
+    for Counted<I>
+{
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
@@ -131,7 +180,8 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Counted {
         tower::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.service, cx)
     }
 
-    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.info.clone());
         self.in_progress.fetch_add(1, Ordering::Relaxed);
         let started = InProgress(self.in_progress.clone());
         let response = self.service.call(request.map(tonic::body::Body::new));

@@ -339,37 +339,15 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
             ),
         );
         tracing::info!(address = %addr, tls = https, name = %config.name, "serving etcd v3 clients");
-        let mut on_stop = stopped.clone();
-        let shutdown = async move {
-            let _ = on_stop.wait_for(|s| *s).await;
-        };
-        let failed = |e: tonic::transport::Error| StoreError::Backend(format!("gRPC server: {e}"));
-        match (https, &tls) {
-            (true, Some(acceptor)) => {
-                let router = tonic::transport::Server::builder()
-                    .accept_http1(true)
-                    .http2_keepalive_interval(Some(KEEPALIVE))
-                    .layer(grpc_metrics::GrpcMetricsLayer(grpc_counters.clone()))
-                    .add_routes(routes);
-                let incoming = tls::incoming(listener, acceptor.clone());
-                tasks.spawn(async move {
-                    router
-                        .serve_with_incoming_shutdown(incoming, shutdown)
-                        .await
-                        .map_err(failed)
-                });
-            }
-            _ => {
-                let service = tower::ServiceBuilder::new()
-                    .layer(grpc_metrics::GrpcMetricsLayer(grpc_counters.clone()))
-                    .service(routes.prepare());
-                let stopped = stopped.clone();
-                tasks.spawn(async move {
-                    connection::accept(listener, service, KEEPALIVE, stopped).await;
-                    Ok(())
-                });
-            }
-        }
+        let service = tower::ServiceBuilder::new()
+            .layer(grpc_metrics::GrpcMetricsLayer(grpc_counters.clone()))
+            .service(routes.prepare());
+        let acceptor = if https { tls.clone() } else { None };
+        let stopped = stopped.clone();
+        tasks.spawn(async move {
+            connection::accept(listener, acceptor, service, KEEPALIVE, stopped).await;
+            Ok(())
+        });
     }
     let mut metrics_addrs = Vec::new();
     for url in &config.listen_metrics_urls {
