@@ -118,6 +118,43 @@ async fn sigterm_stops_cleanly_and_data_is_kept() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client that connected and says nothing (no HTTP/2 preface, no TLS handshake) does not
+/// hold up a store told to stop: a handshake left waiting cost the whole 2 s shutdown grace
+/// (meant for requests in flight) before the store closed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_for_silent_clients() -> anyhow::Result<()> {
+    let certs = common::certs::Certs::generate()?;
+    let cert = certs.server_cert.display().to_string();
+    let key = certs.server_key.display().to_string();
+    let tls_flags = ["--cert-file", cert.as_str(), "--key-file", key.as_str()];
+    let plain = start(Kind::Ferry, &[]).await?;
+    let tls = Server::start_tls(Kind::Ferry, ferry_bin(), &tls_flags, certs.client()).await?;
+    for mut server in [plain, tls] {
+        let endpoint = server.endpoint();
+        let address = endpoint
+            .rsplit("://")
+            .next()
+            .unwrap_or(endpoint.as_str())
+            .to_string();
+        let silent: Vec<std::net::TcpStream> = (0..3)
+            .map(|_| std::net::TcpStream::connect(&address))
+            .collect::<Result<_, _>>()?;
+        // The store serves others meanwhile.
+        server.client().await?.put("k", "v", None).await?;
+        let asked = Instant::now();
+        let status = server.terminate()?;
+        assert!(status.success(), "{endpoint}: exit status {status}");
+        assert!(
+            asked.elapsed() < Duration::from_millis(1500),
+            "{endpoint}: the store took {:?} to stop with silent clients connected (the \
+             shutdown grace is 2 s)",
+            asked.elapsed()
+        );
+        drop(silent);
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_restores_into_a_new_store() -> anyhow::Result<()> {
     let server = start(Kind::Ferry, &[]).await?;

@@ -93,10 +93,16 @@ async fn serve_tls(
     acceptor: TlsAcceptor,
     service: ClientService,
     keepalive: Duration,
-    stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
 ) {
     let peer = stream.peer_addr().ok();
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    // A store that stops does not wait for a handshake to finish.
+    let accepted = tokio::select! {
+        accepted = handshake => accepted,
+        () = until_stopped(&mut stopped) => return,
+    };
+    match accepted {
         Ok(Ok(tls)) => {
             let info = tls.connect_info();
             serve(tls, info, service, keepalive, stopped).await
