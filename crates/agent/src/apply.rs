@@ -89,6 +89,10 @@ impl Applier {
         self.configs.wait_for_sync().await;
         self.wave_targets.wait_for_sync().await;
         self.services.wait_for_sync().await;
+        // The two lists were taken at different revisions: a rollout completed between them
+        // would show neither its target nor its new version, so the first render reads the
+        // configurations at least as recent as the targets' list.
+        self.targets_deleted_at = self.wave_targets.cache().revision();
         let mut config_events = self.configs.subscribe();
         let mut wave_events = self.wave_targets.subscribe();
         let mut service_events = self.services.subscribe();
