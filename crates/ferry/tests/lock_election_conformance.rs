@@ -14,6 +14,7 @@ against_both!(&[];
     a_lock_whose_lease_expires_goes_to_the_next_waiter,
     a_waiter_that_gives_up_leaves_the_queue,
     a_lock_on_a_missing_lease_is_refused,
+    a_lock_past_its_deadline_is_answered_deadline_exceeded_and_withdrawn,
     campaign_proclaim_observe_and_resign,
     campaigning_without_a_lease_gets_one,
 );
@@ -228,4 +229,97 @@ async fn campaigning_without_a_lease_gets_one(server: &Server) -> anyhow::Result
     let ttl = c.lease_time_to_live(leader.lease(), None).await?;
     assert!(ttl.ttl() > 0 && ttl.ttl() <= 60, "ttl {}", ttl.ttl());
     Ok(())
+}
+
+/// A gRPC call's `grpc-timeout` is kept by the server, as etcd's Go server keeps the
+/// client's deadline: a lock still waiting when it passes is answered as etcd 3.4 answers it
+/// (UNKNOWN, "context deadline exceeded": etcd returns the context's error unmapped, and its
+/// gRPC server sends such an error as UNKNOWN) and its waiter withdrawn. Sent over a bare HTTP/2 connection, so that no client library
+/// enforces the deadline itself.
+async fn a_lock_past_its_deadline_is_answered_deadline_exceeded_and_withdrawn(
+    server: &Server,
+) -> anyhow::Result<()> {
+    let mut c = server.client().await?;
+    let holder = lease(&mut c, 60).await?;
+    let waiter = lease(&mut c, 60).await?;
+    c.lock("d", Some(LockOptions::new().with_lease(holder)))
+        .await?;
+    // LockRequest { name: "d", lease: waiter } in a gRPC frame.
+    let mut message = vec![0x0a, 1, b'd', 0x10];
+    let mut v = waiter as u64;
+    while v >= 0x80 {
+        message.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    message.push(v as u8);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let address = server.endpoint().trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&address).await?;
+    let (send, connection) = h2::client::handshake(tcp).await?;
+    let driver = tokio::spawn(connection);
+    let mut send = send.ready().await?;
+    let request = http::Request::post(format!("http://{address}/v3lockpb.Lock/Lock"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(())?;
+    let (response, mut body) = send.send_request(request, false)?;
+    body.send_data(bytes::Bytes::from(frame), true)?;
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer long after the deadline"))??;
+    let (head, mut stream) = response.into_parts();
+    let mut ending = head.headers.clone();
+    if !ending.contains_key("grpc-status") {
+        while let Some(data) = stream.data().await {
+            data?;
+        }
+        ending = stream.trailers().await?.unwrap_or_default();
+    }
+    let field = |name: &str| ending.get(name).map(|v| percent_decoded(v.as_bytes()));
+    assert_eq!(
+        (field("grpc-status"), field("grpc-message")),
+        (
+            Some("2".to_string()),
+            Some("context deadline exceeded".to_string())
+        ),
+        "{head:?} {ending:?}"
+    );
+    driver.abort();
+    // The waiter withdrew: the holder's key alone is under the lock's prefix.
+    let waiter_key = format!("d/{waiter:x}");
+    let until = tokio::time::Instant::now() + WAIT;
+    while c.get(waiter_key.as_str(), None).await?.count() > 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < until,
+            "the waiter past its deadline kept its key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A `grpc-message` as gRPC percent-encodes it (tonic encodes spaces, Go does not).
+fn percent_decoded(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (raw[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -190,12 +190,50 @@ impl<I: Clone + Send + Sync + 'static> tower::Service<http::Request<hyper::body:
         request.extensions_mut().insert(self.info.clone());
         self.in_progress.fetch_add(1, Ordering::Relaxed);
         let started = InProgress(self.in_progress.clone());
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| grpc_timeout(v.as_bytes()));
         let response = self.service.call(request.map(tonic::body::Body::new));
         Box::pin(async move {
             let _started = started;
-            response.await
+            let Some(deadline) = deadline else {
+                return response.await;
+            };
+            // The client's deadline, as etcd's gRPC server keeps it: the handler is dropped
+            // (a lock waiter withdraws) and the client told why.
+            match tokio::time::timeout(deadline, response).await {
+                Ok(answered) => answered,
+                Err(_) => Ok(deadline_passed().into_http()),
+            }
         })
     }
+}
+
+/// What etcd 3.4 answers a call whose deadline passed while it waited: its handlers return
+/// the context's error unmapped ("let gRPC server convert" it), and the gRPC server it is
+/// built with sends an unmapped error as UNKNOWN with the error's text.
+fn deadline_passed() -> tonic::Status {
+    tonic::Status::unknown("context deadline exceeded")
+}
+
+/// A `grpc-timeout` header's duration: up to eight digits and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`). Anything else is ignored, as if no deadline had been sent.
+fn grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// One request in progress; dropped when its response's headers are ready (or it is
@@ -211,4 +249,39 @@ impl Drop for InProgress {
 /// Returns once the store is stopping (or its stop signal is gone).
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_are_read_as_grpc_writes_them() {
+        assert_eq!(grpc_timeout(b"300m"), Some(Duration::from_millis(300)));
+        assert_eq!(grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(b"5M"), Some(Duration::from_secs(300)));
+        assert_eq!(
+            grpc_timeout(b"99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(grpc_timeout(b"7n"), Some(Duration::from_nanos(7)));
+        for bad in [
+            &b""[..],
+            b"m",
+            b"123456789m",
+            b"-1S",
+            b"1.5S",
+            b"10x",
+            b"10",
+        ] {
+            assert_eq!(
+                grpc_timeout(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }
