@@ -14,7 +14,7 @@ against_both!(&[];
     a_lock_whose_lease_expires_goes_to_the_next_waiter,
     a_waiter_that_gives_up_leaves_the_queue,
     a_lock_on_a_missing_lease_is_refused,
-    a_lock_past_its_deadline_is_answered_deadline_exceeded_and_withdrawn,
+    a_lock_past_its_deadline_is_answered_as_etcd_does_and_withdrawn,
     campaign_proclaim_observe_and_resign,
     campaigning_without_a_lease_gets_one,
 );
@@ -236,7 +236,7 @@ async fn campaigning_without_a_lease_gets_one(server: &Server) -> anyhow::Result
 /// (UNKNOWN, "context deadline exceeded": etcd returns the context's error unmapped, and its
 /// gRPC server sends such an error as UNKNOWN) and its waiter withdrawn. Sent over a bare HTTP/2 connection, so that no client library
 /// enforces the deadline itself.
-async fn a_lock_past_its_deadline_is_answered_deadline_exceeded_and_withdrawn(
+async fn a_lock_past_its_deadline_is_answered_as_etcd_does_and_withdrawn(
     server: &Server,
 ) -> anyhow::Result<()> {
     let mut c = server.client().await?;
