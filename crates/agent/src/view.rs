@@ -67,15 +67,7 @@ pub async fn configurations_at(
     let objects = response
         .kvs()
         .iter()
-        .filter_map(|kv| {
-            let value = serde_json::from_slice(kv.value()).ok()?;
-            Some(Object {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                value: std::sync::Arc::new(value),
-                mod_revision: kv.mod_revision(),
-                create_revision: kv.create_revision(),
-            })
-        })
+        .filter_map(|kv| Object::from_kv(kv).ok())
         .collect();
     Ok((objects, revision))
 }

@@ -112,13 +112,19 @@ async fn a_waiter_that_gives_up_leaves_the_queue(server: &Server) -> anyhow::Res
     .await;
     assert!(gave_up.is_err(), "the lock was not held");
     // The server withdraws the abandoned waiter's key.
-    let quitter_key = format!("q/{quitter:x}");
+    wait_gone(
+        &mut c,
+        &format!("q/{quitter:x}"),
+        "the abandoned waiter's key stayed",
+    )
+    .await
+}
+
+/// Waits (up to `WAIT`) until `key` is gone; fails with `stayed` otherwise.
+async fn wait_gone(c: &mut Client, key: &str, stayed: &str) -> anyhow::Result<()> {
     let until = tokio::time::Instant::now() + WAIT;
-    while c.get(quitter_key.as_str(), None).await?.count() > 0 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < until,
-            "the abandoned waiter's key stayed"
-        );
+    while c.get(key, None).await?.count() > 0 {
+        anyhow::ensure!(tokio::time::Instant::now() < until, "{stayed}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
@@ -288,17 +294,13 @@ async fn a_lock_past_its_deadline_is_answered_as_etcd_does_and_withdrawn(
         "{head:?} {ending:?}"
     );
     driver.abort();
-    // The waiter withdrew: the holder's key alone is under the lock's prefix.
-    let waiter_key = format!("d/{waiter:x}");
-    let until = tokio::time::Instant::now() + WAIT;
-    while c.get(waiter_key.as_str(), None).await?.count() > 0 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < until,
-            "the waiter past its deadline kept its key"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
+    // The waiter withdrew its key.
+    wait_gone(
+        &mut c,
+        &format!("d/{waiter:x}"),
+        "the waiter past its deadline kept its key",
+    )
+    .await
 }
 
 /// A `grpc-message` as gRPC percent-encodes it (tonic encodes spaces, Go does not).

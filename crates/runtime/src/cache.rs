@@ -19,6 +19,18 @@ pub struct Object<T> {
     pub create_revision: i64,
 }
 
+impl<T: serde::de::DeserializeOwned> Object<T> {
+    /// A stored key-value decoded as JSON (the key read as UTF-8, lossily).
+    pub fn from_kv(kv: &etcd_client::KeyValue) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: Arc::new(serde_json::from_slice(kv.value())?),
+            mod_revision: kv.mod_revision(),
+            create_revision: kv.create_revision(),
+        })
+    }
+}
+
 impl<T> Clone for Object<T> {
     fn clone(&self) -> Self {
         Self {

@@ -205,15 +205,10 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Informer<T> {
 }
 
 fn decode<T: DeserializeOwned>(shared: &Shared<T>, kv: &KeyValue) -> Option<Object<T>> {
-    let key = String::from_utf8_lossy(kv.key()).into_owned();
-    match serde_json::from_slice::<T>(kv.value()) {
-        Ok(value) => Some(Object {
-            key,
-            value: Arc::new(value),
-            mod_revision: kv.mod_revision(),
-            create_revision: kv.create_revision(),
-        }),
+    match Object::from_kv(kv) {
+        Ok(object) => Some(object),
         Err(e) => {
+            let key = String::from_utf8_lossy(kv.key());
             tracing::warn!(informer = %shared.name, key = %key, error = %e, "skipping a value that does not decode");
             if let Some(m) = &shared.metrics {
                 m.informer_decode_errors
