@@ -1,4 +1,4 @@
-//! Applies write requests inside the writer's backend transaction.
+//! Applies write requests: rows go to the unflushed buffer and the batch's redo record.
 //!
 //! Every check that can fail runs before the first change (as etcd's applier does), so a
 //! request either applies whole or changes nothing.
@@ -9,20 +9,20 @@ use etcd_client::proto::{
     PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
 };
 use prost::Message;
-use redb::Table;
 
-use super::backend::{change_of, load};
+use super::backend::change_of;
 use super::key_index::{KeyRange, TreeIndex};
 use super::range::{self, resolve_revision};
 use super::revision::Revision;
+use super::unflushed::{Row, WriterRows};
 use super::watchable::Event;
 use crate::error::StoreError;
 use crate::lease::Lessor;
 
 /// The state one write request is applied against.
-pub struct Applier<'a, 't> {
-    /// The backend's `kv` table inside the writer's transaction.
-    pub kv: &'a mut Table<'t, &'static [u8], &'static [u8]>,
+pub struct Applier<'a, 'd> {
+    /// Stored values: read from and written to.
+    pub rows: &'a WriterRows<'d>,
     /// The shared index; the writer is its only mutator.
     pub index: &'a parking_lot::RwLock<TreeIndex>,
     /// The store revision before this request.
@@ -37,8 +37,6 @@ pub struct Applier<'a, 't> {
     pub events: &'a mut Vec<Event>,
     /// Live leases; keys attach and detach as they are written.
     pub lessor: &'a mut Lessor,
-    /// The backend's `lease` table inside the writer's transaction.
-    pub leases: &'a mut Table<'t, i64, i64>,
     /// The batch's redo record: every row written is logged here too.
     pub redo: &'a mut crate::wal::Redo,
     /// Whether events carry the previous value of a key a put overwrites (read from the
@@ -95,11 +93,9 @@ impl Applier<'_, '_> {
     ) -> Result<(), StoreError> {
         let rev = Revision::new(kv.mod_revision, self.sub);
         self.sub += 1;
-        let (at, row) = (rev.to_bytes(), kv.encode_to_vec());
-        self.kv
-            .insert(at.as_slice(), row.as_slice())
-            .map_err(StoreError::backend)?;
-        self.redo.kv_put(&at, &row);
+        let row: Row = kv.encode_to_vec().into();
+        self.redo.kv_put(&rev.to_bytes(), &row);
+        self.rows.insert(rev, row);
         self.index.write().record(&kv.key, change_of(rev, &kv));
         self.touched.push(kv.key.clone());
         if prev_lease != 0 && prev_lease != kv.lease {
@@ -124,7 +120,7 @@ impl Applier<'_, '_> {
         // read only when the request or a watcher needs it.
         let prev = match before {
             Some(change) if req.prev_kv || req.ignore_value || self.read_prevs => {
-                Some(load(self.kv, change.rev)?)
+                Some(self.rows.load(change.rev)?)
             }
             _ => None,
         };
@@ -174,7 +170,7 @@ impl Applier<'_, '_> {
         let mut prev_kvs = Vec::with_capacity(doomed.len());
         let main = self.base + 1;
         for change in &doomed {
-            let prev = load(self.kv, change.rev)?;
+            let prev = self.rows.load(change.rev)?;
             let tombstone = PbKeyValue {
                 key: prev.key.clone(),
                 mod_revision: main,
@@ -195,7 +191,6 @@ impl Applier<'_, '_> {
     /// Grants a lease and persists it.
     pub fn grant(&mut self, id: i64, ttl: i64) -> Result<(i64, i64), StoreError> {
         let (id, ttl) = self.lessor.grant(id, ttl, std::time::Instant::now())?;
-        self.leases.insert(id, ttl).map_err(StoreError::backend)?;
         self.redo.lease_put(id, ttl);
         Ok((id, ttl))
     }
@@ -210,7 +205,6 @@ impl Applier<'_, '_> {
             })?;
         }
         self.lessor.remove(id);
-        self.leases.remove(id).map_err(StoreError::backend)?;
         self.redo.lease_del(id);
         Ok(())
     }
@@ -220,7 +214,7 @@ impl Applier<'_, '_> {
         let current = self.read_revision();
         let at = resolve_revision(req.revision, current, self.compacted)?;
         let plan = range::plan(&self.index.read(), req, at);
-        range::finish(&*self.kv, req, plan, current)
+        range::finish(req, plan, current, |rev| self.rows.load(rev))
     }
 
     /// Applies a Txn: every compare (nested ones too) is evaluated against the state before

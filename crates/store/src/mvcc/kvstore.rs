@@ -1,17 +1,19 @@
 //! The MVCC key-value store: concurrent readers, one writer at a time with group commit.
 //!
 //! Write requests queue for the writer, which one waiting request at a time runs (see
-//! `write_queue`): it applies every request waiting in the queue inside one backend
-//! transaction (one revision per request) and makes it durable with one log append and
-//! fdatasync before acknowledging any of them. Readers never wait for the writer: they read at
-//! the last published revision, which moves only after a commit is durable.
+//! `write_queue`): it applies every request waiting in the queue (one revision per request)
+//! into the unflushed rows and one redo record, and makes it durable with one log append and
+//! fdatasync before acknowledging any of them. redb receives the rows of many batches in one
+//! transaction later (a flush). Readers never wait for the writer: they read at the last
+//! published revision, which moves only after a batch is durable.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use etcd_client::proto::{
-    PbDeleteRequest, PbDeleteResponse, PbPutRequest, PbPutResponse, PbRangeRequest,
+    PbDeleteRequest, PbDeleteResponse, PbKeyValue, PbPutRequest, PbPutResponse, PbRangeRequest,
     PbRangeResponse, PbTxnRequest, PbTxnResponse,
 };
 use parking_lot::{Mutex, RwLock};
@@ -24,6 +26,7 @@ use super::fanout::Fanout;
 use super::key_index::TreeIndex;
 use super::range::{self, resolve_revision};
 use super::revision::Revision;
+use super::unflushed::{Row, Unflushed, WriterRows};
 use super::watchable::{ChangeBatch, Event};
 use super::write_queue::{BatchWriter, Queued, WriteQueue};
 use crate::error::StoreError;
@@ -38,6 +41,13 @@ const CHECKPOINT_AFTER: std::time::Duration = std::time::Duration::from_secs(30)
 /// When nothing is queued, it checkpoints this long after the last one (as etcd commits
 /// its backend every 100 ms): idle time pays for it, not a waiting client.
 const CHECKPOINT_WHEN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Redo bytes after which the writer flushes the unflushed rows into redb without waiting
+/// for a checkpoint (bounds their memory under sustained load).
+const FLUSH_BYTES: usize = 1024 * 1024;
+/// Unflushed rows past which a flush waits for readers holding them rather than leaving
+/// them for the next flush.
+const MAX_UNFLUSHED_ROWS: usize = 100_000;
 
 /// Size of a log segment.
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
@@ -82,6 +92,8 @@ pub enum WriteRequest {
     },
     /// Revoke a lease, deleting its keys.
     LeaseRevoke(i64),
+    /// Write every acknowledged batch into redb (before a reader of whole tables).
+    Flush,
 }
 
 /// What a write returns.
@@ -126,9 +138,8 @@ pub struct Shared {
     /// The backend file's size, as of the last checkpoint (it only grows at durable commits).
     pub(crate) db_file_bytes: AtomicU64,
     pub(crate) poisoned: Mutex<Option<String>>,
-    /// Held by the writer from applying a batch until its log record is synced: whole-backend
-    /// readers (snapshot, hash) start between batches, so they never see an unsynced one.
-    pub(crate) applying: RwLock<()>,
+    /// Rows acknowledged but not yet in redb.
+    pub(crate) unflushed: Unflushed,
     pub(crate) cluster_id: u64,
     pub(crate) member_id: u64,
     pub(crate) limits: Limits,
@@ -175,7 +186,7 @@ impl MvccStore {
             wal_pending: AtomicU64::new(0),
             db_file_bytes: AtomicU64::new(file_bytes(&data_dir.join(backend::DB_FILE))),
             poisoned: Mutex::new(None),
-            applying: RwLock::new(()),
+            unflushed: Unflushed::default(),
             cluster_id: recovered.cluster_id,
             member_id: recovered.member_id,
             limits,
@@ -192,6 +203,9 @@ impl MvccStore {
             fanout: fanout.clone(),
             wal,
             redo: crate::wal::Redo::default(),
+            pending: Vec::new(),
+            pending_seq: 0,
+            pending_rev: 0,
             last_checkpoint: std::time::Instant::now(),
         };
         let writes = Arc::new(WriteQueue::new(writer, MAX_BATCH));
@@ -246,10 +260,16 @@ impl MvccStore {
         f(&self.shared.db.read())
     }
 
-    /// A read transaction of the backend holding durable batches only (for readers of whole
-    /// tables: a snapshot, a hash), where plain reads filter by the published revision.
+    /// Writes every batch acknowledged so far into redb, for readers of whole tables (a
+    /// snapshot, a hash) that read redb alone.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.write(WriteRequest::Flush).await.map(|_| ())
+    }
+
+    /// A read transaction of the backend, which holds acknowledged batches only (the writer
+    /// writes a batch into redb after its log record is synced), up to the last flush: call
+    /// [`MvccStore::flush`] first to include every batch acknowledged before.
     pub fn begin_read_durable(&self) -> Result<redb::ReadTransaction, StoreError> {
-        let _between_batches = self.shared.applying.read();
         self.begin_read()
     }
 
@@ -263,18 +283,40 @@ impl MvccStore {
 
     /// Serves a Range at the last durable revision (or the one requested).
     pub fn range(&self, req: &PbRangeRequest) -> Result<PbRangeResponse, StoreError> {
-        let (txn, plan, current) = {
+        let (txn, plan, current, unflushed) = {
             let index = self.shared.index.read();
             let current = self.current_revision();
             let at = resolve_revision(req.revision, current, self.compact_revision())?;
             let plan = range::plan(&index, req, at);
-            // The read snapshot starts while the index lock keeps compaction out, so every
-            // value the plan names is still in it.
-            let txn = self.begin_read()?;
-            (txn, plan, current)
+            // Unflushed rows first, then the snapshot (see `unflushed`); the snapshot starts
+            // while the index lock keeps compaction out, so every value the plan names is
+            // still in it. Recent writes need no snapshot at all.
+            let unflushed: HashMap<Revision, Row> = self
+                .shared
+                .unflushed
+                .get_many(plan.revisions())
+                .into_iter()
+                .collect();
+            let txn = if unflushed.len() < plan.len() {
+                Some(self.begin_read()?)
+            } else {
+                None
+            };
+            (txn, plan, current, unflushed)
         };
-        let table = txn.open_table(KV).map_err(StoreError::backend)?;
-        range::finish(&table, req, plan, current)
+        let table = match &txn {
+            Some(txn) => Some(txn.open_table(KV).map_err(StoreError::backend)?),
+            None => None,
+        };
+        range::finish(req, plan, current, |rev| {
+            match (unflushed.get(&rev), &table) {
+                (Some(row), _) => backend::decode_kv(row),
+                (None, Some(table)) => backend::load(table, rev),
+                (None, None) => Err(StoreError::Corrupt(format!(
+                    "no value stored at revision {rev:?}"
+                ))),
+            }
+        })
     }
 
     /// Every change with a revision in `from..=to`, in revision order, for watchers catching
@@ -285,21 +327,38 @@ impl MvccStore {
         if from < self.compact_revision() {
             return Err(StoreError::Compacted);
         }
+        // Previous values are looked up after the snapshot opens: keep unflushed rows.
+        let _unflushed_kept = self.shared.unflushed.hold();
+        let mut rows: std::collections::BTreeMap<Revision, PbKeyValue> =
+            std::collections::BTreeMap::new();
+        for (rev, row) in self.shared.unflushed.range(from, to) {
+            rows.insert(rev, backend::decode_kv(&row)?);
+        }
         let txn = self.begin_read()?;
         let table = txn.open_table(KV).map_err(StoreError::backend)?;
         let start = Revision::new(from, 0).to_bytes();
         let end = Revision::new(to.saturating_add(1), 0).to_bytes();
-        let mut events = Vec::new();
         for row in table
             .range(start.as_slice()..end.as_slice())
             .map_err(StoreError::backend)?
         {
-            let (_, value) = row.map_err(StoreError::backend)?;
-            let kv = backend::decode_kv(value.value())?;
+            let (rev, value) = row.map_err(StoreError::backend)?;
+            let rev = Revision::from_bytes(rev.value())
+                .ok_or_else(|| StoreError::Corrupt("kv table key is not a revision".into()))?;
+            if let std::collections::btree_map::Entry::Vacant(slot) = rows.entry(rev) {
+                slot.insert(backend::decode_kv(value.value())?);
+            }
+        }
+        let load = |rev: Revision| match self.shared.unflushed.get(rev) {
+            Some(row) => backend::decode_kv(&row),
+            None => backend::load(&table, rev),
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for kv in rows.into_values() {
             let prev = if prev {
                 index
                     .get(&kv.key, kv.mod_revision - 1)
-                    .map(|c| backend::load(&table, c.rev))
+                    .map(|c| load(c.rev))
                     .transpose()?
             } else {
                 None
@@ -331,6 +390,12 @@ struct Writer {
     fanout: Arc<Fanout>,
     wal: crate::wal::Wal,
     redo: crate::wal::Redo,
+    /// The redo records of the batches logged since the last flush, in order.
+    pending: Vec<u8>,
+    /// The log sequence number of the last of them.
+    pending_seq: u64,
+    /// The revision after the last of them.
+    pending_rev: i64,
     last_checkpoint: std::time::Instant,
 }
 
@@ -412,7 +477,10 @@ impl Writer {
                 if !rest.is_empty() {
                     self.commit_batch(std::mem::take(&mut rest), true);
                 }
-                let result = self.defragment().and_then(|_| self.log_checkpointed());
+                let result = self
+                    .flush(true, true)
+                    .and_then(|_| self.defragment())
+                    .and_then(|_| self.log_checkpointed());
                 let _ = reply.send(result.map(|_| WriteResponse::Done));
             } else {
                 rest.push((req, reply));
@@ -453,19 +521,51 @@ impl Writer {
         Ok(())
     }
 
-    /// A durable backend commit (every batch applied so far), then the log's old segments go.
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
+    /// Writes the batches logged since the last flush into redb in one transaction (durable
+    /// or not), then lets their rows leave the unflushed buffer (`wait`: even if a reader
+    /// holds them for now). `durable` with nothing to write still commits durably: earlier
+    /// non-durable flushes become durable with it.
+    fn flush(&mut self, durable: bool, wait: bool) -> Result<(), StoreError> {
+        if self.pending.is_empty() && !durable {
+            return Ok(());
+        }
         let started = std::time::Instant::now();
-        let txn = self
-            .shared
-            .db
-            .read()
-            .begin_write()
-            .map_err(StoreError::backend)?;
-        txn.commit().map_err(StoreError::backend)?;
-        self.shared
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+        {
+            let db = self.shared.db.read();
+            let mut txn = db.begin_write().map_err(StoreError::backend)?;
+            if !durable {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(StoreError::backend)?;
+            }
+            if !self.pending.is_empty() {
+                let mut kv = txn.open_table(KV).map_err(StoreError::backend)?;
+                let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
+                let mut lease = txn.open_table(LEASE).map_err(StoreError::backend)?;
+                crate::wal::apply_redo(&self.pending, &mut kv, &mut meta, &mut lease)?;
+                meta.insert(backend::META_WAL_SEQ, self.pending_seq as i64)
+                    .map_err(StoreError::backend)?;
+            }
+            txn.commit().map_err(StoreError::backend)?;
+        }
+        if durable {
+            self.shared
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        if !self.pending.is_empty() {
+            let wait = wait || self.shared.unflushed.len() > MAX_UNFLUSHED_ROWS;
+            self.shared.unflushed.clear_through(self.pending_rev, wait);
+        }
+        self.pending.clear();
+        if self.pending.capacity() > FLUSH_BYTES {
+            self.pending.shrink_to(FLUSH_BYTES);
+        }
+        Ok(())
+    }
+
+    /// A durable flush, then the log's old segments go.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.flush(true, false)?;
         self.log_checkpointed()
     }
 
@@ -494,27 +594,36 @@ impl Writer {
         let mut results = Vec::with_capacity(batch.len());
         self.redo.clear();
         let seq = self.wal.next_seq();
-        let shared = self.shared.clone();
-        let applying = shared.applying.write();
         // Read before applying: a watcher asking for previous values that registers later
         // gets them from history (see `ChangeBatch::has_prevs`).
         let read_prevs = self.fanout.wants_prevs();
         let outcome = self
             .apply_batch(
                 &batch,
-                (published, seq),
+                published,
                 read_prevs,
                 &mut touched,
                 &mut events,
                 &mut results,
             )
-            .and_then(|(new_rev, committed)| {
-                if committed {
+            .and_then(|applied| {
+                if let Some((new_rev, requests)) = applied {
                     self.log_batch()?;
+                    self.pending.extend_from_slice(self.redo.bytes());
+                    self.pending_seq = seq;
+                    self.pending_rev = new_rev;
+                    self.shared
+                        .applied_index
+                        .fetch_add(requests, Ordering::AcqRel);
                 }
-                Ok(new_rev)
+                Ok(applied.map_or(published, |(new_rev, _)| new_rev))
             });
-        drop(applying);
+        // Compaction removes rows from redb at the next flush: make it now, so that no
+        // unflushed row outlives its compaction. A flush request wants its answer after it.
+        let compacts = batch
+            .iter()
+            .any(|(r, _)| matches!(r, WriteRequest::Compact(_)));
+        let flush_now = compacts || batch.iter().any(|(r, _)| matches!(r, WriteRequest::Flush));
         match outcome {
             Ok(new_rev) => {
                 self.shared.current_rev.store(new_rev, Ordering::Release);
@@ -523,20 +632,34 @@ impl Writer {
                     self.fanout.route(&batch);
                     let _ = self.events.send(batch);
                 }
+                let pending = self.wal.since_checkpoint() > 0;
+                let since = self.last_checkpoint.elapsed();
+                let checkpoint_due = self.wal.since_checkpoint() >= CHECKPOINT_BYTES
+                    || (pending && since >= CHECKPOINT_AFTER)
+                    || (pending && since >= CHECKPOINT_WHEN_IDLE && !more_queued);
+                if flush_now {
+                    if let Err(e) = self.flush(false, compacts) {
+                        self.poison("store flush failed", &e);
+                        for result in &mut results {
+                            *result = Err(StoreError::Poisoned(e.to_string()));
+                        }
+                    }
+                }
                 for ((_, reply), result) in batch.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
-                let pending = self.wal.since_checkpoint() > 0;
-                let since = self.last_checkpoint.elapsed();
-                let due = self.wal.since_checkpoint() >= CHECKPOINT_BYTES
-                    || (pending && since >= CHECKPOINT_AFTER)
-                    || (pending && since >= CHECKPOINT_WHEN_IDLE && !more_queued);
-                if due {
-                    if let Err(e) = self.checkpoint() {
-                        let reason = e.to_string();
-                        tracing::error!(error = %reason, "store checkpoint failed; refusing further writes");
-                        *self.shared.poisoned.lock() = Some(reason);
-                    }
+                let flush_due = self.pending.len() >= FLUSH_BYTES;
+                let done = if checkpoint_due {
+                    self.checkpoint()
+                        .map_err(|e| ("store checkpoint failed", e))
+                } else if flush_due {
+                    self.flush(false, false)
+                        .map_err(|e| ("store flush failed", e))
+                } else {
+                    Ok(())
+                };
+                if let Err((what, e)) = done {
+                    self.poison(what, &e);
                 }
             }
             Err(e) => {
@@ -546,6 +669,7 @@ impl Writer {
                     .index
                     .write()
                     .truncate_above(&touched, published);
+                self.shared.unflushed.truncate_above(published);
                 *self.shared.poisoned.lock() = Some(reason.clone());
                 for (_, reply) in batch {
                     let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
@@ -554,112 +678,92 @@ impl Writer {
         }
     }
 
-    /// Applies the batch in one backend transaction, logged in `self.redo`, and commits it
-    /// without syncing (the log makes it durable); returns the new revision and whether
-    /// anything was committed.
+    /// Refuses every later write: what is in memory may no longer reach the disk.
+    fn poison(&self, what: &str, error: &StoreError) {
+        let reason = error.to_string();
+        tracing::error!(error = %reason, "{what}; refusing further writes");
+        *self.shared.poisoned.lock() = Some(reason);
+    }
+
+    /// Applies the batch into the unflushed rows and `self.redo`; returns the new revision
+    /// and the number of requests applied, or `None` when nothing changed (reads, failed
+    /// checks: nothing to log).
     fn apply_batch(
         &mut self,
         batch: &[(WriteRequest, Reply)],
-        (published, seq): (i64, u64),
+        published: i64,
         read_prevs: bool,
         touched: &mut Vec<Vec<u8>>,
         events: &mut Vec<Event>,
         results: &mut Vec<Result<WriteResponse, StoreError>>,
-    ) -> Result<(i64, bool), StoreError> {
+    ) -> Result<Option<(i64, i64)>, StoreError> {
         let shared = &*self.shared;
         let redo = &mut self.redo;
-        let mut txn = shared
-            .db
-            .read()
-            .begin_write()
-            .map_err(StoreError::backend)?;
-        txn.set_durability(redb::Durability::None)
-            .map_err(StoreError::backend)?;
+        let db = shared.db.read();
+        let rows = WriterRows::new(&shared.unflushed, &db);
         let mut rev = published;
         let mut applied = 0i64;
         let mut meta_changed = false;
-        {
-            let mut kv = txn.open_table(KV).map_err(StoreError::backend)?;
-            let mut meta = txn.open_table(META).map_err(StoreError::backend)?;
-            let mut lease_table = txn.open_table(LEASE).map_err(StoreError::backend)?;
-            let mut lessor = shared.lessor.lock();
-            let mut db_size = None;
-            for (req, _) in batch {
-                if let Err(e) = check_quota(shared, req, &mut meta, &mut db_size, redo) {
-                    meta_changed = true;
-                    results.push(Err(e));
-                    continue;
+        let mut lessor = shared.lessor.lock();
+        let mut db_size = None;
+        for (req, _) in batch {
+            if let Err(e) = check_quota(shared, req, &mut db_size, redo) {
+                meta_changed = true;
+                results.push(Err(e));
+                continue;
+            }
+            let mut applier = Applier {
+                rows: &rows,
+                index: &shared.index,
+                base: rev,
+                compacted: shared.compact_rev.load(Ordering::Acquire),
+                sub: 0,
+                touched,
+                events,
+                lessor: &mut lessor,
+                redo,
+                read_prevs,
+            };
+            let result = match req {
+                WriteRequest::Put(p) => applier.put(p).map(WriteResponse::Put),
+                WriteRequest::Delete(d) => applier.delete(d).map(WriteResponse::Delete),
+                WriteRequest::Txn(t) => applier.txn(t).map(WriteResponse::Txn),
+                WriteRequest::Compact(at) => {
+                    compact(shared, applier.redo, *at, rev).map(|_| WriteResponse::Done)
                 }
-                let mut applier = Applier {
-                    kv: &mut kv,
-                    index: &shared.index,
-                    base: rev,
-                    compacted: shared.compact_rev.load(Ordering::Acquire),
-                    sub: 0,
-                    touched,
-                    events,
-                    lessor: &mut lessor,
-                    leases: &mut lease_table,
-                    redo,
-                    read_prevs,
-                };
-                let result = match req {
-                    WriteRequest::Put(p) => applier.put(p).map(WriteResponse::Put),
-                    WriteRequest::Delete(d) => applier.delete(d).map(WriteResponse::Delete),
-                    WriteRequest::Txn(t) => applier.txn(t).map(WriteResponse::Txn),
-                    WriteRequest::Compact(at) => {
-                        compact(shared, applier.kv, &mut meta, applier.redo, *at, rev)
-                            .map(|_| WriteResponse::Done)
-                    }
-                    WriteRequest::SetNoSpace { member, on } => {
-                        set_nospace(shared, &mut meta, applier.redo, *member, *on)
-                            .map(|_| WriteResponse::Done)
-                    }
-                    WriteRequest::LeaseGrant { id, ttl } => applier
-                        .grant(*id, *ttl)
-                        .map(|(id, ttl)| WriteResponse::LeaseGranted { id, ttl }),
-                    WriteRequest::LeaseRevoke(id) => {
-                        applier.revoke(*id).map(|_| WriteResponse::Done)
-                    }
-                    WriteRequest::Defragment => Ok(WriteResponse::Done),
-                };
-                meta_changed |= result.is_ok()
-                    && matches!(
-                        req,
-                        WriteRequest::LeaseGrant { .. } | WriteRequest::LeaseRevoke(_)
-                    );
-                if applier.sub > 0 {
-                    rev += 1;
+                WriteRequest::SetNoSpace { member, on } => {
+                    set_nospace(shared, applier.redo, *member, *on).map(|_| WriteResponse::Done)
                 }
-                meta_changed |= matches!(
+                WriteRequest::LeaseGrant { id, ttl } => applier
+                    .grant(*id, *ttl)
+                    .map(|(id, ttl)| WriteResponse::LeaseGranted { id, ttl }),
+                WriteRequest::LeaseRevoke(id) => applier.revoke(*id).map(|_| WriteResponse::Done),
+                WriteRequest::Defragment | WriteRequest::Flush => Ok(WriteResponse::Done),
+            };
+            meta_changed |= result.is_ok()
+                && matches!(
                     req,
-                    WriteRequest::Compact(_) | WriteRequest::SetNoSpace { .. }
+                    WriteRequest::LeaseGrant { .. } | WriteRequest::LeaseRevoke(_)
                 );
-                if result.is_ok() {
-                    applied += 1;
-                }
-                results.push(result);
+            if applier.sub > 0 {
+                rev += 1;
             }
-            if rev == published && !meta_changed {
-                // Nothing changed (reads, failed checks): no commit, no fsync.
-                drop((kv, meta, lease_table, lessor));
-                txn.abort().map_err(StoreError::backend)?;
-                return Ok((rev, false));
+            meta_changed |= matches!(
+                req,
+                WriteRequest::Compact(_) | WriteRequest::SetNoSpace { .. }
+            );
+            if result.is_ok() {
+                applied += 1;
             }
-            let index = shared.applied_index.load(Ordering::Acquire) + applied;
-            meta.insert(backend::META_CURRENT_REV, rev)
-                .map_err(StoreError::backend)?;
-            redo.meta_put(backend::META_CURRENT_REV, rev);
-            meta.insert(backend::META_APPLIED_INDEX, index)
-                .map_err(StoreError::backend)?;
-            redo.meta_put(backend::META_APPLIED_INDEX, index);
-            // Not logged: replay writes each batch's own sequence number.
-            meta.insert(backend::META_WAL_SEQ, seq as i64)
-                .map_err(StoreError::backend)?;
+            results.push(result);
         }
-        txn.commit().map_err(StoreError::backend)?;
-        shared.applied_index.fetch_add(applied, Ordering::AcqRel);
-        Ok((rev, true))
+        if rev == published && !meta_changed {
+            return Ok(None);
+        }
+        let index = shared.applied_index.load(Ordering::Acquire) + applied;
+        redo.meta_put(backend::META_CURRENT_REV, rev);
+        redo.meta_put(backend::META_APPLIED_INDEX, index);
+        Ok(Some((rev, applied)))
     }
 }
 
@@ -671,52 +775,43 @@ impl Writer {
 fn check_quota(
     shared: &Shared,
     req: &WriteRequest,
-    meta: &mut redb::Table<&'static str, i64>,
     size: &mut Option<u64>,
     redo: &mut crate::wal::Redo,
 ) -> Result<(), StoreError> {
-    {
-        let cost = match req {
-            WriteRequest::Put(p) => p.key.len() + p.value.len(),
-            WriteRequest::LeaseGrant { .. } => 64,
-            WriteRequest::Txn(t) if !super::request_check::is_read_only(t) => {
-                prost::Message::encoded_len(t)
-            }
-            _ => return Ok(()),
-        };
-        if shared.nospace.load(Ordering::Acquire) {
-            return Err(StoreError::NoSpace);
+    let cost = match req {
+        WriteRequest::Put(p) => p.key.len() + p.value.len(),
+        WriteRequest::LeaseGrant { .. } => 64,
+        WriteRequest::Txn(t) if !super::request_check::is_read_only(t) => {
+            prost::Message::encoded_len(t)
         }
-        let size = *size.get_or_insert_with(|| {
-            shared.db_file_bytes.load(Ordering::Acquire)
-                + shared.wal_pending.load(Ordering::Acquire)
-        });
-        if size + cost as u64 > shared.limits.quota_backend_bytes {
-            set_nospace(shared, meta, redo, shared.member_id, true)?;
-            return Err(StoreError::NoSpace);
-        }
-        Ok(())
+        _ => return Ok(()),
+    };
+    if shared.nospace.load(Ordering::Acquire) {
+        return Err(StoreError::NoSpace);
     }
+    let size = *size.get_or_insert_with(|| {
+        shared.db_file_bytes.load(Ordering::Acquire) + shared.wal_pending.load(Ordering::Acquire)
+    });
+    if size + cost as u64 > shared.limits.quota_backend_bytes {
+        set_nospace(shared, redo, shared.member_id, true)?;
+        return Err(StoreError::NoSpace);
+    }
+    Ok(())
 }
 
 fn set_nospace(
     shared: &Shared,
-    meta: &mut redb::Table<&'static str, i64>,
     redo: &mut crate::wal::Redo,
     member: u64,
     on: bool,
 ) -> Result<(), StoreError> {
     if member == shared.member_id {
-        meta.insert(backend::META_ALARM_NOSPACE, on as i64)
-            .map_err(StoreError::backend)?;
         redo.meta_put(backend::META_ALARM_NOSPACE, on as i64);
     } else {
         let key = format!("{}{member}", backend::META_ALARM_NOSPACE_FOR);
         if on {
-            meta.insert(key.as_str(), 1).map_err(StoreError::backend)?;
             redo.meta_put(&key, 1);
         } else {
-            meta.remove(key.as_str()).map_err(StoreError::backend)?;
             redo.meta_del(&key);
         }
     }
@@ -732,8 +827,6 @@ fn set_nospace(
 
 fn compact(
     shared: &Shared,
-    kv: &mut redb::Table<&'static [u8], &'static [u8]>,
-    meta: &mut redb::Table<&'static str, i64>,
     redo: &mut crate::wal::Redo,
     at: i64,
     current: i64,
@@ -750,12 +843,8 @@ fn compact(
         index.compact(at)
     };
     for rev in obsolete {
-        let row = Revision::to_bytes(rev);
-        kv.remove(row.as_slice()).map_err(StoreError::backend)?;
-        redo.kv_del(&row);
+        redo.kv_del(&Revision::to_bytes(rev));
     }
-    meta.insert(backend::META_COMPACT_REV, at)
-        .map_err(StoreError::backend)?;
     redo.meta_put(backend::META_COMPACT_REV, at);
     Ok(())
 }

@@ -8,5 +8,6 @@ pub mod kvstore;
 pub mod range;
 pub mod request_check;
 pub mod revision;
+pub mod unflushed;
 pub mod watchable;
 mod write_queue;

@@ -1,12 +1,10 @@
 //! Range reads with etcd's exact semantics: limit and `more`, `count`, sorting on every
 //! target, revision filters, keys_only and count_only.
 
-use etcd_client::proto::{PbKeyValue, PbRangeRequest, PbRangeResponse, PbResponseHeader};
-use redb::ReadableTable;
-
-use super::backend::load;
 use super::key_index::{KeyChange, KeyRange, TreeIndex};
+use super::revision::Revision;
 use crate::error::StoreError;
+use etcd_client::proto::{PbKeyValue, PbRangeRequest, PbRangeResponse, PbResponseHeader};
 
 const SORT_NONE: i32 = 0;
 const SORT_ASCEND: i32 = 1;
@@ -65,17 +63,34 @@ pub fn plan(index: &TreeIndex, req: &PbRangeRequest, at: i64) -> RangePlan {
     RangePlan { changes, count }
 }
 
-/// Loads the planned values and applies filters, sorting and the limit.
-pub fn finish<T: ReadableTable<&'static [u8], &'static [u8]>>(
-    table: &T,
+impl RangePlan {
+    /// The revisions whose values the range loads.
+    pub fn revisions(&self) -> impl Iterator<Item = Revision> + '_ {
+        self.changes.iter().map(|c| c.rev)
+    }
+
+    /// How many values the range loads.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether the range loads no value.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// Loads the planned values with `load` and applies filters, sorting and the limit.
+pub fn finish(
     req: &PbRangeRequest,
     plan: RangePlan,
     header_revision: i64,
+    mut load: impl FnMut(Revision) -> Result<PbKeyValue, StoreError>,
 ) -> Result<PbRangeResponse, StoreError> {
     let mut kvs = plan
         .changes
         .into_iter()
-        .map(|c| load(table, c.rev))
+        .map(|c| load(c.rev))
         .collect::<Result<Vec<PbKeyValue>, _>>()?;
     let keep = |kv: &PbKeyValue| {
         (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)

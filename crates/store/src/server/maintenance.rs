@@ -43,7 +43,8 @@ impl MaintenanceService {
         self.ctx.store.shared().member_id
     }
 
-    /// CRC-32 of the stored history up to `upto` (everything when `None`).
+    /// CRC-32 of the stored history up to `upto` (everything when `None`), as of the last
+    /// flush.
     fn hash(&self, upto: Option<i64>) -> Result<u32, StoreError> {
         let txn = self.ctx.store.begin_read_durable()?;
         let mut crc = crc32fast::Hasher::new();
@@ -189,6 +190,7 @@ impl PbMaintenanceService for MaintenanceService {
     ) -> Result<Response<PbHashResponse>, Status> {
         let caller = self.ctx.caller(&request)?;
         self.ctx.allow_admin(&caller)?;
+        self.ctx.store.flush().await?;
         let revision = self.ctx.store.current_revision();
         let hash = self.hash(None)?;
         Ok(Response::new(PbHashResponse {
@@ -207,6 +209,7 @@ impl PbMaintenanceService for MaintenanceService {
         let current = self.ctx.store.current_revision();
         let compacted = self.ctx.store.compact_revision();
         let at = resolve_revision(req.revision, current, compacted)?;
+        self.ctx.store.flush().await?;
         let hash = self.hash(Some(at))?;
         Ok(Response::new(PbHashKvResponse {
             header: self.ctx.header(current),
@@ -228,6 +231,8 @@ impl PbMaintenanceService for MaintenanceService {
         // etcd does, and the read transaction is not held while a slow client downloads.
         let dir = self.ctx.config.data_dir.clone();
         let store = self.ctx.store.clone();
+        // The snapshot reads redb alone: every batch acknowledged so far goes there first.
+        store.flush().await?;
         let file = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let io = |what: &str| {
                 let what = what.to_string();
