@@ -242,8 +242,6 @@ impl MvccStore {
         self.events.subscribe()
     }
 
-    /// A backend snapshot. Callers that read values named by the index take it while holding
-    /// the index read lock, so compaction cannot remove those values first.
     /// The histogram of durable backend commit durations (checkpoints; seconds).
     pub fn commit_durations(&self) -> prometheus_client::metrics::histogram::Histogram {
         self.shared.commit_seconds.clone()

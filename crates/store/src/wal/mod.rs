@@ -2,15 +2,16 @@
 //!
 //! A batch of writes is acknowledged after one sequential append and one `fdatasync`, as etcd
 //! does with its WAL, instead of after a redb commit (B-tree pages scattered over the file,
-//! then its header, then a sync). The writer applies each batch to redb as a non-durable
-//! commit (visible to reads at once, written to the file later), appends the batch's redo
-//! record to the log, syncs it, and only then publishes the revision and replies.
+//! then its header, then a sync). The writer applies each batch to the in-memory unflushed
+//! rows (`mvcc::unflushed`) and its redo record, appends the record to the log, syncs it, and
+//! only then publishes the revision and replies. redb receives the redo records of many
+//! batches in one transaction later (a flush), through the same code replay uses.
 //!
-//! Durability: every batch's redb transaction also stores the batch's log sequence number
-//! (`meta.wal_seq`). redb's durable state is always "every batch up to some D" (its commits
-//! are atomic, and a durable commit carries every non-durable one before it), so on start the
-//! batches after D are replayed from the log, and nothing acknowledged is lost on kill -9 or
-//! power loss. A checkpoint is an empty durable redb commit; the segments it covers are then
+//! Durability: every flush's redb transaction also stores the log sequence number of its last
+//! batch (`meta.wal_seq`). redb's durable state is always "every batch up to some D" (its
+//! commits are atomic, and a durable commit carries every non-durable one before it), so on
+//! start the batches after D are replayed from the log, and nothing acknowledged is lost on
+//! kill -9 or power loss. A checkpoint is a durable flush; the segments it covers are then
 //! deleted. What the log holds are physical redo operations (the rows a batch inserted and
 //! removed), not requests: replaying a request is not deterministic (a lease granted with id
 //! 0 gets a random id).

@@ -1,4 +1,4 @@
-//! A batch's redo record: the rows its redb transaction inserted and removed, in order.
+//! A batch's redo record: the rows it inserted into and removed from redb's tables, in order.
 //! Replaying it onto the state before the batch gives exactly the state after it.
 
 use redb::Table;
