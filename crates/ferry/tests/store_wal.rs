@@ -175,3 +175,42 @@ async fn damage_to_acknowledged_writes_refuses_the_start() -> anyhow::Result<()>
     assert!(!aside);
     Ok(())
 }
+
+/// Once writes stop, the store makes them durable in its database and trims the log by
+/// itself, without waiting for another write: a log that rotated past one segment (16 MiB)
+/// is back to one segment, and a crash afterwards loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_store_checkpoints_its_log_without_another_write() -> anyhow::Result<()> {
+    let mut server = start(Kind::Ferry, &[]).await?;
+    let mut c = server.client().await?;
+    let value = vec![b'v'; 1024 * 1024];
+    for i in 0..18 {
+        c.put(format!("big/{i:02}"), value.clone(), None).await?;
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let segments = ferry_store::wal::segments(&wal_dir(&server))?;
+        if segments.len() == 1 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "still {} log segments 10 s after the last write",
+            segments.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill();
+    server.restart().await?;
+    let mut c = server.client().await?;
+    for i in 0..18 {
+        let got = c.get(format!("big/{i:02}"), None).await?;
+        assert!(
+            got.kvs()
+                .first()
+                .is_some_and(|kv| kv.value() == value.as_slice()),
+            "big/{i:02} lost"
+        );
+    }
+    Ok(())
+}

@@ -38,9 +38,9 @@ const MAX_BATCH: usize = 1024;
 const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// Time after which it checkpoints anyway, so a restart replays little.
 const CHECKPOINT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
-/// When nothing is queued, it checkpoints this long after the last one (as etcd commits
-/// its backend every 100 ms): idle time pays for it, not a waiting client.
-const CHECKPOINT_WHEN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long writes must have stopped before the idle checkpoint runs (etcd commits its
+/// backend every 100 ms): idle time pays for it, not a waiting client.
+pub const CHECKPOINT_WHEN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Redo bytes after which the writer flushes the unflushed rows into redb without waiting
 /// for a checkpoint (bounds their memory under sustained load).
@@ -94,6 +94,9 @@ pub enum WriteRequest {
     LeaseRevoke(i64),
     /// Write every acknowledged batch into redb (before a reader of whole tables).
     Flush,
+    /// Make every acknowledged batch durable in redb and remove the log segments that held
+    /// them (sent once writes have stopped, see `server::idle_checkpoint`).
+    Checkpoint,
 }
 
 /// What a write returns.
@@ -219,6 +222,11 @@ impl MvccStore {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// Log bytes appended since the last checkpoint (0: redb holds every batch durably).
+    pub fn uncheckpointed_log_bytes(&self) -> u64 {
+        self.shared.wal_pending.load(Ordering::Acquire)
     }
 
     /// The last durable revision.
@@ -446,7 +454,7 @@ impl BatchWriter for Writer {
     type Request = WriteRequest;
     type Response = Result<WriteResponse, StoreError>;
 
-    fn write_batch(&mut self, batch: Vec<Queued<WriteRequest, Self::Response>>, more_queued: bool) {
+    fn write_batch(&mut self, batch: Vec<Queued<WriteRequest, Self::Response>>) {
         let batch: Vec<(WriteRequest, Reply)> =
             batch.into_iter().map(|q| (q.request, q.reply)).collect();
         if let Some(reason) = self.shared.poisoned.lock().clone() {
@@ -459,21 +467,21 @@ impl BatchWriter for Writer {
             .iter()
             .any(|(r, _)| matches!(r, WriteRequest::Defragment))
         {
-            self.run_singly(batch, more_queued);
+            self.run_singly(batch);
         } else {
-            self.commit_batch(batch, more_queued);
+            self.commit_batch(batch);
         }
     }
 }
 
 impl Writer {
     /// Defragmentation needs the database to itself; the rest of its batch commits around it.
-    fn run_singly(&mut self, batch: Vec<(WriteRequest, Reply)>, more_queued: bool) {
+    fn run_singly(&mut self, batch: Vec<(WriteRequest, Reply)>) {
         let mut rest = Vec::new();
         for (req, reply) in batch {
             if matches!(req, WriteRequest::Defragment) {
                 if !rest.is_empty() {
-                    self.commit_batch(std::mem::take(&mut rest), true);
+                    self.commit_batch(std::mem::take(&mut rest));
                 }
                 let result = self
                     .flush(true, true)
@@ -485,7 +493,7 @@ impl Writer {
             }
         }
         if !rest.is_empty() {
-            self.commit_batch(rest, more_queued);
+            self.commit_batch(rest);
         }
     }
 
@@ -562,8 +570,8 @@ impl Writer {
     }
 
     /// A durable flush, then the log's old segments go.
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
-        self.flush(true, false)?;
+    fn checkpoint(&mut self, wait: bool) -> Result<(), StoreError> {
+        self.flush(true, wait)?;
         self.log_checkpointed()
     }
 
@@ -585,7 +593,7 @@ impl Writer {
         Ok(())
     }
 
-    fn commit_batch(&mut self, batch: Vec<(WriteRequest, Reply)>, more_queued: bool) {
+    fn commit_batch(&mut self, batch: Vec<(WriteRequest, Reply)>) {
         let published = self.shared.current_rev.load(Ordering::Acquire);
         let mut touched = Vec::new();
         let mut events = Vec::new();
@@ -621,6 +629,9 @@ impl Writer {
         let compacts = batch
             .iter()
             .any(|(r, _)| matches!(r, WriteRequest::Compact(_)));
+        let checkpoint_now = batch
+            .iter()
+            .any(|(r, _)| matches!(r, WriteRequest::Checkpoint));
         let flush_now = compacts || batch.iter().any(|(r, _)| matches!(r, WriteRequest::Flush));
         match outcome {
             Ok(new_rev) => {
@@ -631,24 +642,29 @@ impl Writer {
                     let _ = self.events.send(batch);
                 }
                 let pending = self.wal.since_checkpoint() > 0;
-                let since = self.last_checkpoint.elapsed();
                 let checkpoint_due = self.wal.since_checkpoint() >= CHECKPOINT_BYTES
-                    || (pending && since >= CHECKPOINT_AFTER)
-                    || (pending && since >= CHECKPOINT_WHEN_IDLE && !more_queued);
-                if flush_now {
-                    if let Err(e) = self.flush(false, compacts) {
-                        self.poison("store flush failed", &e);
-                        for result in &mut results {
-                            *result = Err(StoreError::Poisoned(e.to_string()));
-                        }
+                    || (pending && self.last_checkpoint.elapsed() >= CHECKPOINT_AFTER);
+                let asked = if checkpoint_now {
+                    self.checkpoint(compacts)
+                        .map_err(|e| ("store checkpoint failed", e))
+                } else if flush_now {
+                    self.flush(false, compacts)
+                        .map_err(|e| ("store flush failed", e))
+                } else {
+                    Ok(())
+                };
+                if let Err((what, e)) = asked {
+                    self.poison(what, &e);
+                    for result in &mut results {
+                        *result = Err(StoreError::Poisoned(e.to_string()));
                     }
                 }
                 for ((_, reply), result) in batch.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
                 let flush_due = self.pending.len() >= FLUSH_BYTES;
-                let done = if checkpoint_due {
-                    self.checkpoint()
+                let done = if checkpoint_due && !checkpoint_now {
+                    self.checkpoint(false)
                         .map_err(|e| ("store checkpoint failed", e))
                 } else if flush_due {
                     self.flush(false, false)
@@ -736,7 +752,9 @@ impl Writer {
                     .grant(*id, *ttl)
                     .map(|(id, ttl)| WriteResponse::LeaseGranted { id, ttl }),
                 WriteRequest::LeaseRevoke(id) => applier.revoke(*id).map(|_| WriteResponse::Done),
-                WriteRequest::Defragment | WriteRequest::Flush => Ok(WriteResponse::Done),
+                WriteRequest::Defragment | WriteRequest::Flush | WriteRequest::Checkpoint => {
+                    Ok(WriteResponse::Done)
+                }
             };
             meta_changed |= result.is_ok()
                 && matches!(

@@ -27,9 +27,8 @@ pub(crate) trait BatchWriter: Send {
     type Request: Send;
     type Response: Send;
 
-    /// Commits `batch` and answers each request; `more_queued` tells whether requests are
-    /// waiting behind it (the writer does idle-time work only when none are).
-    fn write_batch(&mut self, batch: Vec<Queued<Self::Request, Self::Response>>, more_queued: bool);
+    /// Commits `batch` and answers each request.
+    fn write_batch(&mut self, batch: Vec<Queued<Self::Request, Self::Response>>);
 }
 
 struct Pending<Req, Resp> {
@@ -104,9 +103,9 @@ impl<W: BatchWriter> WriteQueue<W> {
             if batch.len() == 1 && !more {
                 // A lone write: handing this worker's tasks to another thread would cost the
                 // thread wake-ups this design avoids, and there is nobody to hand them to.
-                writer.write_batch(batch, more);
+                writer.write_batch(batch);
             } else {
-                run_blocking(|| writer.write_batch(batch, more));
+                run_blocking(|| writer.write_batch(batch));
             }
             self.written.store(last, Ordering::Release);
         }
@@ -168,7 +167,7 @@ mod tests {
         type Request = u64;
         type Response = (u64, usize);
 
-        fn write_batch(&mut self, batch: Vec<Queued<u64, (u64, usize)>>, _more: bool) {
+        fn write_batch(&mut self, batch: Vec<Queued<u64, (u64, usize)>>) {
             std::thread::sleep(self.pause);
             let number = self.batches.len();
             self.batches.push(batch.iter().map(|q| q.request).collect());

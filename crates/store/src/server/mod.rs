@@ -10,6 +10,7 @@ mod election;
 mod gateway;
 mod grpc_metrics;
 mod http;
+mod idle_checkpoint;
 mod kv;
 mod lease;
 mod lock;
@@ -278,6 +279,17 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
         tasks.spawn(async move {
             tokio::select! {
                 _ = auto_compaction::run(store, policy) => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+            Ok(())
+        });
+    }
+    {
+        let mut stopped = stopped.clone();
+        let store = store.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = idle_checkpoint::run(store) => {}
                 _ = stopped.wait_for(|s| *s) => {}
             }
             Ok(())
