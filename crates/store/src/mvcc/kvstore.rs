@@ -644,17 +644,7 @@ impl Writer {
                 let pending = self.wal.since_checkpoint() > 0;
                 let checkpoint_due = self.wal.since_checkpoint() >= CHECKPOINT_BYTES
                     || (pending && self.last_checkpoint.elapsed() >= CHECKPOINT_AFTER);
-                let asked = if checkpoint_now {
-                    self.checkpoint(compacts)
-                        .map_err(|e| ("store checkpoint failed", e))
-                } else if flush_now {
-                    self.flush(false, compacts)
-                        .map_err(|e| ("store flush failed", e))
-                } else {
-                    Ok(())
-                };
-                if let Err((what, e)) = asked {
-                    self.poison(what, &e);
+                if let Err(e) = self.write_back(checkpoint_now, flush_now, compacts) {
                     for result in &mut results {
                         *result = Err(StoreError::Poisoned(e.to_string()));
                     }
@@ -663,33 +653,38 @@ impl Writer {
                     let _ = reply.send(result);
                 }
                 let flush_due = self.pending.len() >= FLUSH_BYTES;
-                let done = if checkpoint_due && !checkpoint_now {
-                    self.checkpoint(false)
-                        .map_err(|e| ("store checkpoint failed", e))
-                } else if flush_due {
-                    self.flush(false, false)
-                        .map_err(|e| ("store flush failed", e))
-                } else {
-                    Ok(())
-                };
-                if let Err((what, e)) = done {
-                    self.poison(what, &e);
-                }
+                // A failure has poisoned the store; these replies are already sent.
+                let _ = self.write_back(checkpoint_due && !checkpoint_now, flush_due, false);
             }
             Err(e) => {
-                let reason = e.to_string();
-                tracing::error!(error = %reason, "store commit failed; refusing further writes");
                 self.shared
                     .index
                     .write()
                     .truncate_above(&touched, published);
                 self.shared.unflushed.truncate_above(published);
-                *self.shared.poisoned.lock() = Some(reason.clone());
+                self.poison("store commit failed", &e);
+                let reason = e.to_string();
                 for (_, reply) in batch {
                     let _ = reply.send(Err(StoreError::Poisoned(reason.clone())));
                 }
             }
         }
+    }
+
+    /// A checkpoint, else a flush, as asked (`wait` as for [`Writer::flush`]); a failure
+    /// poisons the store.
+    fn write_back(&mut self, checkpoint: bool, flush: bool, wait: bool) -> Result<(), StoreError> {
+        let (result, what) = if checkpoint {
+            (self.checkpoint(wait), "store checkpoint failed")
+        } else if flush {
+            (self.flush(false, wait), "store flush failed")
+        } else {
+            return Ok(());
+        };
+        if let Err(e) = &result {
+            self.poison(what, e);
+        }
+        result
     }
 
     /// Refuses every later write: what is in memory may no longer reach the disk.
