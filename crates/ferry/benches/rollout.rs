@@ -282,6 +282,12 @@ fn fmt(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As `ferry up --log-level warn` logs: with no subscriber at all, every span the HTTP/2
+    // stack opens would go through tracing's `log` fallback instead of being filtered out.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let disk = args.iter().any(|a| a == "--disk");
     let option = |name: &str| {

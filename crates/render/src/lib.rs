@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+mod command;
 pub mod dns;
 mod file_worker;
 pub mod functions;

@@ -67,23 +67,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RenderError {
     move |source| RenderError::Io { path, source }
 }
 
-async fn shell(command: &str) -> Result<(), (String, String)> {
-    match tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .output()
-        .await
-    {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => {
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            Err((out.status.to_string(), text.trim().to_string()))
-        }
-        Err(e) => Err(("not started".into(), e.to_string())),
-    }
-}
-
 fn diff(old: &str, new: &str) -> String {
     let mut out = String::new();
     for line in old.lines().filter(|l| !new.lines().any(|n| n == *l)) {
@@ -300,14 +283,13 @@ fn stage(
     force: bool,
     noop: bool,
 ) -> Result<Staged, RenderError> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::fs::MetadataExt;
     // One open of `dest` and its handle for the rest: every path lookup walks the whole path.
     let (current, meta) = match std::fs::File::open(dest) {
-        Ok(mut file) => {
+        Ok(file) => {
             let meta = file.metadata().ok();
-            let mut text = String::new();
-            let current = file.read_to_string(&mut text).ok().map(|_| text);
+            let current = meta.as_ref().and_then(|m| read_whole(file, m.len()));
             (current, meta)
         }
         Err(_) => (None, None),
@@ -340,6 +322,17 @@ fn stage(
         std::os::unix::fs::fchown(&*file, uid, gid).map_err(io(&path))?;
     }
     Ok(Staged::File(staged))
+}
+
+/// The text of `file`, `len` bytes long by its metadata, in one read: `read_to_string` asks
+/// for the length and position again and reads once more to find the end, three system calls
+/// of the dozen a render's file work costs. A write racing the read is seen at the next
+/// render, as with any read.
+fn read_whole(file: std::fs::File, len: u64) -> Option<String> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(usize::try_from(len).ok()?);
+    file.take(len).read_to_end(&mut bytes).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// Runs blocking file work off the async workers (see `file_worker`).
@@ -383,7 +376,7 @@ pub async fn install(
     };
     if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
         let command = check.replace("{{.src}}", &staged.path().display().to_string());
-        if let Err((status, output)) = shell(&command).await {
+        if let Err((status, output)) = crate::command::run(&command).await {
             if options.keep_stage_file {
                 let _ = staged.keep();
             }
@@ -416,7 +409,7 @@ fn persist(staged: tempfile::NamedTempFile, dest: &Path) -> Result<(), RenderErr
 /// Runs the resource's `reload_cmd` after `dest` was replaced (not with `sync_only`).
 async fn reload(resource: &TemplateResource, options: RenderOptions) -> Result<(), RenderError> {
     if let (Some(reload), false) = (&resource.reload_cmd, options.sync_only) {
-        if let Err((status, output)) = shell(reload).await {
+        if let Err((status, output)) = crate::command::run(reload).await {
             return Err(RenderError::Reload {
                 command: reload.clone(),
                 status,
@@ -533,6 +526,40 @@ mod tests {
         std::fs::write(&staged, r#"c={{getv "/a"}}"#)?;
         std::fs::rename(&staged, &src)?;
         assert_eq!(render(&[("/a", "5")])?, "c=5");
+        Ok(())
+    }
+
+    /// What `dest` holds is compared in full: text of the same length that differs, a file
+    /// longer or shorter than the render, and one with the same text but another mode are
+    /// all replaced; only the same text and mode are left alone.
+    #[test]
+    fn staging_replaces_any_difference_and_leaves_the_same_file_alone(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let dest = dir.path().join("nginx.conf");
+        let rendered = "server_name v2.example.com;\n";
+        let stage_it = || stage(&dest, rendered, 0o644, (None, None), false, false);
+        for (current, why) in [
+            ("server_name v1.example.com;\n", "same length, other text"),
+            (
+                "server_name v2.example.com;\n# more\n",
+                "the render and more",
+            ),
+            ("server_name v2.example.com;", "shorter"),
+            ("", "empty"),
+        ] {
+            std::fs::write(&dest, current)?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
+            assert!(matches!(stage_it()?, Staged::File(_)), "{why}");
+        }
+        std::fs::write(&dest, rendered)?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))?;
+        assert!(matches!(stage_it()?, Staged::File(_)), "other mode");
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
+        assert!(matches!(stage_it()?, Staged::Unchanged), "the same file");
+        std::fs::remove_file(&dest)?;
+        assert!(matches!(stage_it()?, Staged::File(_)), "missing");
         Ok(())
     }
 }
