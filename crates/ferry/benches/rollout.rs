@@ -3,19 +3,25 @@
 //!
 //! Run on demand: `cargo bench -p ferry --bench rollout [-- [--disk] [--only embedded|process|etcd]
 //! [--rounds N] AGENTS...]` (default 10 100 1000; `--only` measures one store and `--rounds`
-//! makes the measured part long, to profile it). "Complete" is the moment the last live agent's status key reports the new
-//! version, as seen through a watch opened before the call (what the API's status summary is
-//! built from).
+//! makes the measured part long, to profile it). "Complete" is the moment the last live agent's
+//! status key reports the new version, as seen through a watch opened before the call (what the
+//! API's status summary is built from).
 //!
 //! The agents write their nginx.conf to tmpfs (`/dev/shm`) unless `--disk` is given: a real
 //! fleet has a disk per host, while a thousand agents renaming files on this machine's one
 //! ext4 disk measure its inode allocator, the same for both stores. The stores and the
 //! controller's database stay on disk.
 //!
-//! 200 rounds below 1,000 agents (so the p99 is not just the slowest round), 20 at 1,000.
 //! Three stores: ferry's embedded in this process (as `ferry up` runs it), ferry's as its own
-//! process (`ferry store`), and etcd. "CPU ms per round" is the whole machine's cost of one
-//! rollout: this process (agents, controller, their clients, and the embedded store) plus the
+//! process (`ferry store`), and etcd. Each has its own fleet (controller and agents), all three
+//! started before the first round; then the rounds go to the three in turn, so that the shared
+//! machine's slow spells fall on every store alike instead of on whichever ran then (the
+//! fleets not in their round still keep their leases alive meanwhile, which etcd's costs more
+//! CPU than ferry's: a bias against ferry). 200 rounds per store below 1,000 agents, 100 at
+//! 1,000, so that the p99 is not just the slowest round.
+//!
+//! "CPU ms per round" is the whole machine's cost of one rollout, measured over the store's
+//! rounds: this process (agents, controllers, their clients, and the embedded store) plus the
 //! store's own process, shown apart: the agents' share is the same work on every store, so the
 //! store processes' column compares the stores alone.
 
@@ -52,154 +58,200 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-struct Run {
+/// One store's fleet: a controller and its agents, with one configuration every agent has
+/// applied, ready for rounds.
+struct Fleet {
+    name: &'static str,
+    store_pid: Option<u32>,
+    agents: usize,
+    api: String,
+    token: String,
+    id: String,
+    path: String,
+    keys: Keys,
+    watcher: Client,
+    running: Vec<RunningAgent>,
+    controller: ferry_controller::server::RunningController,
+    /// From the call to the last agent's status with the new version.
     samples: Vec<Duration>,
     /// From the call to the API's answer (SQL commit and store write included).
     answers: Vec<Duration>,
     /// From the call to the first agent's status with the new version.
     firsts: Vec<Duration>,
-    /// CPU time per round of this process (agents, controller, their clients; and the store
-    /// when it is embedded).
-    cpu_per_round: Duration,
-    /// CPU time per round of the store's own process, when it has one.
-    store_cpu_per_round: Option<Duration>,
+    /// CPU time during this fleet's rounds of this process (agents, controller, their
+    /// clients; and the store when it is embedded), and of the store's own process.
+    cpu: Duration,
+    store_cpu: Duration,
+    _dirs: [tempfile::TempDir; 2],
 }
 
 /// CPU time used so far by this process and by `store_pid`, a store in its own process.
-fn cpu(store_pid: Option<u32>) -> (Duration, Option<Duration>) {
+fn cpu(store_pid: Option<u32>) -> (Duration, Duration) {
     (
         ferry_testkit::process_cpu(None),
-        store_pid.map(|p| ferry_testkit::process_cpu(Some(p))),
+        store_pid
+            .map(|p| ferry_testkit::process_cpu(Some(p)))
+            .unwrap_or_default(),
     )
 }
 
-async fn run(
-    endpoint: &str,
-    store_pid: Option<u32>,
-    agents: usize,
-    rounds: usize,
-    disk: bool,
-) -> anyhow::Result<Run> {
-    let dir = tempfile::tempdir()?;
-    let shm = std::path::Path::new("/dev/shm");
-    let outputs = if disk || !shm.is_dir() {
-        tempfile::tempdir()?
-    } else {
-        tempfile::tempdir_in(shm)?
-    };
-    let config = ferry_client::ConnectConfig::new([endpoint]);
-    let client = ferry_client::connect(&config).await?;
-    let (tokens, token) = Tokens::generate("admin");
-    let controller = ferry_controller::server::start(
-        client.clone(),
-        ControllerConfig {
-            name: "bench".into(),
-            database: format!("sqlite://{}", dir.path().join("ctl.db").display()),
-            listen: "127.0.0.1:0".parse()?,
-            root: "/ingress".into(),
-            tokens,
-            tokens_file: None,
-            audit_log: None,
-            tls: None,
-            reconcile_interval: Duration::from_secs(300),
-            preflight: Default::default(),
-        },
-    )
-    .await?;
-    let api = controller.local_addr.to_string();
-    let mut running: Vec<RunningAgent> = Vec::new();
-    let mut shared: Option<Client> = None;
-    for n in 0..agents {
-        if n % AGENTS_PER_CONNECTION == 0 {
-            shared = Some(ferry_client::connect(&config).await?);
-        }
-        let agent_client = shared.clone().context("a connection")?;
-        running.push(
-            ferry_agent::start(
-                agent_client,
-                AgentConfig {
-                    env: "bench".into(),
-                    name: format!("agent-{n}"),
-                    ip: "127.0.0.1".into(),
-                    root: "/ingress".into(),
-                    services_prefix: "/services".into(),
-                    nginx_prefix: outputs.path().join(format!("agent-{n}")),
-                    listen: "127.0.0.1:8080".into(),
-                    tls_listen: "127.0.0.1:8443".into(),
-                    template: None,
-                    check_cmd: None,
-                    reload_cmd: None,
-                    resync: Duration::from_secs(3600),
-                },
-            )
+async fn call(
+    api: &str,
+    token: &str,
+    method: &'static str,
+    path: &str,
+    body: &str,
+    if_match: Option<usize>,
+) -> anyhow::Result<ferry_controller::http_client::HttpReply> {
+    let headers: Vec<(&str, String)> = if_match
+        .map(|v| vec![("If-Match", v.to_string())])
+        .unwrap_or_default();
+    Ok(
+        ferry_controller::http_client::request(api, method, path, Some(token), &headers, body)
             .await?,
-        );
-    }
-    let keys = Keys::default();
-    let mut watcher = client.clone();
-    let call = |method: &'static str, path: String, body: String, if_match: Option<usize>| {
-        let (api, token) = (api.clone(), token.clone());
-        async move {
-            let headers: Vec<(&str, String)> = if_match
-                .map(|v| vec![("If-Match", v.to_string())])
-                .unwrap_or_default();
-            ferry_controller::http_client::request(
-                &api,
-                method,
-                &path,
-                Some(&token),
-                &headers,
-                &body,
-            )
-            .await
-        }
-    };
-    let created = call(
-        "POST",
-        "/api/v1/environments/bench/configs".into(),
-        document(1),
-        None,
     )
-    .await?;
-    anyhow::ensure!(created.status == 201, "create: {}", created.body);
-    let id = serde_json::from_str::<serde_json::Value>(&created.body)?["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let path = format!("/api/v1/environments/bench/configs/{id}");
-    // Every agent live and done with version 1 before measuring.
-    wait_all(
-        &mut watcher,
-        &keys,
-        &id,
-        agents,
-        1,
-        Duration::from_secs(120),
-    )
-    .await?;
+}
 
-    let mut samples = Vec::new();
-    let mut answers = Vec::new();
-    let mut firsts = Vec::new();
-    let cpu_before = cpu(store_pid);
-    for round in 0..rounds {
-        let version = round + 2;
-        let mut stream = watcher
+impl Fleet {
+    /// Starts a controller and `agents` agents on `endpoint`, creates the configuration and
+    /// waits until every agent has applied it.
+    async fn start(
+        name: &'static str,
+        endpoint: &str,
+        store_pid: Option<u32>,
+        agents: usize,
+        disk: bool,
+    ) -> anyhow::Result<Fleet> {
+        // Each fleet under its own prefix state: clear what an earlier one left.
+        let config = ferry_client::ConnectConfig::new([endpoint]);
+        let mut client = ferry_client::connect(&config).await?;
+        client
+            .delete(
+                "/ingress",
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await?;
+        let dir = tempfile::tempdir()?;
+        let shm = std::path::Path::new("/dev/shm");
+        let outputs = if disk || !shm.is_dir() {
+            tempfile::tempdir()?
+        } else {
+            tempfile::tempdir_in(shm)?
+        };
+        let (tokens, token) = Tokens::generate("admin");
+        let controller = ferry_controller::server::start(
+            client.clone(),
+            ControllerConfig {
+                name: "bench".into(),
+                database: format!("sqlite://{}", dir.path().join("ctl.db").display()),
+                listen: "127.0.0.1:0".parse()?,
+                root: "/ingress".into(),
+                tokens,
+                tokens_file: None,
+                audit_log: None,
+                tls: None,
+                reconcile_interval: Duration::from_secs(300),
+                preflight: Default::default(),
+            },
+        )
+        .await?;
+        let api = controller.local_addr.to_string();
+        let mut running: Vec<RunningAgent> = Vec::new();
+        let mut shared: Option<Client> = None;
+        for n in 0..agents {
+            if n % AGENTS_PER_CONNECTION == 0 {
+                shared = Some(ferry_client::connect(&config).await?);
+            }
+            let agent_client = shared.clone().context("a connection")?;
+            running.push(
+                ferry_agent::start(
+                    agent_client,
+                    AgentConfig {
+                        env: "bench".into(),
+                        name: format!("agent-{n}"),
+                        ip: "127.0.0.1".into(),
+                        root: "/ingress".into(),
+                        services_prefix: "/services".into(),
+                        nginx_prefix: outputs.path().join(format!("agent-{n}")),
+                        listen: "127.0.0.1:8080".into(),
+                        tls_listen: "127.0.0.1:8443".into(),
+                        template: None,
+                        check_cmd: None,
+                        reload_cmd: None,
+                        resync: Duration::from_secs(3600),
+                    },
+                )
+                .await?,
+            );
+        }
+        let created = call(
+            &api,
+            &token,
+            "POST",
+            "/api/v1/environments/bench/configs",
+            &document(1),
+            None,
+        )
+        .await?;
+        anyhow::ensure!(created.status == 201, "create: {}", created.body);
+        let id = serde_json::from_str::<serde_json::Value>(&created.body)?["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let path = format!("/api/v1/environments/bench/configs/{id}");
+        let keys = Keys::default();
+        // Every agent live and done with version 1 before measuring.
+        wait_all(&mut client, &keys, &id, agents, 1, Duration::from_secs(120)).await?;
+        Ok(Fleet {
+            name,
+            store_pid,
+            agents,
+            api,
+            token,
+            id,
+            path,
+            keys,
+            watcher: client,
+            running,
+            controller,
+            samples: Vec::new(),
+            answers: Vec::new(),
+            firsts: Vec::new(),
+            cpu: Duration::ZERO,
+            store_cpu: Duration::ZERO,
+            _dirs: [dir, outputs],
+        })
+    }
+
+    /// One rollout: the configuration's next version through the API, until every agent
+    /// reports it.
+    async fn round(&mut self, version: usize) -> anyhow::Result<()> {
+        let mut stream = self
+            .watcher
             .watch(
-                keys.statuses("bench", &id),
+                self.keys.statuses("bench", &self.id),
                 Some(WatchOptions::new().with_prefix()),
             )
             .await?;
         // Measure only once the watch is in place (its first message confirms it).
         let first = stream.message().await?.context("watch ended")?;
         anyhow::ensure!(first.created(), "unexpected first watch message");
+        let cpu_before = cpu(self.store_pid);
         let started = Instant::now();
-        let reply = call("PUT", path.clone(), document(version), Some(version - 1)).await?;
+        let reply = call(
+            &self.api,
+            &self.token,
+            "PUT",
+            &self.path,
+            &document(version),
+            Some(version - 1),
+        )
+        .await?;
         anyhow::ensure!(reply.status == 200, "update: {}", reply.body);
-        answers.push(started.elapsed());
+        self.answers.push(started.elapsed());
         let mut done: HashMap<String, ()> = HashMap::new();
         let deadline = started + Duration::from_secs(60);
-        while done.len() < agents {
+        while done.len() < self.agents {
             let msg = tokio::time::timeout_at(deadline.into(), stream.message())
                 .await
                 .context("rollout did not complete in 60 s")??
@@ -209,38 +261,65 @@ async fn run(
                     let status: AgentStatus = serde_json::from_slice(kv.value())?;
                     if status.ok && status.version == version as i64 {
                         if done.is_empty() {
-                            firsts.push(started.elapsed());
+                            self.firsts.push(started.elapsed());
                         }
                         done.insert(status.agent, ());
                     }
                 }
             }
         }
-        samples.push(started.elapsed());
+        self.samples.push(started.elapsed());
+        let cpu_after = cpu(self.store_pid);
+        self.cpu += cpu_after.0.saturating_sub(cpu_before.0);
+        self.store_cpu += cpu_after.1.saturating_sub(cpu_before.1);
+        Ok(())
     }
-    let cpu_after = cpu(store_pid);
-    let per_round =
-        |after: Duration, before: Duration| after.saturating_sub(before) / rounds as u32;
-    let cpu_per_round = per_round(cpu_after.0, cpu_before.0);
-    let store_cpu_per_round = cpu_after.1.zip(cpu_before.1).map(|(a, b)| per_round(a, b));
-    // The API agrees: complete at the last version.
-    let status = call("GET", format!("{path}/status"), String::new(), None).await?;
-    let status: serde_json::Value = serde_json::from_str(&status.body)?;
-    anyhow::ensure!(
-        status["summary"]["complete"] == true && status["summary"]["live"] == agents,
-        "API status after the runs: {status}"
-    );
-    for a in running {
-        a.stop().await;
+
+    /// Checks that the API agrees (complete at the last version), stops everything and
+    /// prints the fleet's line of the table.
+    async fn finish(mut self) -> anyhow::Result<()> {
+        let status = call(
+            &self.api,
+            &self.token,
+            "GET",
+            &format!("{}/status", self.path),
+            "",
+            None,
+        )
+        .await?;
+        let status: serde_json::Value = serde_json::from_str(&status.body)?;
+        anyhow::ensure!(
+            status["summary"]["complete"] == true && status["summary"]["live"] == self.agents,
+            "{}: API status after the runs: {status}",
+            self.name
+        );
+        for a in self.running {
+            a.stop().await;
+        }
+        self.controller.stop().await;
+        let rounds = self.samples.len();
+        self.samples.sort();
+        self.answers.sort();
+        self.firsts.sort();
+        let per_round = |total: Duration| total / rounds.max(1) as u32;
+        println!(
+            "| {} | {} | {rounds} | {} | {} | {} | {} | {} | {} | {} |",
+            self.agents,
+            self.name,
+            fmt(percentile(&self.samples, 50.0)),
+            fmt(percentile(&self.samples, 99.0)),
+            fmt(*self.samples.last().unwrap_or(&Duration::ZERO)),
+            fmt(percentile(&self.answers, 50.0)),
+            fmt(percentile(&self.firsts, 50.0)),
+            fmt(per_round(self.cpu + self.store_cpu)),
+            if self.store_pid.is_some() {
+                fmt(per_round(self.store_cpu))
+            } else {
+                "(in process)".into()
+            },
+        );
+        Ok(())
     }
-    controller.stop().await;
-    Ok(Run {
-        samples,
-        answers,
-        firsts,
-        cpu_per_round,
-        store_cpu_per_round,
-    })
 }
 
 async fn wait_all(
@@ -340,7 +419,8 @@ async fn main() -> anyhow::Result<()> {
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &agents in &sizes {
         // With fewer than 100 rounds the p99 is the slowest round.
-        let rounds = fixed_rounds.unwrap_or(if agents >= 1000 { 20 } else { 200 });
+        let rounds = fixed_rounds.unwrap_or(if agents >= 1000 { 100 } else { 200 });
+        let mut fleets = Vec::new();
         for (key, name, endpoint, store_pid) in [
             (
                 "embedded",
@@ -359,30 +439,17 @@ async fn main() -> anyhow::Result<()> {
             if only.as_deref().is_some_and(|o| o != key) {
                 continue;
             }
-            // Each run under its own prefix state: clear what the previous run left.
-            let mut c =
-                ferry_client::connect(&ferry_client::ConnectConfig::new([endpoint.as_str()]))
-                    .await?;
-            c.delete(
-                "/ingress",
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            )
-            .await?;
-            let mut result = run(&endpoint, store_pid, agents, rounds, disk).await?;
-            result.samples.sort();
-            result.answers.sort();
-            result.firsts.sort();
-            let store_cpu = result.store_cpu_per_round;
-            println!(
-                "| {agents} | {name} | {rounds} | {} | {} | {} | {} | {} | {} | {} |",
-                fmt(percentile(&result.samples, 50.0)),
-                fmt(percentile(&result.samples, 99.0)),
-                fmt(*result.samples.last().unwrap_or(&Duration::ZERO)),
-                fmt(percentile(&result.answers, 50.0)),
-                fmt(percentile(&result.firsts, 50.0)),
-                fmt(result.cpu_per_round + store_cpu.unwrap_or_default()),
-                store_cpu.map(fmt).unwrap_or_else(|| "(in process)".into()),
-            );
+            fleets.push(Fleet::start(name, &endpoint, store_pid, agents, disk).await?);
+        }
+        // Round by round in turn, so that the machine's slow spells fall on every store
+        // alike rather than on whichever ran then.
+        for round in 0..rounds {
+            for fleet in &mut fleets {
+                fleet.round(round + 2).await?;
+            }
+        }
+        for fleet in fleets {
+            fleet.finish().await?;
         }
     }
     Ok(())
