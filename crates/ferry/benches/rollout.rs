@@ -2,10 +2,10 @@
 //! rendering without nginx, on the embedded store and on a real etcd 3.4 in the same run.
 //!
 //! Run on demand: `cargo bench -p ferry --bench rollout [-- [--disk] [--only embedded|process|etcd]
-//! [--rounds N] AGENTS...]` (default 10 100 1000; `--only` measures one store and `--rounds`
-//! makes the measured part long, to profile it). "Complete" is the moment the last live agent's
-//! status key reports the new version, as seen through a watch opened before the call (what the
-//! API's status summary is built from).
+//! [--rounds N] [--blocks B] AGENTS...]` (default 10 100 1000; `--only` measures one store and
+//! `--rounds` makes the measured part long, to profile it). "Complete" is the moment the last
+//! live agent's status key reports the new version, as seen through a watch opened before the
+//! call (what the API's status summary is built from).
 //!
 //! The agents write their nginx.conf to tmpfs (`/dev/shm`) unless `--disk` is given: a real
 //! fleet has a disk per host, while a thousand agents renaming files on this machine's one
@@ -13,15 +13,14 @@
 //! controller's database stay on disk.
 //!
 //! Three stores: ferry's embedded in this process (as `ferry up` runs it), ferry's as its own
-//! process (`ferry store`), and etcd. Each has its own fleet (controller and agents), all three
-//! started before the first round; then the rounds go to the three in turn, so that the shared
-//! machine's slow spells fall on every store alike instead of on whichever ran then (the
-//! fleets not in their round still keep their leases alive meanwhile, which etcd's costs more
-//! CPU than ferry's: a bias against ferry). 200 rounds per store below 1,000 agents, 100 at
-//! 1,000, so that the p99 is not just the slowest round.
+//! process (`ferry store`), and etcd. The rounds are taken in `B` blocks (default 5): in each
+//! block every store in turn starts a fleet (a controller and its agents, every agent done
+//! with version 1), runs its share of the rounds and stops it, so that the shared machine's
+//! slow spells fall on every store alike instead of on whichever ran then. 200 rounds per
+//! store below 1,000 agents, 100 at 1,000, so that the p99 is not just the slowest round.
 //!
 //! "CPU ms per round" is the whole machine's cost of one rollout, measured over the store's
-//! rounds: this process (agents, controllers, their clients, and the embedded store) plus the
+//! rounds: this process (agents, controller, their clients, and the embedded store) plus the
 //! store's own process, shown apart: the agents' share is the same work on every store, so the
 //! store processes' column compares the stores alone.
 
@@ -72,17 +71,22 @@ struct Fleet {
     watcher: Client,
     running: Vec<RunningAgent>,
     controller: ferry_controller::server::RunningController,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+/// What one store's rounds measured, over all its blocks.
+#[derive(Default)]
+struct Tally {
     /// From the call to the last agent's status with the new version.
     samples: Vec<Duration>,
     /// From the call to the API's answer (SQL commit and store write included).
     answers: Vec<Duration>,
     /// From the call to the first agent's status with the new version.
     firsts: Vec<Duration>,
-    /// CPU time during this fleet's rounds of this process (agents, controller, their
-    /// clients; and the store when it is embedded), and of the store's own process.
+    /// CPU time during the rounds of this process (agents, controller, their clients; and
+    /// the store when it is embedded), and of the store's own process.
     cpu: Duration,
     store_cpu: Duration,
-    _dirs: [tempfile::TempDir; 2],
 }
 
 /// CPU time used so far by this process and by `store_pid`, a store in its own process.
@@ -214,18 +218,13 @@ impl Fleet {
             watcher: client,
             running,
             controller,
-            samples: Vec::new(),
-            answers: Vec::new(),
-            firsts: Vec::new(),
-            cpu: Duration::ZERO,
-            store_cpu: Duration::ZERO,
             _dirs: [dir, outputs],
         })
     }
 
     /// One rollout: the configuration's next version through the API, until every agent
     /// reports it.
-    async fn round(&mut self, version: usize) -> anyhow::Result<()> {
+    async fn round(&mut self, version: usize, tally: &mut Tally) -> anyhow::Result<()> {
         let mut stream = self
             .watcher
             .watch(
@@ -248,7 +247,7 @@ impl Fleet {
         )
         .await?;
         anyhow::ensure!(reply.status == 200, "update: {}", reply.body);
-        self.answers.push(started.elapsed());
+        tally.answers.push(started.elapsed());
         let mut done: HashMap<String, ()> = HashMap::new();
         let deadline = started + Duration::from_secs(60);
         while done.len() < self.agents {
@@ -261,23 +260,22 @@ impl Fleet {
                     let status: AgentStatus = serde_json::from_slice(kv.value())?;
                     if status.ok && status.version == version as i64 {
                         if done.is_empty() {
-                            self.firsts.push(started.elapsed());
+                            tally.firsts.push(started.elapsed());
                         }
                         done.insert(status.agent, ());
                     }
                 }
             }
         }
-        self.samples.push(started.elapsed());
+        tally.samples.push(started.elapsed());
         let cpu_after = cpu(self.store_pid);
-        self.cpu += cpu_after.0.saturating_sub(cpu_before.0);
-        self.store_cpu += cpu_after.1.saturating_sub(cpu_before.1);
+        tally.cpu += cpu_after.0.saturating_sub(cpu_before.0);
+        tally.store_cpu += cpu_after.1.saturating_sub(cpu_before.1);
         Ok(())
     }
 
-    /// Checks that the API agrees (complete at the last version), stops everything and
-    /// prints the fleet's line of the table.
-    async fn finish(mut self) -> anyhow::Result<()> {
+    /// Checks that the API agrees (complete at the last version), then stops everything.
+    async fn finish(self) -> anyhow::Result<()> {
         let status = call(
             &self.api,
             &self.token,
@@ -297,28 +295,32 @@ impl Fleet {
             a.stop().await;
         }
         self.controller.stop().await;
+        Ok(())
+    }
+}
+
+impl Tally {
+    /// The store's line of the table.
+    fn print(mut self, agents: usize, name: &str, own_process: bool) {
         let rounds = self.samples.len();
         self.samples.sort();
         self.answers.sort();
         self.firsts.sort();
         let per_round = |total: Duration| total / rounds.max(1) as u32;
         println!(
-            "| {} | {} | {rounds} | {} | {} | {} | {} | {} | {} | {} |",
-            self.agents,
-            self.name,
+            "| {agents} | {name} | {rounds} | {} | {} | {} | {} | {} | {} | {} |",
             fmt(percentile(&self.samples, 50.0)),
             fmt(percentile(&self.samples, 99.0)),
             fmt(*self.samples.last().unwrap_or(&Duration::ZERO)),
             fmt(percentile(&self.answers, 50.0)),
             fmt(percentile(&self.firsts, 50.0)),
             fmt(per_round(self.cpu + self.store_cpu)),
-            if self.store_pid.is_some() {
+            if own_process {
                 fmt(per_round(self.store_cpu))
             } else {
                 "(in process)".into()
             },
         );
-        Ok(())
     }
 }
 
@@ -381,6 +383,13 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("--rounds {r:?}"))
         })
         .transpose()?;
+    let blocks = option("--blocks")
+        .map(|b| {
+            b.parse::<usize>()
+                .with_context(|| format!("--blocks {b:?}"))
+        })
+        .transpose()?
+        .unwrap_or(5);
     if let Some(o) = &only {
         anyhow::ensure!(
             ["embedded", "process", "etcd"].contains(&o.as_str()),
@@ -392,7 +401,7 @@ async fn main() -> anyhow::Result<()> {
         .enumerate()
         .filter(|(i, a)| {
             !a.starts_with("--")
-                && (*i == 0 || !matches!(args[i - 1].as_str(), "--only" | "--rounds"))
+                && (*i == 0 || !matches!(args[i - 1].as_str(), "--only" | "--rounds" | "--blocks"))
         })
         .map(|(_, a)| a)
         .map(|a| a.parse().with_context(|| format!("agent count {a:?}")))
@@ -420,14 +429,8 @@ async fn main() -> anyhow::Result<()> {
     for &agents in &sizes {
         // With fewer than 100 rounds the p99 is the slowest round.
         let rounds = fixed_rounds.unwrap_or(if agents >= 1000 { 100 } else { 200 });
-        let mut fleets = Vec::new();
-        for (key, name, endpoint, store_pid) in [
-            (
-                "embedded",
-                "ferry (embedded)",
-                embedded_endpoint.clone(),
-                None,
-            ),
+        let stores: Vec<(&'static str, String, Option<u32>)> = [
+            ("embedded", "ferry (embedded)", embedded_endpoint.clone(), None),
             (
                 "process",
                 "ferry store (own process)",
@@ -435,21 +438,30 @@ async fn main() -> anyhow::Result<()> {
                 own_process.pid(),
             ),
             ("etcd", "etcd 3.4", etcd.endpoint(), etcd.pid()),
-        ] {
-            if only.as_deref().is_some_and(|o| o != key) {
-                continue;
+        ]
+        .into_iter()
+        .filter(|(key, ..)| only.as_deref().is_none_or(|o| o == *key))
+        .map(|(_, name, endpoint, pid)| (name, endpoint, pid))
+        .collect();
+        let mut tallies: Vec<Tally> = stores.iter().map(|_| Tally::default()).collect();
+        // The stores take turns, a block of rounds each, so that the shared machine's slow
+        // spells fall on every store alike rather than on whichever ran then. Only the fleet
+        // of the block's store runs: the others' agents would keep their leases alive
+        // meanwhile, which costs etcd more CPU than ferry.
+        let blocks = blocks.min(rounds).max(1);
+        for block in 0..blocks {
+            let in_block = rounds / blocks + usize::from(block < rounds % blocks);
+            for ((name, endpoint, store_pid), tally) in stores.iter().zip(&mut tallies) {
+                let mut fleet = Fleet::start(name, endpoint, *store_pid, agents, disk).await?;
+                // A fresh fleet's configuration is at version 1.
+                for n in 0..in_block {
+                    fleet.round(n + 2, tally).await?;
+                }
+                fleet.finish().await?;
             }
-            fleets.push(Fleet::start(name, &endpoint, store_pid, agents, disk).await?);
         }
-        // Round by round in turn, so that the machine's slow spells fall on every store
-        // alike rather than on whichever ran then.
-        for round in 0..rounds {
-            for fleet in &mut fleets {
-                fleet.round(round + 2).await?;
-            }
-        }
-        for fleet in fleets {
-            fleet.finish().await?;
+        for ((name, _, store_pid), tally) in stores.iter().zip(tallies) {
+            tally.print(agents, name, store_pid.is_some());
         }
     }
     Ok(())
