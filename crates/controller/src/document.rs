@@ -270,18 +270,28 @@ fn valid_location(p: &str) -> Result<(), &'static str> {
 /// says a field of an ingress document is either there with a value or left out, so a
 /// `null` is refused where it stands.
 fn reject_nulls(value: &serde_json::Value, at: &str) -> Result<(), ValidationError> {
+    match null_below(value) {
+        Some(below) => Err(invalid(
+            format!("{at}{below}"),
+            "null is not a value here: leave the field out",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The path from `value` to the first null in it (empty when `value` is null), or `None`.
+/// Built only for the null found: every agent checks every configuration at every render.
+fn null_below(value: &serde_json::Value) -> Option<String> {
     match value {
-        serde_json::Value::Null => {
-            Err(invalid(at, "null is not a value here: leave the field out"))
-        }
+        serde_json::Value::Null => Some(String::new()),
         serde_json::Value::Array(items) => items
             .iter()
             .enumerate()
-            .try_for_each(|(i, v)| reject_nulls(v, &format!("{at}[{i}]"))),
+            .find_map(|(i, v)| null_below(v).map(|below| format!("[{i}]{below}"))),
         serde_json::Value::Object(fields) => fields
             .iter()
-            .try_for_each(|(k, v)| reject_nulls(v, &format!("{at}.{k}"))),
-        _ => Ok(()),
+            .find_map(|(k, v)| null_below(v).map(|below| format!(".{k}{below}"))),
+        _ => None,
     }
 }
 
