@@ -92,7 +92,7 @@ struct Envelope {
 fn decode_config(value: &serde_json::Value) -> Result<PublishedConfig, String> {
     let document = value
         .get("document")
-        .map(|d| IngressDocument::from_value(d.clone()).map_err(|e| e.to_string()))
+        .map(|d| IngressDocument::from_value(d).map_err(|e| e.to_string()))
         .transpose()?;
     let envelope: Envelope = serde_path_to_error::deserialize(value)
         .map_err(|e| format!("not a published configuration: {}: {}", e.path(), e.inner()))?;

@@ -308,18 +308,19 @@ impl IngressDocument {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ValidationError> {
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| invalid("(document)", e.to_string()))?;
-        Self::from_value(value)
+        Self::from_value(&value)
     }
 
-    /// Validates an already parsed document, as [`from_json`](Self::from_json) does.
-    pub fn from_value(value: serde_json::Value) -> Result<Self, ValidationError> {
-        let serde_json::Value::Object(mut obj) = value else {
+    /// Validates an already parsed document, as [`from_json`](Self::from_json) does. It reads
+    /// the value where it is: agents check every configuration at every render.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, ValidationError> {
+        let serde_json::Value::Object(obj) = value else {
             return Err(invalid("(document)", "must be a JSON object"));
         };
         // The kind is read by hand: serde's tagged enums buffer the content and lose the
         // path of errors inside it.
-        let kind = match obj.remove("kind") {
-            Some(serde_json::Value::String(k)) => k,
+        let kind = match obj.get("kind") {
+            Some(serde_json::Value::String(k)) => k.as_str(),
             Some(_) => return Err(invalid("kind", "must be a string")),
             None => {
                 return Err(invalid(
@@ -328,15 +329,16 @@ impl IngressDocument {
                 ))
             }
         };
-        let doc = match kind.as_str() {
+        let fields = || obj.iter().filter(|(name, _)| name.as_str() != "kind");
+        let doc = match kind {
             "ingress" => {
-                for (field, value) in &obj {
+                for (field, value) in fields() {
                     reject_nulls(value, field)?;
                 }
-                let ingress: Ingress = serde_path_to_error::deserialize(serde_json::Value::Object(
-                    obj,
-                ))
-                .map_err(|e| {
+                let rest = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(
+                    fields().map(|(name, value)| (name.as_str(), value)),
+                );
+                let ingress: Ingress = serde_path_to_error::deserialize(rest).map_err(|e| {
                     let path = e.path().to_string();
                     let path = if path == "." {
                         "(document)".to_string()
@@ -348,21 +350,24 @@ impl IngressDocument {
                 IngressDocument::Ingress(ingress)
             }
             "opaque" => {
-                let data = match obj.remove("data") {
-                    Some(serde_json::Value::Object(d)) => d,
+                let data = match obj.get("data") {
+                    Some(serde_json::Value::Object(d)) => d.clone(),
                     Some(_) => return Err(invalid("data", "must be a JSON object")),
                     None => return Err(invalid("data", "missing")),
                 };
-                let rollout = match obj.remove("rollout") {
+                let rollout = match obj.get("rollout") {
                     None => None,
                     Some(value) => {
-                        reject_nulls(&value, "rollout")?;
+                        reject_nulls(value, "rollout")?;
                         Some(serde_path_to_error::deserialize(value).map_err(|e| {
                             invalid(format!("rollout.{}", e.path()), e.into_inner().to_string())
                         })?)
                     }
                 };
-                if let Some(extra) = obj.keys().next() {
+                if let Some(extra) = obj
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), "kind" | "data" | "rollout"))
+                {
                     return Err(invalid(
                         extra.clone(),
                         "unknown field (an opaque document has kind, data and rollout)",
@@ -604,6 +609,16 @@ mod tests {
             ))
             .path,
             "virtual_hosts[0].tls"
+        );
+        let extra = err(&GOOD.replacen("{", "{\"extra\":1,", 1));
+        assert_eq!(extra.path, "extra");
+        assert!(extra.reason.contains("unknown field"), "{extra}");
+        let missing = err(r#"{"kind":"ingress"}"#);
+        assert_eq!(missing.path, "(document)");
+        assert!(missing.reason.contains("virtual_hosts"), "{missing}");
+        assert_eq!(
+            err(r#"{"kind":"opaque","data":{},"extra":1}"#).path,
+            "extra"
         );
         // Opaque data is the user's: nulls in it are values.
         assert!(IngressDocument::from_json(br#"{"kind":"opaque","data":{"a":null}}"#).is_ok());

@@ -430,7 +430,12 @@ async fn main() -> anyhow::Result<()> {
         // With fewer than 100 rounds the p99 is the slowest round.
         let rounds = fixed_rounds.unwrap_or(if agents >= 1000 { 100 } else { 200 });
         let stores: Vec<(&'static str, String, Option<u32>)> = [
-            ("embedded", "ferry (embedded)", embedded_endpoint.clone(), None),
+            (
+                "embedded",
+                "ferry (embedded)",
+                embedded_endpoint.clone(),
+                None,
+            ),
             (
                 "process",
                 "ferry store (own process)",
