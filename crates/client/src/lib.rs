@@ -19,6 +19,7 @@ pub mod duration;
 mod endpoint;
 pub mod health;
 mod insecure;
+mod plain_channel;
 mod ports;
 mod retry;
 pub mod tls;
@@ -312,6 +313,23 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
                     keepalive: (config.keepalive_time, config.keepalive_timeout),
                 };
                 health::connect_cluster(urls, options, probe_options, spec)
+                    .await
+                    .map_err(classify)?
+            }
+            None if chosen_tls.is_none() => {
+                let address = endpoints[0].trim_start_matches("http://").to_string();
+                let channel = plain_channel::PlainChannel::new(plain_channel::PlainEndpoint {
+                    address,
+                    dial_timeout: config.dial_timeout,
+                    request_timeout: config.request_timeout,
+                    keepalive_time: config.keepalive_time,
+                    keepalive_timeout: config.keepalive_timeout,
+                })
+                .map_err(|e| ConnectError::Unreachable {
+                    endpoints: joined.clone(),
+                    reason: e.to_string(),
+                })?;
+                Client::from_channel(channel.into_etcd_channel(), Some(options))
                     .await
                     .map_err(classify)?
             }
