@@ -361,8 +361,4 @@ impl http_body::Body for ResponseBody {
             Poll::Ready(Err(err)) => Poll::Ready(Some(Err(status(err)))),
         }
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
 }
