@@ -1,11 +1,11 @@
 //! Time from an API call to a "complete" rollout, for 10, 100 and 1,000 in-process agents
 //! rendering without nginx, on the embedded store and on a real etcd 3.4 in the same run.
 //!
-//! Run on demand: `cargo bench -p ferry --bench rollout [-- [--disk] [--only embedded|process|etcd]
-//! [--rounds N] [--blocks B] AGENTS...]` (default 10 100 1000; `--only` measures one store and
-//! `--rounds` makes the measured part long, to profile it). "Complete" is the moment the last
-//! live agent's status key reports the new version, as seen through a watch opened before the
-//! call (what the API's status summary is built from).
+//! Run on demand: `cargo bench -p ferry --bench rollout [-- [--disk] [--only
+//! embedded|process|etcd] [--rounds N] [--blocks B] [--warmup W] AGENTS...]` (default 10 100
+//! 1000; `--only` measures one store and `--rounds` makes the measured part long, to profile
+//! it). "Complete" is the moment the last live agent's status key reports the new version, as
+//! seen through a watch opened before the call (what the API's status summary is built from).
 //!
 //! The agents write their nginx.conf to tmpfs (`/dev/shm`) unless `--disk` is given: a real
 //! fleet has a disk per host, while a thousand agents renaming files on this machine's one
@@ -15,9 +15,10 @@
 //! Three stores: ferry's embedded in this process (as `ferry up` runs it), ferry's as its own
 //! process (`ferry store`), and etcd. The rounds are taken in `B` blocks (default 5): in each
 //! block every store in turn starts a fleet (a controller and its agents, every agent done
-//! with version 1), runs its share of the rounds and stops it, so that the shared machine's
-//! slow spells fall on every store alike instead of on whichever ran then. 200 rounds per
-//! store below 1,000 agents, 100 at 1,000, so that the p99 is not just the slowest round.
+//! with version 1), runs `W` unmeasured rounds (default 5), then its share of the measured
+//! rounds, and stops it, so that the shared machine's slow spells fall on every store alike
+//! instead of on whichever ran then. 200 measured rounds per store below 1,000 agents, 100 at
+//! 1,000, so that the p99 is not just the slowest round.
 //!
 //! "CPU ms per round" is the whole machine's cost of one rollout, measured over the store's
 //! rounds: this process (agents, controller, their clients, and the embedded store) plus the
@@ -390,6 +391,13 @@ async fn main() -> anyhow::Result<()> {
         })
         .transpose()?
         .unwrap_or(5);
+    let warmup = option("--warmup")
+        .map(|w| {
+            w.parse::<usize>()
+                .with_context(|| format!("--warmup {w:?}"))
+        })
+        .transpose()?
+        .unwrap_or(5);
     if let Some(o) = &only {
         anyhow::ensure!(
             ["embedded", "process", "etcd"].contains(&o.as_str()),
@@ -401,7 +409,11 @@ async fn main() -> anyhow::Result<()> {
         .enumerate()
         .filter(|(i, a)| {
             !a.starts_with("--")
-                && (*i == 0 || !matches!(args[i - 1].as_str(), "--only" | "--rounds" | "--blocks"))
+                && (*i == 0
+                    || !matches!(
+                        args[i - 1].as_str(),
+                        "--only" | "--rounds" | "--blocks" | "--warmup"
+                    ))
         })
         .map(|(_, a)| a)
         .map(|a| a.parse().with_context(|| format!("agent count {a:?}")))
@@ -458,9 +470,15 @@ async fn main() -> anyhow::Result<()> {
             let in_block = rounds / blocks + usize::from(block < rounds % blocks);
             for ((name, endpoint, store_pid), tally) in stores.iter().zip(&mut tallies) {
                 let mut fleet = Fleet::start(name, endpoint, *store_pid, agents, disk).await?;
-                // A fresh fleet's configuration is at version 1.
+                // A fresh fleet's configuration is at version 1. Its first rounds run while
+                // the store still digests the fleet's start (1,000 registrations, statuses)
+                // and are slower on every store: not measured.
+                let mut unmeasured = Tally::default();
+                for n in 0..warmup {
+                    fleet.round(n + 2, &mut unmeasured).await?;
+                }
                 for n in 0..in_block {
-                    fleet.round(n + 2, tally).await?;
+                    fleet.round(warmup + n + 2, tally).await?;
                 }
                 fleet.finish().await?;
             }
