@@ -378,26 +378,14 @@ async fn main() -> anyhow::Result<()> {
             .map(|i| args.get(i + 1).cloned().unwrap_or_default())
     };
     let only = option("--only");
-    let fixed_rounds = option("--rounds")
-        .map(|r| {
-            r.parse::<usize>()
-                .with_context(|| format!("--rounds {r:?}"))
-        })
-        .transpose()?;
-    let blocks = option("--blocks")
-        .map(|b| {
-            b.parse::<usize>()
-                .with_context(|| format!("--blocks {b:?}"))
-        })
-        .transpose()?
-        .unwrap_or(5);
-    let warmup = option("--warmup")
-        .map(|w| {
-            w.parse::<usize>()
-                .with_context(|| format!("--warmup {w:?}"))
-        })
-        .transpose()?
-        .unwrap_or(5);
+    let count = |name: &str| {
+        option(name)
+            .map(|v| v.parse::<usize>().with_context(|| format!("{name} {v:?}")))
+            .transpose()
+    };
+    let fixed_rounds = count("--rounds")?;
+    let blocks = count("--blocks")?.unwrap_or(5);
+    let warmup = count("--warmup")?.unwrap_or(5);
     if let Some(o) = &only {
         anyhow::ensure!(
             ["embedded", "process", "etcd"].contains(&o.as_str()),
