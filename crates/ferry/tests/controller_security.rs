@@ -45,6 +45,7 @@ fn spawn_controller(
             .arg(format!("sqlite://{}", dir.join("ctl.db").display()))
             .args(extra)
             .env("FERRY_LOG", "warn")
+            .env("TMPDIR", dir)
             .stdout(Stdio::null())
             .spawn()?,
     ))

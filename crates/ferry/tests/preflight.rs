@@ -60,7 +60,8 @@ async fn controller(
     .arg(&tokens)
     .args(["--database", &sqlite_url(dir), "--preflight", "on"])
     .args(["--preflight-nginx", nginx])
-    .env("FERRY_LOG", "warn");
+    .env("FERRY_LOG", "warn")
+    .env("TMPDIR", dir);
     if let Some(text) = template {
         let path = dir.join("custom.tmpl");
         std::fs::write(&path, text)?;

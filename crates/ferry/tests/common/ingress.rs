@@ -26,8 +26,13 @@ pub fn admin_tokens() -> String {
     token_line("admin", "admin", "*", ADMIN) + "\n"
 }
 
-/// A child process killed (SIGKILL) when dropped.
+/// A child process stopped when dropped: SIGTERM, so that it removes what it made (a
+/// controller's pre-flight work directory), then SIGKILL if it is still there after a grace
+/// period.
 pub struct Proc(pub Child);
+
+/// How long a dropped [`Proc`] has to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Proc {
     /// `kill -9`, and reap it.
@@ -39,6 +44,22 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Already reaped: its PID may belong to someone else by now.
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        let pid = self.0.id().to_string();
+        // CONT too: a paused process only acts on the TERM once it runs.
+        for signal in ["-TERM", "-CONT"] {
+            let _ = Command::new("kill")
+                .args([signal, &pid])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let until = Instant::now() + STOP_GRACE;
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.kill9();
     }
 }
@@ -76,6 +97,9 @@ pub struct Controller {
     /// Its API address.
     pub addr: String,
     args: Vec<String>,
+    /// Its temporary directory (TMPDIR): the test's, so that a pre-flight work directory
+    /// left by `kill -9` goes with the test's.
+    tmp: PathBuf,
     proc: Proc,
 }
 
@@ -124,8 +148,14 @@ impl Controller {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let proc = Proc(spawn(&args)?);
-        let c = Controller { addr, args, proc };
+        let tmp = dir.to_path_buf();
+        let proc = Proc(spawn(&args, &tmp)?);
+        let c = Controller {
+            addr,
+            args,
+            tmp,
+            proc,
+        };
         c.wait_ready().await?;
         Ok(c)
     }
@@ -155,15 +185,16 @@ impl Controller {
 
     /// Starts it again with the same flags (same name, address and database).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.proc = Proc(spawn(&self.args)?);
+        self.proc = Proc(spawn(&self.args, &self.tmp)?);
         self.wait_ready().await
     }
 }
 
-fn spawn(args: &[String]) -> anyhow::Result<Child> {
+fn spawn(args: &[String], tmp: &Path) -> anyhow::Result<Child> {
     Ok(Command::new(ferry_bin())
         .args(args)
         .env("FERRY_LOG", "warn")
+        .env("TMPDIR", tmp)
         .stdout(Stdio::null())
         .spawn()?)
 }
@@ -213,7 +244,7 @@ impl Agent {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let proc = Proc(spawn(&args)?);
+        let proc = Proc(spawn(&args, dir)?);
         Ok(Agent {
             name: name.to_string(),
             prefix,
@@ -249,7 +280,8 @@ impl Agent {
 
     /// Starts it again with the same flags.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.proc = Proc(spawn(&self.args)?);
+        let dir = self.prefix.parent().unwrap_or(&self.prefix);
+        self.proc = Proc(spawn(&self.args, dir)?);
         Ok(())
     }
 }
