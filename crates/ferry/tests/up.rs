@@ -99,3 +99,37 @@ async fn ferry_up_rolls_out_to_every_agent_and_stops_cleanly() -> anyhow::Result
     );
     Ok(())
 }
+
+/// Without `--dir`, everything `ferry up` makes goes in a temporary directory it removes on
+/// exit (its own and the controller's pre-flight work directory alike): a demo run leaves
+/// nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_up_without_a_directory_leaves_nothing_behind() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out = Command::new(common::ferry_bin())
+        .args([
+            "up",
+            "--api-port",
+            "0",
+            "--exit-when-complete",
+            "--log-level",
+            "warn",
+        ])
+        .env("TMPDIR", tmp.path())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("rollout complete in every environment"),
+        "{stdout}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+    Ok(())
+}

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Working directory for the store, the database and each agent's nginx
-    /// [default: a new temporary directory].
+    /// [default: a new temporary directory, removed on exit].
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Port of the controller's API (0 picks a free one).
@@ -79,12 +79,17 @@ impl UpArgs {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("--endpoints: {e}"))?;
         }
-        let tmp;
+        // Removed when this returns, after everything that used it has stopped: nothing in it
+        // outlives the run (the next run makes a new one).
+        let scratch;
         let dir = match &self.dir {
             Some(d) => d.clone(),
             None => {
-                tmp = tempfile_dir()?;
-                tmp.clone()
+                scratch = tempfile::Builder::new()
+                    .prefix("ferry-up-")
+                    .tempdir()
+                    .context("creating a temporary working directory")?;
+                scratch.path().to_path_buf()
             }
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -364,10 +369,4 @@ impl UpArgs {
         }
         outcome
     }
-}
-
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let base = std::env::temp_dir().join(format!("ferry-up-{}", std::process::id()));
-    std::fs::create_dir_all(&base)?;
-    Ok(base)
 }
