@@ -24,6 +24,14 @@ pub fn grpc_channel(
         endpoints: endpoint.to_string(),
         reason,
     };
+    if !tls {
+        // The channel `connect` gives a client of one plain endpoint (see `plain_channel`).
+        let channel = crate::plain_channel::PlainChannel::new(
+            crate::plain_channel::PlainEndpoint::new(address.to_string(), config),
+        )
+        .map_err(|e| unreachable(e.to_string()))?;
+        return Ok(channel.into_etcd_channel());
+    }
     let mut built = tonic::transport::Endpoint::from_shared(url)
         .map_err(|e| unreachable(e.to_string()))?
         .connect_timeout(config.dial_timeout)

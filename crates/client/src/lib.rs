@@ -318,13 +318,9 @@ pub async fn connect(config: &ConnectConfig) -> Result<Client, ConnectError> {
             }
             None if chosen_tls.is_none() => {
                 let address = endpoints[0].trim_start_matches("http://").to_string();
-                let channel = plain_channel::PlainChannel::new(plain_channel::PlainEndpoint {
-                    address,
-                    dial_timeout: config.dial_timeout,
-                    request_timeout: config.request_timeout,
-                    keepalive_time: config.keepalive_time,
-                    keepalive_timeout: config.keepalive_timeout,
-                })
+                let channel = plain_channel::PlainChannel::new(plain_channel::PlainEndpoint::new(
+                    address, config,
+                ))
                 .map_err(|e| ConnectError::Unreachable {
                     endpoints: joined.clone(),
                     reason: e.to_string(),

@@ -40,6 +40,19 @@ pub(crate) struct PlainEndpoint {
     pub keepalive_timeout: Duration,
 }
 
+impl PlainEndpoint {
+    /// `address` (`host:port`) with `config`'s timeouts and keep-alive.
+    pub(crate) fn new(address: String, config: &crate::ConnectConfig) -> Self {
+        Self {
+            address,
+            dial_timeout: config.dial_timeout,
+            request_timeout: config.request_timeout,
+            keepalive_time: config.keepalive_time,
+            keepalive_timeout: config.keepalive_timeout,
+        }
+    }
+}
+
 /// The channel (cheap to clone: clones share the connection).
 #[derive(Clone)]
 pub(crate) struct PlainChannel {
