@@ -36,8 +36,11 @@ use crate::lease::Lessor;
 const MAX_BATCH: usize = 1024;
 /// Log bytes after which the writer checkpoints (a durable redb commit, old segments go).
 const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
-/// Time after which it checkpoints anyway, so a restart replays little.
-const CHECKPOINT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+/// Time after which it checkpoints anyway. A checkpoint writes every page redb buffered
+/// since the last one and holds the writes meanwhile, so this bounds how long a write can
+/// wait behind one: at 1,000 puts/s, 7 ms each second rather than 75 ms every 30 s (etcd's
+/// `check perf`: slowest request 16 ms against 92; docs/BENCHMARKS.md, issue 22).
+const CHECKPOINT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long writes must have stopped before the idle checkpoint runs (etcd commits its
 /// backend every 100 ms): idle time pays for it, not a waiting client.
 pub const CHECKPOINT_WHEN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);

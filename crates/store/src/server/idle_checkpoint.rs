@@ -2,7 +2,7 @@
 //! durable in redb and the log's old segments go.
 //!
 //! etcd commits its backend on a 100 ms timer. ferry's writer checkpoints on its own only
-//! after 30 s or 64 MiB of log, so a lone client's puts never wait behind one; this loop
+//! after 1 s or 64 MiB of log, so a lone client's puts seldom wait behind one; this loop
 //! covers the quiet time in between, so that a burst of writes reaches redb, and its log is
 //! trimmed, a tick after it ends rather than at the next write.
 
