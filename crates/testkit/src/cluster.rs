@@ -210,7 +210,8 @@ impl EtcdCluster {
     pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
         self.members[i].signal("-STOP")?;
         self.members[i].paused = true;
-        Ok(())
+        let pid = self.members[i].child.as_ref().map(|c| c.id());
+        pid.map_or(Ok(()), crate::wait_until_stopped)
     }
 
     /// `SIGCONT` after [`EtcdCluster::pause`].

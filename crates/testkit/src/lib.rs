@@ -56,6 +56,31 @@ pub(crate) fn send_signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until every thread of `pid` is stopped: `kill` returns once the signal is sent, and
+/// a thread that was running may still answer a request before it takes the stop.
+pub(crate) fn wait_until_stopped(pid: u32) -> anyhow::Result<()> {
+    let stopped = || -> Option<bool> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let mut all = true;
+        for task in tasks {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            // The state follows the command name, which is in parentheses.
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            all &= matches!(state, 'T' | 't');
+        }
+        Some(all)
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while stopped() != Some(true) {
+        anyhow::ensure!(
+            Instant::now() < until,
+            "process {pid} did not stop within 5 s of SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 /// Picks a free loopback port (the kernel's choice for port 0).
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
@@ -290,7 +315,9 @@ impl Server {
     /// `SIGSTOP`: the server keeps its connections open and answers nothing on them, as a
     /// machine cut off by a partition or frozen would.
     pub fn pause(&self) -> anyhow::Result<()> {
-        self.signal("-STOP")
+        self.signal("-STOP")?;
+        let pid = self.pid().ok_or_else(|| anyhow!("server is not running"))?;
+        wait_until_stopped(pid)
     }
 
     /// `SIGCONT` after [`Server::pause`].
