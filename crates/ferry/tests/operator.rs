@@ -1218,28 +1218,10 @@ async fn the_ingress_demo_runs_on_an_operator_run_cluster() -> anyhow::Result<()
     let status = op.wait_at_spec(3).await?;
     let endpoints = status.endpoints().join(",");
     let dir = tempfile::tempdir()?;
-    let out = Command::new(ferry_bin())
-        .args([
-            "up",
-            "--api-port",
-            "0",
-            "--exit-when-complete",
-            "--log-level",
-            "warn",
-        ])
-        .args(["--endpoints", &endpoints, "--dir"])
-        .arg(dir.path())
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("rollout complete in every environment"),
-        "{stdout}"
-    );
+    common::ferry_up(|up| {
+        up.args(["--endpoints", &endpoints, "--dir"])
+            .arg(dir.path());
+    })?;
     // The configurations live in the operator's cluster.
     assert!(
         !keys_under(&status, "/ingress").await?.is_empty(),

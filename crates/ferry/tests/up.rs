@@ -3,29 +3,12 @@
 
 mod common;
 
-use std::process::Command;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ferry_up_rolls_out_to_every_agent_and_stops_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let out = Command::new(common::ferry_bin())
-        .args([
-            "up",
-            "--api-port",
-            "0",
-            "--exit-when-complete",
-            "--log-level",
-            "warn",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::ferry_up(|up| {
+        up.arg("--dir").arg(dir.path());
+    })?;
     assert!(stdout.contains("admin token:"), "{stdout}");
     assert!(
         stdout.contains("rollout complete in every environment"),
@@ -106,27 +89,9 @@ async fn ferry_up_rolls_out_to_every_agent_and_stops_cleanly() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ferry_up_without_a_directory_leaves_nothing_behind() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let out = Command::new(common::ferry_bin())
-        .args([
-            "up",
-            "--api-port",
-            "0",
-            "--exit-when-complete",
-            "--log-level",
-            "warn",
-        ])
-        .env("TMPDIR", tmp.path())
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("rollout complete in every environment"),
-        "{stdout}"
-    );
+    common::ferry_up(|up| {
+        up.env("TMPDIR", tmp.path());
+    })?;
     let left: Vec<_> = std::fs::read_dir(tmp.path())?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<Result<_, _>>()?;

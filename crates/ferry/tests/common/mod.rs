@@ -15,6 +15,34 @@ pub fn ferry_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ferry"))
 }
 
+/// Runs `ferry up --exit-when-complete` (API on a free port, warnings only) with what
+/// `configure` adds, checks that it exited successfully with every environment's rollout
+/// complete, and returns what it printed.
+pub fn ferry_up(configure: impl FnOnce(&mut std::process::Command)) -> anyhow::Result<String> {
+    let mut command = std::process::Command::new(ferry_bin());
+    command.args([
+        "up",
+        "--api-port",
+        "0",
+        "--exit-when-complete",
+        "--log-level",
+        "warn",
+    ]);
+    configure(&mut command);
+    let out = command.output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("rollout complete in every environment"),
+        "{stdout}"
+    );
+    Ok(stdout)
+}
+
 /// Starts a server of `kind` with extra etcd-style flags.
 pub async fn start(kind: Kind, extra: &[&str]) -> anyhow::Result<Server> {
     Server::start(kind, ferry_bin(), extra).await
