@@ -261,7 +261,12 @@ impl UpArgs {
             ids.push((env, created["id"].as_str().unwrap_or_default().to_string()));
         }
 
-        println!("ferry is up (data in {}).", dir.display());
+        let kept = if self.dir.is_some() {
+            ""
+        } else {
+            ", removed on exit: --dir keeps it"
+        };
+        println!("ferry is up (data in {}{kept}).", dir.display());
         match &credentials {
             Some((dir, _)) => {
                 println!("  store (etcd v3 API):  {endpoint}        authentication on; each component has its own user");
