@@ -12,7 +12,9 @@ use ferry_controller::nginx::{self, NginxSite};
 use ferry_controller::{IngressDocument, PublishedConfig};
 use ferry_registry::Instance;
 use ferry_render::TemplateResource;
-use ferry_render::{install, render_text, KvSnapshot, Outcome, RenderOptions, TemplateCache};
+use ferry_render::{
+    install, render_text, KvSnapshot, LastInstall, Outcome, RenderOptions, TemplateCache,
+};
 use ferry_runtime::{Event, Informer};
 
 use crate::blame::{self, RenderSet};
@@ -41,6 +43,8 @@ pub(crate) struct Applier {
     pub(crate) last_good: HashMap<String, Arc<PublishedConfig>>,
     /// The nginx template as last parsed (re-parsed only when its file changes).
     pub(crate) template: Arc<parking_lot::Mutex<TemplateCache>>,
+    /// What the agent last installed as its nginx.conf.
+    pub(crate) installed: Arc<LastInstall>,
     /// The targets cache's revision when a target deletion was last seen: the
     /// configurations rendered must be at least this recent (see `view`).
     pub(crate) targets_deleted_at: i64,
@@ -54,6 +58,7 @@ struct NginxRender {
     templates: PathBuf,
     resource: TemplateResource,
     template: Arc<parking_lot::Mutex<TemplateCache>>,
+    installed: Arc<LastInstall>,
 }
 
 impl blame::RenderSet for NginxRender {
@@ -79,7 +84,7 @@ impl blame::RenderSet for NginxRender {
             options.nameserver,
             &mut self.template.lock(),
         )?;
-        install(&self.resource, rendered, options).await
+        install(&self.resource, rendered, options, Some(&self.installed)).await
     }
 }
 
@@ -159,6 +164,7 @@ impl Applier {
             warned,
             last_good,
             template,
+            installed,
             targets_deleted_at,
         } = self;
         let (environment, revision) = match view::configurations_at(
@@ -237,6 +243,7 @@ impl Applier {
                 "ferry-agent",
             ),
             template: template.clone(),
+            installed: installed.clone(),
         };
         let mut outcome = renderer.render(current, false).await;
         let mut blamed = BTreeMap::new();

@@ -249,6 +249,7 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
             template: Arc::new(parking_lot::Mutex::new(
                 ferry_render::TemplateCache::pinned(),
             )),
+            installed: Arc::default(),
         }
         .run(),
     );

@@ -335,18 +335,24 @@ impl IngressDocument {
                 for (field, value) in fields() {
                     reject_nulls(value, field)?;
                 }
-                let rest = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(
-                    fields().map(|(name, value)| (name.as_str(), value)),
-                );
-                let ingress: Ingress = serde_path_to_error::deserialize(rest).map_err(|e| {
-                    let path = e.path().to_string();
-                    let path = if path == "." {
-                        "(document)".to_string()
-                    } else {
-                        path
-                    };
-                    invalid(path, e.into_inner().to_string())
-                })?;
+                let rest = || {
+                    serde::de::value::MapDeserializer::<_, serde_json::Error>::new(
+                        fields().map(|(name, value)| (name.as_str(), value)),
+                    )
+                };
+                // The path-tracking decoder costs more; it only runs again to word a refusal.
+                let ingress = match Ingress::deserialize(rest()) {
+                    Ok(ingress) => ingress,
+                    Err(_) => serde_path_to_error::deserialize(rest()).map_err(|e| {
+                        let path = e.path().to_string();
+                        let path = if path == "." {
+                            "(document)".to_string()
+                        } else {
+                            path
+                        };
+                        invalid(path, e.into_inner().to_string())
+                    })?,
+                };
                 IngressDocument::Ingress(ingress)
             }
             "opaque" => {

@@ -16,6 +16,7 @@ pub mod goprint;
 mod gosort;
 mod gotime;
 mod json_memo;
+mod last_install;
 pub mod pipeline;
 pub mod resource;
 mod rewrite;
@@ -26,7 +27,8 @@ pub mod watch;
 
 pub use functions::{template_for, ConfdTemplate, PreparedTemplate};
 pub use pipeline::{
-    install, render_resource, render_text, Outcome, RenderError, RenderOptions, TemplateCache,
+    install, render_resource, render_text, LastInstall, Outcome, RenderError, RenderOptions,
+    TemplateCache,
 };
 pub use resource::{load_confdir, TemplateResource};
 pub use snapshot::KvSnapshot;

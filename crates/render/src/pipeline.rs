@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::functions::PreparedTemplate;
+pub use crate::last_install::LastInstall;
 use crate::resource::TemplateResource;
 use crate::snapshot::KvSnapshot;
 
@@ -141,7 +142,7 @@ pub async fn render_resource(
         options.nameserver,
         &mut cache,
     )?;
-    install(resource, rendered, options).await
+    install(resource, rendered, options, None).await
 }
 
 /// The last template parsed, kept by a caller that renders the same resource again.
@@ -274,7 +275,9 @@ enum Staged {
 }
 
 /// Compares `rendered` with `dest` and, when they differ, writes it next to `dest` with the
-/// resource's mode and owner (blocking file work, run off the async workers).
+/// resource's mode and owner (blocking file work, run off the async workers). `known_new`:
+/// the caller knows `dest` to hold something else (see [`LastInstall`]), so it is not read
+/// back unless a dry run needs its text.
 fn stage(
     dest: &Path,
     rendered: &str,
@@ -282,11 +285,17 @@ fn stage(
     (uid, gid): (Option<u32>, Option<u32>),
     force: bool,
     noop: bool,
+    known_new: bool,
 ) -> Result<Staged, RenderError> {
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
     // One open of `dest` and its handle for the rest: every path lookup walks the whole path.
-    let (current, meta) = match std::fs::File::open(dest) {
+    let opened = if known_new && !noop {
+        Err(std::io::ErrorKind::NotFound.into())
+    } else {
+        std::fs::File::open(dest)
+    };
+    let (current, meta) = match opened {
         Ok(file) => {
             let meta = file.metadata().ok();
             let current = meta.as_ref().and_then(|m| read_whole(file, m.len()));
@@ -343,37 +352,53 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Installs `rendered` as `resource.dest` the confd way: only if content, mode or owner
-/// differ; staged next to it, checked, renamed over it atomically, then reloaded.
+/// differ; staged next to it, checked, renamed over it atomically, then reloaded. `last`:
+/// what the caller installed there before, when it keeps track (see [`LastInstall`]).
 pub async fn install(
     resource: &TemplateResource,
     rendered: String,
     options: RenderOptions,
+    last: Option<&LastInstall>,
 ) -> Result<Outcome, RenderError> {
     let owner = ownership(resource)?;
     let mode = resource.file_mode().unwrap_or(0o644);
     let dest = resource.dest.clone();
     let (force, noop) = (options.check_only, options.noop);
     let checked = resource.check_cmd.is_some() && !options.sync_only;
+    let known_new = last.is_some_and(|l| l.known_to_differ(&rendered, mode, owner));
+    // What `dest` holds after an install or a compare that found it equal.
+    let installed = last.map(|l| (l, rendered.clone()));
+    let remember = |installed: Option<(&LastInstall, String)>| {
+        if let Some((last, text)) = installed {
+            last.remember(text, mode, owner);
+        }
+    };
     if !checked && !force && !noop {
         // Nothing runs between staging and the rename: one trip to the blocking pool.
-        let updated = blocking(
-            move || match stage(&dest, &rendered, mode, owner, false, false)? {
+        let updated = blocking(move || {
+            match stage(&dest, &rendered, mode, owner, false, false, known_new)? {
                 Staged::File(file) => persist(file, &dest).map(|()| true),
                 Staged::Unchanged | Staged::Diff(_) => Ok(false),
-            },
-        )
+            }
+        })
         .await?;
+        remember(installed);
         if !updated {
             return Ok(Outcome::Unchanged);
         }
         reload(resource, options).await?;
         return Ok(Outcome::Updated);
     }
-    let staged = match blocking(move || stage(&dest, &rendered, mode, owner, force, noop)).await? {
-        Staged::Unchanged => return Ok(Outcome::Unchanged),
-        Staged::Diff(diff) => return Ok(Outcome::WouldUpdate { diff }),
-        Staged::File(file) => file,
-    };
+    let staged =
+        match blocking(move || stage(&dest, &rendered, mode, owner, force, noop, known_new)).await?
+        {
+            Staged::Unchanged => {
+                remember(installed);
+                return Ok(Outcome::Unchanged);
+            }
+            Staged::Diff(diff) => return Ok(Outcome::WouldUpdate { diff }),
+            Staged::File(file) => file,
+        };
     if let (Some(check), false) = (&resource.check_cmd, options.sync_only) {
         let command = check.replace("{{.src}}", &staged.path().display().to_string());
         if let Err((status, output)) = crate::command::run(&command).await {
@@ -393,6 +418,7 @@ pub async fn install(
     }
     let dest = resource.dest.clone();
     blocking(move || persist(staged, &dest)).await?;
+    remember(installed);
     reload(resource, options).await?;
     Ok(Outcome::Updated)
 }
@@ -539,7 +565,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let dest = dir.path().join("nginx.conf");
         let rendered = "server_name v2.example.com;\n";
-        let stage_it = || stage(&dest, rendered, 0o644, (None, None), false, false);
+        let stage_it = || stage(&dest, rendered, 0o644, (None, None), false, false, false);
         for (current, why) in [
             ("server_name v1.example.com;\n", "same length, other text"),
             (
@@ -560,6 +586,74 @@ mod tests {
         assert!(matches!(stage_it()?, Staged::Unchanged), "the same file");
         std::fs::remove_file(&dest)?;
         assert!(matches!(stage_it()?, Staged::File(_)), "missing");
+        Ok(())
+    }
+
+    /// With what it installed before remembered, a render equal to it is still compared with
+    /// `dest` on disk (an edit made meanwhile is undone), a new one is installed without
+    /// reading `dest` back, and one that only changes the mode changes the mode.
+    #[tokio::test]
+    async fn a_remembered_install_keeps_the_outcomes_of_a_full_compare(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let dest = dir.path().join("nginx.conf");
+        let mut resource = TemplateResource::parse(
+            Path::new("nginx.toml"),
+            &format!(
+                "[template]\nsrc = \"unused.tmpl\"\ndest = {:?}\nmode = \"0644\"\n",
+                dest.display().to_string()
+            ),
+        )?;
+        let last = LastInstall::default();
+        let install_text = |resource: &TemplateResource, text: &str| {
+            let resource = resource.clone();
+            let text = text.to_string();
+            let last = &last;
+            async move { install(&resource, text, RenderOptions::default(), Some(last)).await }
+        };
+        let mode = |path: &Path| -> std::io::Result<u32> {
+            Ok(std::fs::metadata(path)?.permissions().mode() & 0o7777)
+        };
+        // Nothing remembered: the first install compares, as without a memory.
+        std::fs::write(&dest, "a\n")?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))?;
+        assert_eq!(install_text(&resource, "a\n").await?, Outcome::Unchanged);
+        assert_eq!(install_text(&resource, "b\n").await?, Outcome::Updated);
+        assert_eq!(std::fs::read_to_string(&dest)?, "b\n");
+        assert_eq!(install_text(&resource, "b\n").await?, Outcome::Unchanged);
+        // Edited behind the renderer's back, then the same render again: put back.
+        std::fs::write(&dest, "edited\n")?;
+        assert_eq!(install_text(&resource, "b\n").await?, Outcome::Updated);
+        assert_eq!(std::fs::read_to_string(&dest)?, "b\n");
+        // Removed behind its back, then a new render: installed.
+        std::fs::remove_file(&dest)?;
+        assert_eq!(install_text(&resource, "c\n").await?, Outcome::Updated);
+        assert_eq!(std::fs::read_to_string(&dest)?, "c\n");
+        // The same text with another mode.
+        resource.mode = Some("0600".into());
+        assert_eq!(install_text(&resource, "c\n").await?, Outcome::Updated);
+        assert_eq!(mode(&dest)?, 0o600);
+        assert_eq!(install_text(&resource, "c\n").await?, Outcome::Unchanged);
+        // Set behind its back to exactly the next render: installed once more (where a
+        // full compare would leave it), with the same text and mode.
+        std::fs::write(&dest, "d\n")?;
+        assert_eq!(install_text(&resource, "d\n").await?, Outcome::Updated);
+        assert_eq!(std::fs::read_to_string(&dest)?, "d\n");
+        assert_eq!(mode(&dest)?, 0o600);
+        assert_eq!(install_text(&resource, "d\n").await?, Outcome::Unchanged);
+        // A new render does not read `dest` back: a FIFO there would block a reader until
+        // a writer came.
+        std::fs::remove_file(&dest)?;
+        let fifo = std::process::Command::new("mkfifo").arg(&dest).status()?;
+        assert!(fifo.success(), "mkfifo {}", dest.display());
+        let new = install_text(&resource, "e\n");
+        let installed = tokio::time::timeout(std::time::Duration::from_secs(10), new).await;
+        assert!(
+            matches!(installed, Ok(Ok(Outcome::Updated))),
+            "a new render read dest back (or failed): {installed:?}"
+        );
+        assert_eq!(std::fs::read_to_string(&dest)?, "e\n");
         Ok(())
     }
 }
