@@ -2,13 +2,13 @@
 //! into one nginx configuration, check and reload, and report each configuration's result.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use etcd_client::Client;
 use ferry_controller::api::AgentStatus;
 use ferry_controller::keys::Keys;
-use ferry_controller::nginx::{self, NginxSite};
+use ferry_controller::nginx;
 use ferry_controller::{IngressDocument, PublishedConfig};
 use ferry_registry::Instance;
 use ferry_render::TemplateResource;
@@ -42,32 +42,38 @@ pub(crate) struct Applier {
     /// version is to blame for a failing check).
     pub(crate) last_good: HashMap<String, Arc<PublishedConfig>>,
     /// The nginx template as last parsed (re-parsed only when its file changes).
-    pub(crate) template: Arc<parking_lot::Mutex<TemplateCache>>,
+    pub(crate) template: parking_lot::Mutex<TemplateCache>,
     /// What the agent last installed as its nginx.conf.
-    pub(crate) installed: Arc<LastInstall>,
+    pub(crate) installed: LastInstall,
+    /// The agent's own keys of the template (`nginx::NginxSite::pairs`).
+    pub(crate) site: BTreeMap<String, String>,
+    /// Its nginx.conf and the commands that check and reload it.
+    pub(crate) resource: TemplateResource,
     /// The targets cache's revision when a target deletion was last seen: the
     /// configurations rendered must be at least this recent (see `view`).
     pub(crate) targets_deleted_at: i64,
 }
 
 /// The agent's nginx.conf from a set of configurations (and the agent's own keys and the
-/// admitted registry instances in `base`).
-struct NginxRender {
-    base: BTreeMap<String, String>,
+/// admitted registry instances).
+struct NginxRender<'a> {
+    site: &'a BTreeMap<String, String>,
+    instances: Vec<(String, String)>,
     revision: i64,
-    templates: PathBuf,
-    resource: TemplateResource,
-    template: Arc<parking_lot::Mutex<TemplateCache>>,
-    installed: Arc<LastInstall>,
+    templates: &'a Path,
+    resource: &'a TemplateResource,
+    template: &'a parking_lot::Mutex<TemplateCache>,
+    installed: &'a LastInstall,
 }
 
-impl blame::RenderSet for NginxRender {
+impl blame::RenderSet for NginxRender<'_> {
     async fn render(
         &self,
         set: &[Arc<PublishedConfig>],
         check_only: bool,
     ) -> Result<Outcome, ferry_render::RenderError> {
-        let mut pairs = self.base.clone();
+        let mut pairs = self.site.clone();
+        pairs.extend(self.instances.iter().cloned());
         pairs.extend(set.iter().map(|c| nginx::config_pair(c)));
         let snapshot = KvSnapshot {
             pairs,
@@ -78,13 +84,13 @@ impl blame::RenderSet for NginxRender {
             ..RenderOptions::default()
         };
         let rendered = render_text(
-            &self.resource,
-            &self.templates,
+            self.resource,
+            self.templates,
             Arc::new(snapshot),
             options.nameserver,
             &mut self.template.lock(),
         )?;
-        install(&self.resource, rendered, options, Some(&self.installed)).await
+        install(self.resource, rendered, options, Some(self.installed)).await
     }
 }
 
@@ -165,6 +171,8 @@ impl Applier {
             last_good,
             template,
             installed,
+            site,
+            resource,
             targets_deleted_at,
         } = self;
         let (environment, revision) = match view::configurations_at(
@@ -218,32 +226,18 @@ impl Applier {
         }
         *warned = now_warned;
         let current = &admission.configs;
-        let site = NginxSite {
-            name: config.name.clone(),
-            env: config.env.clone(),
-            prefix: config.nginx_prefix.clone(),
-            listen: config.listen.clone(),
-            tls_listen: config.tls_listen.clone(),
-        };
-        let mut base = site.pairs();
-        base.extend(
-            admission
+        let renderer = NginxRender {
+            site,
+            instances: admission
                 .instances
                 .iter()
-                .map(|(relative, instance)| nginx::instance_pair(relative, instance)),
-        );
-        let renderer = NginxRender {
-            base,
+                .map(|(relative, instance)| nginx::instance_pair(relative, instance))
+                .collect(),
             revision,
-            templates: templates.clone(),
-            resource: nginx::template_resource(
-                config.nginx_prefix.join("conf/nginx.conf"),
-                config.check_cmd.clone(),
-                config.reload_cmd.clone(),
-                "ferry-agent",
-            ),
-            template: template.clone(),
-            installed: installed.clone(),
+            templates,
+            resource,
+            template,
+            installed,
         };
         let mut outcome = renderer.render(current, false).await;
         let mut blamed = BTreeMap::new();

@@ -234,7 +234,6 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
     let task = tokio::spawn(
         apply::Applier {
             client,
-            config,
             keys,
             configs,
             wave_targets,
@@ -246,10 +245,23 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
             last_good: HashMap::new(),
             targets_deleted_at: 0,
             // The agent wrote the template file above and nothing changes it while it runs.
-            template: Arc::new(parking_lot::Mutex::new(
-                ferry_render::TemplateCache::pinned(),
-            )),
-            installed: Arc::default(),
+            template: parking_lot::Mutex::new(ferry_render::TemplateCache::pinned()),
+            installed: Default::default(),
+            site: ferry_controller::nginx::NginxSite {
+                name: config.name.clone(),
+                env: config.env.clone(),
+                prefix: config.nginx_prefix.clone(),
+                listen: config.listen.clone(),
+                tls_listen: config.tls_listen.clone(),
+            }
+            .pairs(),
+            resource: ferry_controller::nginx::template_resource(
+                config.nginx_prefix.join("conf/nginx.conf"),
+                config.check_cmd.clone(),
+                config.reload_cmd.clone(),
+                "ferry-agent",
+            ),
+            config,
         }
         .run(),
     );

@@ -118,8 +118,11 @@ pub async fn create(
         changed_by: who.name.clone(),
         changed_at: String::new(),
     };
-    s.preflight(&candidate, false, skipped).await?;
-    s.ensure_store_writable().await?;
+    let (checked, writable) = tokio::join!(
+        s.preflight(&candidate, false, skipped),
+        s.ensure_store_writable()
+    );
+    checked.and(writable)?;
     let author = Author {
         name: &who.name,
         preflight_skipped: skipped,
@@ -196,8 +199,11 @@ pub async fn update(
     let who = s.authorize(&caller, Role::Admin, Some(&p.env))?;
     let expected = if_match(&headers)?;
     let doc = parse_document(&body)?;
-    check_replacement(&s, &p, doc.clone(), skipped).await?;
-    s.ensure_store_writable().await?;
+    let (checked, writable) = tokio::join!(
+        check_replacement(&s, &p, doc.clone(), skipped),
+        s.ensure_store_writable()
+    );
+    checked.and(writable)?;
     let author = Author {
         name: &who.name,
         preflight_skipped: skipped,
@@ -292,8 +298,11 @@ pub async fn rollback(
     let expected = if_match(&headers)?;
     let target = s.record.version(&p.env, &p.id, q.version).await?;
     let skipped = q.skip_preflight.as_deref();
-    check_replacement(&s, &p, target.document, skipped).await?;
-    s.ensure_store_writable().await?;
+    let (checked, writable) = tokio::join!(
+        check_replacement(&s, &p, target.document, skipped),
+        s.ensure_store_writable()
+    );
+    checked.and(writable)?;
     let author = Author {
         name: &who.name,
         preflight_skipped: skipped,

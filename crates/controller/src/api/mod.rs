@@ -235,6 +235,8 @@ impl ApiState {
 
     /// Refuses a change while the store cannot take writes (no quorum, unreachable): the
     /// change would sit in SQL unpublished with no agent seeing it, so it is not accepted.
+    /// Callers run it beside the pre-flight check (a refusal of the check still comes first):
+    /// the round trip does not add to the time before the change is published.
     async fn ensure_store_writable(&self) -> Result<(), ApiError> {
         // A linearizable read needs the quorum, exactly as a write does.
         let mut client = self.client.clone();
