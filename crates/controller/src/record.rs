@@ -379,16 +379,12 @@ impl Record {
         deleted: bool,
         by: Author<'_>,
     ) -> Result<ConfigRecord, RecordError> {
-        let current = self.current(env, id, false).await?;
         let conflict = |current: i64| RecordError::Conflict {
             env: env.to_string(),
             id: id.to_string(),
             expected,
             current,
         };
-        if current.version != expected {
-            return Err(conflict(current.version));
-        }
         let rec = ConfigRecord {
             env: env.to_string(),
             id: id.to_string(),
@@ -416,9 +412,10 @@ impl Record {
         .bind(expected)
         .execute(&mut *tx)
         .await?;
+        // No row at `expected`: missing, deleted (not found) or at another version.
         if updated.rows_affected() != 1 {
             tx.rollback().await?;
-            let now = self.current(env, id, true).await?;
+            let now = self.current(env, id, false).await?;
             return Err(conflict(now.version));
         }
         self.write_version(&mut tx, &rec, &body).await?;

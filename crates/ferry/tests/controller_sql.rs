@@ -55,6 +55,18 @@ async fn exercise(url: &str) -> anyhow::Result<()> {
         record.get("prod", &v1.id).await,
         Err(RecordError::NotFound { .. })
     ));
+    // A change of a deleted or a missing configuration is not found, at any version.
+    for (id, expected) in [(v1.id.as_str(), 5), (v1.id.as_str(), 4), ("no-such-id", 1)] {
+        assert!(
+            matches!(
+                record
+                    .update("prod", id, expected, &doc("e.example.com"), "eve")
+                    .await,
+                Err(RecordError::NotFound { .. })
+            ),
+            "update of {id} at {expected}"
+        );
+    }
     let history = other.history("prod", &v1.id).await?;
     assert_eq!(
         history
@@ -76,4 +88,10 @@ async fn record_on_mariadb() -> anyhow::Result<()> {
 async fn record_on_postgresql() -> anyhow::Result<()> {
     let server = SqlServer::postgres()?;
     exercise(&server.url).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_on_sqlite() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    exercise(&format!("sqlite://{}", dir.path().join("ctl.db").display())).await
 }
