@@ -26,9 +26,9 @@ pub mod status;
 pub mod watch;
 
 pub use functions::{template_for, ConfdTemplate, PreparedTemplate};
+pub use last_install::LastInstall;
 pub use pipeline::{
-    install, render_resource, render_text, LastInstall, Outcome, RenderError, RenderOptions,
-    TemplateCache,
+    install, render_resource, render_text, Outcome, RenderError, RenderOptions, TemplateCache,
 };
 pub use resource::{load_confdir, TemplateResource};
 pub use snapshot::KvSnapshot;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::functions::PreparedTemplate;
-pub use crate::last_install::LastInstall;
+use crate::last_install::LastInstall;
 use crate::resource::TemplateResource;
 use crate::snapshot::KvSnapshot;
 
@@ -291,17 +291,17 @@ fn stage(
     use std::os::unix::fs::MetadataExt;
     // One open of `dest` and its handle for the rest: every path lookup walks the whole path.
     let opened = if known_new && !noop {
-        Err(std::io::ErrorKind::NotFound.into())
+        None
     } else {
-        std::fs::File::open(dest)
+        std::fs::File::open(dest).ok()
     };
     let (current, meta) = match opened {
-        Ok(file) => {
+        Some(file) => {
             let meta = file.metadata().ok();
             let current = meta.as_ref().and_then(|m| read_whole(file, m.len()));
             (current, meta)
         }
-        Err(_) => (None, None),
+        None => (None, None),
     };
     let current_mode = meta.as_ref().map(|m| m.permissions().mode() & 0o7777);
     let owner_ok = meta
