@@ -2,9 +2,10 @@
 //! match SQL (adds, fixes, removes strays) so that a crash between the two writes, a lost
 //! etcd or a restored snapshot all converge.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 
 use crate::document::IngressDocument;
@@ -68,6 +69,33 @@ pub struct ReconcileReport {
 pub struct Publisher {
     client: Client,
     keys: Keys,
+    /// What this controller last wrote or read at each configuration key, so that a
+    /// change is one guarded write instead of a read and a write (see [`Publisher::publish`]).
+    seen: Arc<parking_lot::Mutex<HashMap<String, Seen>>>,
+}
+
+/// A configuration key's value as this controller last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Absent,
+    /// Its revision and the version it holds (`None`: not a configuration this controller
+    /// can read, overwritten as an older one).
+    At {
+        mod_revision: i64,
+        version: Option<i64>,
+    },
+}
+
+impl Seen {
+    fn of(kv: Option<&KeyValue>) -> Self {
+        match kv {
+            Some(kv) => Self::At {
+                mod_revision: kv.mod_revision(),
+                version: stored_version(kv.value()),
+            },
+            None => Self::Absent,
+        }
+    }
 }
 
 /// The version of a published configuration's stored value.
@@ -80,7 +108,11 @@ pub fn stored_version(value: &[u8]) -> Option<i64> {
 impl Publisher {
     /// Publishes under `keys`' root.
     pub fn new(client: Client, keys: Keys) -> Self {
-        Self { client, keys }
+        Self {
+            client,
+            keys,
+            seen: Arc::default(),
+        }
     }
 
     pub(crate) fn client(&self) -> Client {
@@ -109,29 +141,45 @@ impl Publisher {
 
     /// Writes `record` unless etcd already holds the same or a newer version (two
     /// controllers publishing at once can never move a configuration backwards).
+    ///
+    /// The write is guarded by the key's revision as this controller last saw it, and the
+    /// same transaction reads the key when the guard fails: a change published by the only
+    /// controller is one round trip, and any other writer meanwhile (another controller, a
+    /// rollout in waves, a restore) only costs a second one, as a read would have.
     pub async fn publish(&self, record: &ConfigRecord) -> Result<bool, PublishError> {
         let key = self.keys.config(&record.env, &record.id);
         let body = serde_json::to_vec(&PublishedConfig::from(record)).unwrap_or_default();
         let mut client = self.client.clone();
+        let mut seen = self.seen.lock().get(&key).copied().unwrap_or(Seen::Absent);
         loop {
-            let current = client.get(key.as_str(), None).await?;
-            let guard = match current.kvs().first() {
-                Some(kv) => {
-                    if stored_version(kv.value()).is_some_and(|v| v >= record.version) {
-                        return Ok(false);
-                    }
-                    Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())
+            let guard = match seen {
+                Seen::At {
+                    version: Some(v), ..
+                } if v >= record.version => return Ok(false),
+                Seen::At { mod_revision, .. } => {
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_revision)
                 }
-                None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                Seen::Absent => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
             };
-            let txn =
-                Txn::new()
-                    .when([guard])
-                    .and_then([TxnOp::put(key.as_str(), body.clone(), None)]);
-            if client.txn(txn).await?.succeeded() {
+            let txn = Txn::new()
+                .when([guard])
+                .and_then([TxnOp::put(key.as_str(), body.clone(), None)])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let answer = client.txn(txn).await?;
+            if answer.succeeded() {
+                let written = Seen::At {
+                    mod_revision: answer.header().map_or(0, |h| h.revision()),
+                    version: Some(record.version),
+                };
+                self.seen.lock().insert(key, written);
                 return Ok(true);
             }
-            // Someone else wrote meanwhile: look again.
+            // Someone else wrote meanwhile: look again at what the transaction read.
+            seen = match answer.op_responses().first() {
+                Some(TxnOpResponse::Get(got)) => Seen::of(got.kvs().first()),
+                _ => Seen::Absent,
+            };
+            self.seen.lock().insert(key.clone(), seen);
         }
     }
 
@@ -147,6 +195,7 @@ impl Publisher {
             ),
         ]);
         client.txn(txn).await?;
+        self.seen.lock().remove(&self.keys.config(env, id));
         Ok(())
     }
 
@@ -236,7 +285,12 @@ impl Publisher {
     async fn force(&self, record: &ConfigRecord) -> Result<(), PublishError> {
         let key = self.keys.config(&record.env, &record.id);
         let body = serde_json::to_vec(&PublishedConfig::from(record)).unwrap_or_default();
-        self.client.clone().put(key, body, None).await?;
+        let written = self.client.clone().put(key.as_str(), body, None).await?;
+        let seen = Seen::At {
+            mod_revision: written.header().map_or(0, |h| h.revision()),
+            version: Some(record.version),
+        };
+        self.seen.lock().insert(key, seen);
         Ok(())
     }
 }

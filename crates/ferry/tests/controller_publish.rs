@@ -54,8 +54,51 @@ async fn publish_never_moves_a_configuration_backwards(server: &Server) -> anyho
         .await?
         .ok_or_else(|| anyhow::anyhow!("not published"))?;
     assert_eq!((stored.version, stored.changed_by.as_str()), (2, "bob"));
+    // A second controller, which never saw the key, neither: its guarded write fails and
+    // the same transaction shows it the newer version.
+    let other = Publisher::new(server.client().await?, keys.clone());
+    assert!(!other.publish(&v1).await?);
+    // The other controller moves it on behind the first one's back; the first one's
+    // memory of the key is stale, and its older version still changes nothing.
+    let v3 = record
+        .update("prod", &v1.id, 2, &doc("c.example.com"), "carol")
+        .await?;
+    assert!(other.publish(&v3).await?);
+    assert!(!publisher.publish(&v2).await?);
+    let version = |p: Option<PublishedConfig>| p.map(|p| (p.version, p.changed_by));
+    assert_eq!(
+        version(published(server, &key).await?),
+        Some((3, "carol".to_string()))
+    );
+    // Anyone may rewrite the key (here by hand); the next version still lands.
+    server
+        .client()
+        .await?
+        .put(
+            key.as_str(),
+            serde_json::to_vec(&PublishedConfig::from(&v2))?,
+            None,
+        )
+        .await?;
+    let v4 = record
+        .update("prod", &v1.id, 3, &doc("d.example.com"), "dave")
+        .await?;
+    assert!(publisher.publish(&v4).await?);
+    assert_eq!(
+        version(published(server, &key).await?),
+        Some((4, "dave".to_string()))
+    );
     publisher.unpublish("prod", &v1.id).await?;
     assert!(published(server, &key).await?.is_none());
+    // Published again after the deletion (a configuration created anew under its id).
+    let v5 = record
+        .update("prod", &v1.id, 4, &doc("e.example.com"), "erin")
+        .await?;
+    assert!(publisher.publish(&v5).await?);
+    assert_eq!(
+        version(published(server, &key).await?),
+        Some((5, "erin".to_string()))
+    );
     Ok(())
 }
 
