@@ -284,7 +284,11 @@ async fn a_lock_past_its_deadline_is_answered_as_etcd_does_and_withdrawn(
         }
         ending = stream.trailers().await?.unwrap_or_default();
     }
-    let field = |name: &str| ending.get(name).map(|v| percent_decoded(v.as_bytes()));
+    let field = |name: &str| {
+        ending
+            .get(name)
+            .map(|v| common::percent_decoded(v.as_bytes()))
+    };
     assert_eq!(
         (field("grpc-status"), field("grpc-message")),
         (
@@ -301,27 +305,4 @@ async fn a_lock_past_its_deadline_is_answered_as_etcd_does_and_withdrawn(
         "the waiter past its deadline kept its key",
     )
     .await
-}
-
-/// A `grpc-message` as gRPC percent-encodes it (tonic encodes spaces, Go does not).
-fn percent_decoded(raw: &[u8]) -> String {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let hex = raw
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (raw[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

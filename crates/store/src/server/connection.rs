@@ -37,7 +37,7 @@ use tonic::transport::server::Connected;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection serves: the gRPC routes and etcd's HTTP endpoints, counted.
-pub(super) type ClientService = GrpcMetrics<tonic::service::Routes>;
+pub(super) type ClientService = GrpcMetrics<super::unary_kv::UnaryKv<tonic::service::Routes>>;
 
 /// Accepts clients on `listener` (over TLS with `tls`) until `stopped`, then waits for their
 /// connections to close (each is asked to, gracefully). Dropping this future closes every

@@ -19,6 +19,7 @@ pub mod metrics;
 mod own_runtime;
 mod queue;
 mod tls;
+mod unary_kv;
 pub mod watch;
 
 use std::future::Future;
@@ -353,7 +354,11 @@ pub async fn start(config: StoreConfig) -> Result<RunningStore, StoreError> {
         tracing::info!(address = %addr, tls = https, name = %config.name, "serving etcd v3 clients");
         let service = tower::ServiceBuilder::new()
             .layer(grpc_metrics::GrpcMetricsLayer(grpc_counters.clone()))
-            .service(routes.prepare());
+            .service(unary_kv::UnaryKv::new(
+                routes.prepare(),
+                kv::KvService::new(ctx.clone()),
+                max_message,
+            ));
         let acceptor = if https { tls.clone() } else { None };
         let stopped = stopped.clone();
         tasks.spawn(async move {
