@@ -152,20 +152,34 @@ impl Publisher {
         let mut client = self.client.clone();
         let mut seen = self.seen.lock().get(&key).copied().unwrap_or(Seen::Absent);
         loop {
-            let guard = match seen {
+            // A version this controller saw at least as new is left alone, but only once
+            // the store confirms it is still there: the key may have been deleted since.
+            let (guard, write) = match seen {
                 Seen::At {
-                    version: Some(v), ..
-                } if v >= record.version => return Ok(false),
-                Seen::At { mod_revision, .. } => {
-                    Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_revision)
-                }
-                Seen::Absent => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                    mod_revision,
+                    version,
+                } => (
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_revision),
+                    version.is_none_or(|v| v < record.version),
+                ),
+                Seen::Absent => (
+                    Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                    true,
+                ),
+            };
+            let then = if write {
+                vec![TxnOp::put(key.as_str(), body.clone(), None)]
+            } else {
+                Vec::new()
             };
             let txn = Txn::new()
                 .when([guard])
-                .and_then([TxnOp::put(key.as_str(), body.clone(), None)])
+                .and_then(then)
                 .or_else([TxnOp::get(key.as_str(), None)]);
             let answer = client.txn(txn).await?;
+            if answer.succeeded() && !write {
+                return Ok(false);
+            }
             if answer.succeeded() {
                 let written = Seen::At {
                     mod_revision: answer.header().map_or(0, |h| h.revision()),

@@ -88,6 +88,14 @@ async fn publish_never_moves_a_configuration_backwards(server: &Server) -> anyho
         version(published(server, &key).await?),
         Some((4, "dave".to_string()))
     );
+    // Deleted behind its back (a lost etcd, an operator): the same version is written
+    // again, whatever the publisher remembers having written.
+    server.client().await?.delete(key.as_str(), None).await?;
+    assert!(publisher.publish(&v4).await?);
+    assert_eq!(
+        version(published(server, &key).await?),
+        Some((4, "dave".to_string()))
+    );
     publisher.unpublish("prod", &v1.id).await?;
     assert!(published(server, &key).await?.is_none());
     // Published again after the deletion (a configuration created anew under its id).
