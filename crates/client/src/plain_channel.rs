@@ -75,6 +75,8 @@ struct Connection {
     closed: Arc<AtomicBool>,
     /// Requests and streams in progress: pings are sent only while there are some.
     open: Arc<AtomicUsize>,
+    /// Calls waiting for their answer's headers (see [`batched`]).
+    waiting: Arc<AtomicUsize>,
 }
 
 impl PlainChannel {
@@ -146,12 +148,14 @@ impl Shared {
         .map_err(|err| failed(err.to_string()))?;
         let closed = Arc::new(AtomicBool::new(false));
         let open = Arc::new(AtomicUsize::new(0));
+        let waiting = Arc::new(AtomicUsize::new(0));
         let pings = driver.ping_pong();
         let keepalive = keep_alive(pings, open.clone(), e.keepalive_time, e.keepalive_timeout);
         let (address, ended) = (e.address.clone(), closed.clone());
+        let calls = waiting.clone();
         tokio::spawn(async move {
             tokio::select! {
-                result = &mut driver => {
+                result = batched(&mut driver, &calls) => {
                     if let Err(err) = result {
                         tracing::debug!(%address, error = %err, "connection closed");
                     }
@@ -162,8 +166,37 @@ impl Shared {
             }
             ended.store(true, Ordering::Release);
         });
-        Ok(Connection { send, closed, open })
+        Ok(Connection {
+            send,
+            closed,
+            open,
+            waiting,
+        })
     }
+}
+
+/// Drives `connection`, letting the calls made together leave together: while more than
+/// one call waits for its answer, the driver, once woken, first yields to every task
+/// already runnable, so that the callers sharing the connection (agents behind one proxy)
+/// queue their requests before it writes, and one `writev` carries them all rather than one
+/// each (the store's connections do the same with their answers: see `ferry-store`'s
+/// `server/connection.rs`). A lone call is never held back.
+async fn batched<F: Future + Unpin>(connection: &mut F, waiting: &AtomicUsize) -> F::Output {
+    let mut yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Some(turn) = yielding.as_mut() {
+            if turn.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            yielding = None;
+        }
+        let polled = Pin::new(&mut *connection).poll(cx);
+        if polled.is_pending() && waiting.load(Ordering::Relaxed) > 1 {
+            yielding = Some(Box::pin(tokio::task::yield_now()));
+        }
+        polled
+    })
+    .await
 }
 
 /// Returns when a ping sent while requests are open goes unanswered for `timeout`.
@@ -190,7 +223,7 @@ async fn keep_alive(
     }
 }
 
-/// Counts a request or stream as open for its lifetime.
+/// Counts one in its counter (requests and streams open, or calls waiting) for its lifetime.
 struct OpenGuard(Arc<AtomicUsize>);
 
 impl OpenGuard {
@@ -232,6 +265,7 @@ impl tower::Service<http::Request<Body>> for PlainChannel {
         Box::pin(async move {
             let connection = shared.connection().await?;
             let guard = OpenGuard::new(&connection.open);
+            let waiting = OpenGuard::new(&connection.waiting);
             let lost = |err: h2::Error| {
                 connection.closed.store(true, Ordering::Release);
                 status(err)
@@ -261,6 +295,7 @@ impl tower::Service<http::Request<Body>> for PlainChannel {
                     tonic::Status::cancelled(format!("Timeout expired after {timeout:?}"))
                 })?
                 .map_err(status)?;
+            drop(waiting);
             let (parts, recv) = response.into_parts();
             let body = ResponseBody {
                 recv,

@@ -11,7 +11,57 @@ use common::Server;
 against_both!(mut &[];
     a_call_to_a_server_that_stops_answering_fails_within_the_request_timeout,
     the_same_client_works_again_after_its_server_restarts,
+    calls_made_together_on_one_connection_are_all_answered,
 );
+
+/// Many calls at once on one connection (agents behind one proxy), with a watch open on
+/// it: the connection holds its writes back while several calls wait (so that they leave
+/// together), and every call is still answered, each put at a revision of its own, and
+/// the watch sees every one.
+async fn calls_made_together_on_one_connection_are_all_answered(
+    server: &mut Server,
+) -> anyhow::Result<()> {
+    const CALLS: usize = 300;
+    let c = ferry_client::connect(&server.connect_config()).await?;
+    let mut watcher = c.clone();
+    let mut events = watcher
+        .watch(
+            "together/",
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await?;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let mut c = c.clone();
+            tokio::spawn(
+                async move { c.put(format!("together/{i:03}"), i.to_string(), None).await },
+            )
+        })
+        .collect();
+    let mut revisions = std::collections::BTreeSet::new();
+    for call in calls {
+        let put = call.await??;
+        revisions.insert(put.header().map_or(0, |h| h.revision()));
+    }
+    assert_eq!(revisions.len(), CALLS, "each put at a revision of its own");
+    let mut seen = 0;
+    while seen < CALLS {
+        let message = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("the watch saw {seen} of {CALLS} puts"))??
+            .ok_or_else(|| anyhow::anyhow!("the watch ended"))?;
+        seen += message.events().len();
+    }
+    let all = c
+        .clone()
+        .get(
+            "together/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    assert_eq!(all.kvs().len(), CALLS);
+    Ok(())
+}
 
 /// Resumes a paused server when the test ends, whichever way it ends.
 struct Resume<'a>(&'a Server);
