@@ -36,6 +36,13 @@ async fn published(server: &Server, key: &str) -> anyhow::Result<Option<Publishe
     })
 }
 
+/// The published version at `key` and who made it.
+async fn version_and_author(server: &Server, key: &str) -> anyhow::Result<Option<(i64, String)>> {
+    Ok(published(server, key)
+        .await?
+        .map(|p| (p.version, p.changed_by)))
+}
+
 async fn publish_never_moves_a_configuration_backwards(server: &Server) -> anyhow::Result<()> {
     let (_dir, record) = record().await?;
     let keys = Keys::default();
@@ -65,10 +72,9 @@ async fn publish_never_moves_a_configuration_backwards(server: &Server) -> anyho
         .await?;
     assert!(other.publish(&v3).await?);
     assert!(!publisher.publish(&v2).await?);
-    let version = |p: Option<PublishedConfig>| p.map(|p| (p.version, p.changed_by));
     assert_eq!(
-        version(published(server, &key).await?),
-        Some((3, "carol".to_string()))
+        version_and_author(server, &key).await?,
+        Some((3, "carol".into()))
     );
     // Anyone may rewrite the key (here by hand); the next version still lands.
     server
@@ -85,16 +91,16 @@ async fn publish_never_moves_a_configuration_backwards(server: &Server) -> anyho
         .await?;
     assert!(publisher.publish(&v4).await?);
     assert_eq!(
-        version(published(server, &key).await?),
-        Some((4, "dave".to_string()))
+        version_and_author(server, &key).await?,
+        Some((4, "dave".into()))
     );
     // Deleted behind its back (a lost etcd, an operator): the same version is written
     // again, whatever the publisher remembers having written.
     server.client().await?.delete(key.as_str(), None).await?;
     assert!(publisher.publish(&v4).await?);
     assert_eq!(
-        version(published(server, &key).await?),
-        Some((4, "dave".to_string()))
+        version_and_author(server, &key).await?,
+        Some((4, "dave".into()))
     );
     publisher.unpublish("prod", &v1.id).await?;
     assert!(published(server, &key).await?.is_none());
@@ -104,8 +110,8 @@ async fn publish_never_moves_a_configuration_backwards(server: &Server) -> anyho
         .await?;
     assert!(publisher.publish(&v5).await?);
     assert_eq!(
-        version(published(server, &key).await?),
-        Some((5, "erin".to_string()))
+        version_and_author(server, &key).await?,
+        Some((5, "erin".into()))
     );
     Ok(())
 }

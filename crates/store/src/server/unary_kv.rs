@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use etcd_client::proto::{PbKvService, PbTxnRequest};
+use etcd_client::proto::PbKvService;
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -117,7 +117,7 @@ async fn answer(
             Call::Range => handle(parts, message, |r| kv.range(r)).await,
             Call::Put => handle(parts, message, |r| kv.put(r)).await,
             Call::DeleteRange => handle(parts, message, |r| kv.delete_range(r)).await,
-            Call::Txn => handle(parts, message, |r: tonic::Request<PbTxnRequest>| kv.txn(r)).await,
+            Call::Txn => handle(parts, message, |r| kv.txn(r)).await,
         },
         Err(refused) => Err(refused),
     };
