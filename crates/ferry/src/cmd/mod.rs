@@ -23,7 +23,8 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log level: error, warn, info, debug or trace (FERRY_LOG takes tracing filters).
+    /// Log level: error, warn, info, debug or trace (FERRY_LOG takes tracing filters). A
+    /// release build logs up to debug: trace-level events are left out when it is compiled.
     #[arg(long = "log-level", global = true)]
     pub log_level: Option<String>,
 }
