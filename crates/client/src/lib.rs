@@ -14,6 +14,7 @@
 pub mod access;
 #[cfg(feature = "clap")]
 pub mod args;
+pub mod batching;
 mod channel;
 pub mod duration;
 mod endpoint;

@@ -75,7 +75,7 @@ struct Connection {
     closed: Arc<AtomicBool>,
     /// Requests and streams in progress: pings are sent only while there are some.
     open: Arc<AtomicUsize>,
-    /// Calls waiting for their answer's headers (see [`batched`]).
+    /// Calls waiting for their answer's headers (see [`crate::batching`]).
     waiting: Arc<AtomicUsize>,
 }
 
@@ -155,7 +155,7 @@ impl Shared {
         let calls = waiting.clone();
         tokio::spawn(async move {
             tokio::select! {
-                result = batched(&mut driver, &calls) => {
+                result = crate::batching::drive(&mut driver, &calls) => {
                     if let Err(err) = result {
                         tracing::debug!(%address, error = %err, "connection closed");
                     }
@@ -173,30 +173,6 @@ impl Shared {
             waiting,
         })
     }
-}
-
-/// Drives `connection`, letting the calls made together leave together: while more than
-/// one call waits for its answer, the driver, once woken, first yields to every task
-/// already runnable, so that the callers sharing the connection (agents behind one proxy)
-/// queue their requests before it writes, and one `writev` carries them all rather than one
-/// each (the store's connections do the same with their answers: see `ferry-store`'s
-/// `server/connection.rs`). A lone call is never held back.
-async fn batched<F: Future + Unpin>(connection: &mut F, waiting: &AtomicUsize) -> F::Output {
-    let mut yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
-    std::future::poll_fn(|cx| {
-        if let Some(turn) = yielding.as_mut() {
-            if turn.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            yielding = None;
-        }
-        let polled = Pin::new(&mut *connection).poll(cx);
-        if polled.is_pending() && waiting.load(Ordering::Relaxed) > 1 {
-            yielding = Some(Box::pin(tokio::task::yield_now()));
-        }
-        polled
-    })
-    .await
 }
 
 /// Returns when a ping sent while requests are open goes unanswered for `timeout`.

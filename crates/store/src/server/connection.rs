@@ -9,10 +9,9 @@
 //! requests of each connection at once (docs/BENCHMARKS.md, issue 22).
 //!
 //! Here a connection with more than one request in progress, once woken, first yields to
-//! every task already runnable (`tokio::task::yield_now` runs it again once the worker has
-//! nothing else to do, or at its next periodic I/O poll), so the handlers answered by the
-//! same batch have all queued their responses when it writes. A connection with one request
-//! in progress at most (a lone client) is never held back.
+//! every task already runnable (`ferry_client::batching::drive`), so the handlers answered by
+//! the same batch have all queued their responses when it writes. A connection with one
+//! request in progress at most (a lone client) is never held back.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -139,28 +138,16 @@ async fn serve<S, I>(
     builder.http1().timer(TokioTimer::new());
     let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(counted));
     tokio::pin!(conn);
-    let stop = until_stopped(&mut stopped);
-    tokio::pin!(stop);
     let mut stopping = false;
-    let mut yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
-    let result = std::future::poll_fn(|cx| {
-        if !stopping && stop.as_mut().poll(cx).is_ready() {
-            stopping = true;
-            conn.as_mut().graceful_shutdown();
-        }
-        if let Some(turn) = yielding.as_mut() {
-            if turn.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+    let result = loop {
+        tokio::select! {
+            result = ferry_client::batching::drive(&mut conn, &in_progress) => break result,
+            () = until_stopped(&mut stopped), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
             }
-            yielding = None;
         }
-        let polled = conn.as_mut().poll(cx);
-        if polled.is_pending() && in_progress.load(Ordering::Relaxed) > 1 {
-            yielding = Some(Box::pin(tokio::task::yield_now()));
-        }
-        polled
-    })
-    .await;
+    };
     if let Err(e) = result {
         tracing::debug!(error = %e, "client connection ended");
     }
