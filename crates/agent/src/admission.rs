@@ -11,6 +11,8 @@ use ferry_controller::{IngressDocument, PublishedConfig};
 use ferry_registry::Instance;
 use ferry_runtime::Object;
 
+use crate::stored_config::StoredConfig;
+
 /// A registry entry left out of the render, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedInstance {
@@ -75,42 +77,6 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-/// A published configuration's fields around its document.
-#[derive(serde::Deserialize)]
-struct Envelope {
-    id: String,
-    env: String,
-    version: i64,
-    #[serde(rename = "document")]
-    _document: serde::de::IgnoredAny,
-    changed_by: String,
-    changed_at: String,
-}
-
-/// Decodes a published configuration in one pass over its value: the document through the
-/// controller's own parser and validation (its errors name the field), the rest beside it.
-fn decode_config(value: &serde_json::Value) -> Result<PublishedConfig, String> {
-    let document = value
-        .get("document")
-        .map(|d| IngressDocument::from_value(d).map_err(|e| e.to_string()))
-        .transpose()?;
-    // The path-tracking decoder costs more; it only runs again to word a refusal.
-    let envelope = match <Envelope as serde::Deserialize>::deserialize(value) {
-        Ok(envelope) => envelope,
-        Err(_) => serde_path_to_error::deserialize::<_, Envelope>(value)
-            .map_err(|e| format!("not a published configuration: {}: {}", e.path(), e.inner()))?,
-    };
-    Ok(PublishedConfig {
-        id: envelope.id,
-        env: envelope.env,
-        version: envelope.version,
-        // Present: the envelope requires it.
-        document: document.ok_or("not a published configuration: no document")?,
-        changed_by: envelope.changed_by,
-        changed_at: envelope.changed_at,
-    })
-}
-
 /// What the store's copy must agree with: its key, the agent's environment, a version.
 fn check_config(key_id: &str, c: &PublishedConfig, env: &str) -> Result<(), String> {
     if c.id != key_id {
@@ -129,7 +95,7 @@ fn check_config(key_id: &str, c: &PublishedConfig, env: &str) -> Result<(), Stri
 /// `services_prefix`.
 pub fn admit(
     env: &str,
-    configs: Vec<Object<serde_json::Value>>,
+    configs: Vec<Object<StoredConfig>>,
     instances: Vec<Object<Instance>>,
     services_prefix: &str,
 ) -> Admission {
@@ -140,14 +106,15 @@ pub fn admit(
             tracing::warn!(key = %object.key, "a configuration key without a configuration id; ignored");
             continue;
         }
-        let version = object.value["version"].as_i64().unwrap_or(0);
-        let decoded =
-            decode_config(&object.value).and_then(|c| check_config(id, &c, env).map(|()| c));
-        match decoded {
-            Ok(config) => admission.configs.push(Arc::new(config)),
+        let checked = match &object.value.decoded {
+            Ok(config) => check_config(id, config, env).map(|()| config.clone()),
+            Err(reason) => Err(reason.clone()),
+        };
+        match checked {
+            Ok(config) => admission.configs.push(config),
             Err(reason) => admission.refused.push(RefusedConfig {
                 id: id.to_string(),
-                version,
+                version: object.value.version,
                 reason: format!("refused by the agent: {reason}"),
             }),
         }
@@ -194,6 +161,11 @@ mod tests {
         }
     }
 
+    /// The stored value `value`, decoded as the informer decodes it.
+    fn stored(value: serde_json::Value) -> StoredConfig {
+        StoredConfig::from_json(&value.to_string())
+    }
+
     fn config(id: &str, doc: &str) -> serde_json::Value {
         serde_json::json!({
             "id": id, "env": "prod", "version": 1,
@@ -218,7 +190,7 @@ mod tests {
             "prod",
             vec![object(
                 "/ingress/ingress_config/prod/u1",
-                config("u1", SHOP),
+                stored(config("u1", SHOP)),
             )],
             vec![
                 object("/services/shop/a", good),
@@ -253,12 +225,12 @@ mod tests {
         let admission = admit(
             "prod",
             vec![
-                object("/c/u1", config("u1", SHOP)),
-                object("/c/u2", bad_path),
-                object("/c/u3", other_env),
-                object("/c/u4", config("u1", SHOP)),
-                object("/c/u5", not_a_number),
-                object("/c/..", config("..", SHOP)),
+                object("/c/u1", stored(config("u1", SHOP))),
+                object("/c/u2", stored(bad_path)),
+                object("/c/u3", stored(other_env)),
+                object("/c/u4", stored(config("u1", SHOP))),
+                object("/c/u5", stored(not_a_number)),
+                object("/c/..", stored(config("..", SHOP))),
             ],
             vec![],
             "/services",
@@ -300,9 +272,9 @@ mod tests {
         let admission = admit(
             "prod",
             vec![
-                object("/c/u1", no_document),
-                object("/c/u2", text_version),
-                object("/c/u3", null_inside),
+                object("/c/u1", stored(no_document)),
+                object("/c/u2", stored(text_version)),
+                object("/c/u3", stored(null_inside)),
             ],
             vec![],
             "/services",

@@ -18,6 +18,7 @@ use ferry_render::{
 use ferry_runtime::{Event, Informer};
 
 use crate::blame::{self, RenderSet};
+use crate::stored_config::StoredConfig;
 use crate::{
     admission, view, AgentConfig, AgentMetrics, QUIET, SETTLE_MAX, TARGET_DELETED_SETTLE,
     VIEW_READ_TIMEOUT, VIEW_RETRY,
@@ -28,9 +29,9 @@ pub(crate) struct Applier {
     pub(crate) client: Client,
     pub(crate) config: AgentConfig,
     pub(crate) keys: Keys,
-    pub(crate) configs: Informer<serde_json::Value>,
+    pub(crate) configs: Informer<StoredConfig>,
     /// Versions this agent runs ahead of its environment (a rollout in waves reached it).
-    pub(crate) wave_targets: Informer<serde_json::Value>,
+    pub(crate) wave_targets: Informer<StoredConfig>,
     pub(crate) services: Informer<Instance>,
     pub(crate) templates: PathBuf,
     pub(crate) metrics: Arc<AgentMetrics>,

@@ -12,6 +12,7 @@ pub mod admission;
 mod apply;
 mod blame;
 mod metrics;
+pub mod stored_config;
 pub mod view;
 
 pub use metrics::AgentMetrics;
@@ -25,6 +26,7 @@ use etcd_client::Client;
 use ferry_controller::keys::Keys;
 use ferry_registry::{announce, AnnounceConfig, Announcement, Instance};
 use ferry_runtime::{Informer, InformerConfig};
+use stored_config::StoredConfig;
 use tokio::task::JoinHandle;
 
 /// How long the agent waits with no new change before rendering (consul-template's
@@ -220,12 +222,12 @@ pub async fn start(client: Client, config: AgentConfig) -> Result<RunningAgent, 
     .await?;
     let mut informer_config = InformerConfig::new(keys.configs(&config.env));
     informer_config.resync_period = Some(config.resync);
-    // Raw JSON: a value that is not a configuration must still be reported as refused.
-    let configs: Informer<serde_json::Value> = Informer::start(client.clone(), informer_config);
+    // Any JSON decodes: a value that is not a configuration must still be reported as refused.
+    let configs: Informer<StoredConfig> = Informer::start(client.clone(), informer_config);
     // The versions a rollout in waves has given this agent ahead of its environment.
     let mut wave_config = InformerConfig::new(keys.wave_targets(&config.env, &config.name));
     wave_config.resync_period = Some(config.resync);
-    let wave_targets: Informer<serde_json::Value> = Informer::start(client.clone(), wave_config);
+    let wave_targets: Informer<StoredConfig> = Informer::start(client.clone(), wave_config);
     let services: Informer<Instance> = Informer::start(
         client.clone(),
         InformerConfig::new(format!("{}/", config.services_prefix.trim_end_matches('/'))),

@@ -38,15 +38,15 @@ pub enum ViewError {
 
 /// The configurations under `prefix` as of revision `at_least` or later, and the revision
 /// they reflect: `cache`'s own when it has seen `at_least`, otherwise a linearizable read of
-/// the store that gives up after `timeout`. Values that are not JSON are left out, as the
-/// informer leaves them out of its cache.
-pub async fn configurations_at(
+/// the store that gives up after `timeout`. Values that do not decode as `T` are left out, as
+/// the informer leaves them out of its cache.
+pub async fn configurations_at<T: serde::de::DeserializeOwned>(
     client: &Client,
     prefix: &str,
-    cache: &Cache<serde_json::Value>,
+    cache: &Cache<T>,
     at_least: i64,
     timeout: Duration,
-) -> Result<(Vec<Object<serde_json::Value>>, i64), ViewError> {
+) -> Result<(Vec<Object<T>>, i64), ViewError> {
     let cached = cache.revision();
     if cached >= at_least {
         return Ok((cache.list(), cached));

@@ -475,5 +475,9 @@ async fn main() -> anyhow::Result<()> {
             tally.print(agents, name, store_pid.is_some());
         }
     }
+    // Stopped before its directory is removed, which its background checkpoint would
+    // otherwise report as a storage failure.
+    embedded.shutdown().await?;
+    drop(bench_dir);
     Ok(())
 }
