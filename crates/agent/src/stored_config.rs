@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use ferry_controller::{IngressDocument, PublishedConfig};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -55,16 +56,30 @@ impl StoredConfig {
     }
 }
 
-/// A published configuration's fields, its document left as text.
+/// A published configuration's fields around its document, decoded as `D` (its text, or
+/// skipped).
 #[derive(Deserialize)]
-struct DirectEnvelope<'a> {
+struct Envelope<D> {
     id: String,
     env: String,
     version: i64,
-    #[serde(borrow)]
-    document: &'a RawValue,
+    document: D,
     changed_by: String,
     changed_at: String,
+}
+
+impl<D> Envelope<D> {
+    /// The configuration of these fields around `document`.
+    fn around(self, document: IngressDocument) -> PublishedConfig {
+        PublishedConfig {
+            id: self.id,
+            env: self.env,
+            version: self.version,
+            document,
+            changed_by: self.changed_by,
+            changed_at: self.changed_at,
+        }
+    }
 }
 
 /// The typed decode, where it gives what [`decode_checked`] gives: `None` when it fails or
@@ -78,33 +93,14 @@ fn decode_direct(text: &str) -> Option<PublishedConfig> {
     if text.contains("null") || !text.trim_start().starts_with('{') {
         return None;
     }
-    let envelope: DirectEnvelope = serde_json::from_str(text).ok()?;
+    let envelope: Envelope<&RawValue> = serde_json::from_str(text).ok()?;
     let document_text = envelope.document.get();
     if !document_text.trim_start().starts_with('{') {
         return None;
     }
     let document: IngressDocument = serde_json::from_str(document_text).ok()?;
     document.validate().ok()?;
-    Some(PublishedConfig {
-        id: envelope.id,
-        env: envelope.env,
-        version: envelope.version,
-        document,
-        changed_by: envelope.changed_by,
-        changed_at: envelope.changed_at,
-    })
-}
-
-/// A published configuration's fields around its document.
-#[derive(Deserialize)]
-struct Envelope {
-    id: String,
-    env: String,
-    version: i64,
-    #[serde(rename = "document")]
-    _document: serde::de::IgnoredAny,
-    changed_by: String,
-    changed_at: String,
+    Some(envelope.around(document))
 }
 
 /// Decodes a published configuration from its JSON tree: the document through the
@@ -115,20 +111,14 @@ fn decode_checked(value: &serde_json::Value) -> Result<Arc<PublishedConfig>, Str
         .map(|d| IngressDocument::from_value(d).map_err(|e| e.to_string()))
         .transpose()?;
     // The path-tracking decoder costs more; it only runs again to word a refusal.
-    let envelope = match Envelope::deserialize(value) {
+    let envelope = match Envelope::<IgnoredAny>::deserialize(value) {
         Ok(envelope) => envelope,
-        Err(_) => serde_path_to_error::deserialize::<_, Envelope>(value)
+        Err(_) => serde_path_to_error::deserialize::<_, Envelope<IgnoredAny>>(value)
             .map_err(|e| format!("not a published configuration: {}: {}", e.path(), e.inner()))?,
     };
-    Ok(Arc::new(PublishedConfig {
-        id: envelope.id,
-        env: envelope.env,
-        version: envelope.version,
-        // Present: the envelope requires it.
-        document: document.ok_or("not a published configuration: no document")?,
-        changed_by: envelope.changed_by,
-        changed_at: envelope.changed_at,
-    }))
+    // Present: the envelope requires it.
+    let document = document.ok_or("not a published configuration: no document")?;
+    Ok(Arc::new(envelope.around(document)))
 }
 
 #[cfg(test)]
