@@ -20,6 +20,8 @@
 //! instead of on whichever ran then. 200 measured rounds per store below 1,000 agents, 100 at
 //! 1,000, so that the p99 is not just the slowest round.
 //!
+//! After the table, each ferry store's p99 over etcd's in the same run, per fleet size.
+//!
 //! "CPU ms per round" is the whole machine's cost of one rollout, measured over the store's
 //! rounds: this process (agents, controller, their clients, and the embedded store) plus the
 //! store's own process, shown apart: the agents' share is the same work on every store, so the
@@ -40,6 +42,9 @@ use ferry_testkit::{Kind, Server};
 /// The allocator of the `ferry` binary that runs agents, controllers and the store.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The peer's name in the table.
+const ETCD: &str = "etcd 3.4";
 
 /// Agents share one gRPC connection per this many, as a fleet behind a few proxies would.
 const AGENTS_PER_CONNECTION: usize = 10;
@@ -301,8 +306,8 @@ impl Fleet {
 }
 
 impl Tally {
-    /// The store's line of the table.
-    fn print(mut self, agents: usize, name: &str, own_process: bool) {
+    /// The store's line of the table; returns its p99.
+    fn print(mut self, agents: usize, name: &str, own_process: bool) -> Duration {
         let rounds = self.samples.len();
         self.samples.sort();
         self.answers.sort();
@@ -322,6 +327,30 @@ impl Tally {
                 "(in process)".into()
             },
         );
+        percentile(&self.samples, 99.0)
+    }
+}
+
+/// Each ferry store's p99 over etcd's in the same run, per fleet size (issue 22's target
+/// is at most 0.5).
+fn print_ratios(p99s: &[(usize, Vec<(&str, Duration)>)]) {
+    let mut lines = Vec::new();
+    for (agents, stores) in p99s {
+        let Some((_, etcd)) = stores.iter().find(|(name, _)| *name == ETCD) else {
+            continue;
+        };
+        let ratios: Vec<String> = stores
+            .iter()
+            .filter(|(name, _)| *name != ETCD)
+            .map(|(name, p99)| format!("{name} {:.2}×", p99.as_secs_f64() / etcd.as_secs_f64()))
+            .collect();
+        if !ratios.is_empty() {
+            lines.push(format!("- {agents} agents: {}", ratios.join(", ")));
+        }
+    }
+    if !lines.is_empty() {
+        println!("\np99 over {ETCD}'s in this run:");
+        lines.iter().for_each(|line| println!("{line}"));
     }
 }
 
@@ -426,6 +455,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| agents | store | rounds | p50 ms | p99 ms | max ms | API answer p50 ms | first agent p50 ms | CPU ms per round | of which the store's process |");
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut p99s = Vec::new();
     for &agents in &sizes {
         // With fewer than 100 rounds the p99 is the slowest round.
         let rounds = fixed_rounds.unwrap_or(if agents >= 1000 { 100 } else { 200 });
@@ -442,7 +472,7 @@ async fn main() -> anyhow::Result<()> {
                 own_process.endpoint(),
                 own_process.pid(),
             ),
-            ("etcd", "etcd 3.4", etcd.endpoint(), etcd.pid()),
+            ("etcd", ETCD, etcd.endpoint(), etcd.pid()),
         ]
         .into_iter()
         .filter(|(key, ..)| only.as_deref().is_none_or(|o| o == *key))
@@ -471,10 +501,16 @@ async fn main() -> anyhow::Result<()> {
                 fleet.finish().await?;
             }
         }
-        for ((name, _, store_pid), tally) in stores.iter().zip(tallies) {
-            tally.print(agents, name, store_pid.is_some());
-        }
+        let p99 = stores
+            .iter()
+            .zip(tallies)
+            .map(|((name, _, store_pid), tally)| {
+                (*name, tally.print(agents, name, store_pid.is_some()))
+            })
+            .collect();
+        p99s.push((agents, p99));
     }
+    print_ratios(&p99s);
     // Stopped before its directory is removed, which its background checkpoint would
     // otherwise report as a storage failure.
     embedded.shutdown().await?;
