@@ -150,7 +150,9 @@ impl Applier {
             }
             retry = match self.apply().await {
                 Rendered::Done => None,
-                Rendered::Postponed => Some(tokio::time::Instant::now() + VIEW_RETRY),
+                Rendered::Postponed | Rendered::Unreported => {
+                    Some(tokio::time::Instant::now() + VIEW_RETRY)
+                }
             };
         }
     }
@@ -291,6 +293,9 @@ impl Applier {
                     .iter()
                     .map(|r| (r.id.as_str(), r.version, (false, r.reason.clone()))),
             );
+        // A status that could not be written is written again by the next render, which
+        // nothing else may trigger: the rollout would wait for it forever.
+        let mut unreported = false;
         for (id, version, (ok, message)) in results {
             let entry = (version, ok, message.clone());
             if reported.get(id) == Some(&entry) {
@@ -312,7 +317,8 @@ impl Applier {
                     reported.insert(id.to_string(), entry);
                 }
                 Err(e) => {
-                    tracing::warn!(agent = %config.name, error = %e, "reporting status failed; will retry")
+                    unreported = true;
+                    tracing::warn!(agent = %config.name, error = %e, retry_in = ?VIEW_RETRY, "reporting status failed; will retry")
                 }
             }
         }
@@ -323,7 +329,11 @@ impl Applier {
             .chain(admission.refused.iter().map(|r| r.id.as_str()))
             .collect();
         reported.retain(|id, _| live.contains(id.as_str()));
-        Rendered::Done
+        if unreported {
+            Rendered::Unreported
+        } else {
+            Rendered::Done
+        }
     }
 }
 
@@ -333,6 +343,9 @@ enum Rendered {
     Done,
     /// Nothing changed: to be tried again after `VIEW_RETRY`.
     Postponed,
+    /// Rendered, but a status could not be written: rendered (unchanged, so not reloaded)
+    /// and reported again after `VIEW_RETRY`.
+    Unreported,
 }
 
 /// Waits until `deadline`, or forever without one.
