@@ -18,6 +18,7 @@ against_both!(&["--bcrypt-cost", "4"];
     agent_serves_tls_virtual_hosts_through_nginx,
     an_agent_signed_in_as_another_environments_user_stops_with_the_reason,
     configurations_are_read_from_the_store_when_the_cache_is_behind_a_target_deletion,
+    a_status_the_store_refused_is_reported_again_without_another_change,
 );
 
 struct Killer(Child);
@@ -482,6 +483,112 @@ async fn an_agent_signed_in_as_another_environments_user_stops_with_the_reason(
         "{stderr}"
     );
     Ok(())
+}
+
+/// A status write the store refuses (here: the agent's role lost its write permission on
+/// the status keys) is written again by the agent on its own: once the store takes it, the
+/// status appears although nothing else changed, instead of the rollout waiting forever.
+async fn a_status_the_store_refused_is_reported_again_without_another_change(
+    server: &Server,
+) -> anyhow::Result<()> {
+    use etcd_client::{Client, ConnectOptions, Permission, RoleRevokePermissionOptions};
+    let tmp = tempfile::tempdir()?;
+    let credentials = tmp.path().join("credentials");
+    let out = Command::new(ferry_bin())
+        .args(["store", "auth-bootstrap", "--endpoints", &server.endpoint()])
+        .arg("--credentials-dir")
+        .arg(&credentials)
+        .args(["--agent", "prod/a1"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read_password = |user: &str| -> std::io::Result<String> {
+        Ok(std::fs::read_to_string(credentials.join(user))?
+            .trim()
+            .to_string())
+    };
+    let mut root = Client::connect(
+        [server.endpoint()],
+        Some(ConnectOptions::new().with_user("root", read_password("root")?)),
+    )
+    .await?;
+    let keys = Keys::default();
+    let statuses = format!("{}/ingress_config_status/prod/", keys.root());
+    root.role_revoke_permission(
+        "ferry-agent-prod",
+        statuses.as_str(),
+        Some(RoleRevokePermissionOptions::new().with_prefix()),
+    )
+    .await?;
+    let record = Record::connect(&common::ingress::sqlite_url(tmp.path())).await?;
+    let publisher = Publisher::new(root.clone(), keys.clone());
+    let shop = record
+        .create(
+            "prod",
+            &doc("shop.example.com", r#""backends":["127.0.0.1:9001"]"#),
+            "alice",
+        )
+        .await?;
+    publisher.publish(&shop).await?;
+
+    let prefix = tmp.path().join("nginx");
+    let port = ferry_testkit::free_port()?;
+    let user = "agent-prod-a1";
+    let _agent = Killer(
+        Command::new(ferry_bin())
+            .args([
+                "agent",
+                "--endpoints",
+                &server.endpoint(),
+                "--env",
+                "prod",
+                "--name",
+                "a1",
+            ])
+            .arg("--nginx-prefix")
+            .arg(&prefix)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--user", user])
+            .env("FERRY_PASSWORD", read_password(user)?)
+            .env("FERRY_LOG", "error")
+            .spawn()?,
+    );
+    // Installed, but its status refused: none appears.
+    common::wait_for_content(
+        &prefix.join("conf/nginx.conf"),
+        "shop.example.com",
+        Duration::from_secs(20),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status_key = keys.status("prod", &shop.id, "a1");
+    assert!(
+        root.get(status_key.as_str(), None).await?.kvs().is_empty(),
+        "a status was written without the permission"
+    );
+
+    root.role_grant_permission(
+        "ferry-agent-prod",
+        Permission::read_write(statuses.as_str()).with_prefix(),
+    )
+    .await?;
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = root.get(status_key.as_str(), None).await?;
+        if let Some(kv) = got.kvs().first() {
+            let status: AgentStatus = serde_json::from_slice(kv.value())?;
+            assert_eq!(status.version, 1);
+            assert!(status.ok, "{status:?}");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "the refused status was never written again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The agent's configurations cache may lag its wave targets (two watch streams, possibly on
