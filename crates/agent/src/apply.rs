@@ -75,7 +75,7 @@ impl blame::RenderSet for NginxRender<'_> {
     ) -> Result<Outcome, ferry_render::RenderError> {
         let mut pairs = self.site.clone();
         pairs.extend(self.instances.iter().cloned());
-        pairs.extend(set.iter().map(|c| nginx::config_pair(c)));
+        pairs.extend(set.iter().map(crate::stored_config::config_pair));
         let snapshot = KvSnapshot {
             pairs,
             revision: self.revision,

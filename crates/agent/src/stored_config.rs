@@ -6,8 +6,14 @@
 //! from the tree, its drop (docs/BENCHMARKS.md, issue 22). A value is now decoded straight
 //! from its text into the typed configuration, and the checked decode through the tree
 //! runs only where the direct one could disagree with it or fails (to word the refusal).
+//!
+//! Agents running in one process (`ferry up`'s) receive the same values: the first to
+//! decode a value shares its result with the others (a value is a pure function of its
+//! text), and the text of the render's `/configs/<id>` pair is written once per decoded
+//! configuration, not once per agent and render.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use ferry_controller::{IngressDocument, PublishedConfig};
 use serde::de::IgnoredAny;
@@ -19,7 +25,7 @@ use serde_json::value::RawValue;
 /// Decodes from any JSON text (a value that is JSON but not a configuration becomes a
 /// refusal, reported in its status); text that is not JSON fails to decode, and the
 /// informer leaves it out. Only `serde_json` can decode it (it keeps the value's text).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoredConfig {
     /// The version it claims (0 when it has none).
     pub version: i64,
@@ -34,9 +40,58 @@ impl<'de> Deserialize<'de> for StoredConfig {
     }
 }
 
+/// Longer values are decoded at every use rather than kept.
+const LONGEST_KEPT: usize = 64 * 1024;
+
+/// How many decoded values (and pair texts) are kept; each memo starts over when full.
+const KEPT: usize = 256;
+
+/// Recently decoded values, by their text.
+static DECODED: LazyLock<parking_lot::Mutex<HashMap<Box<str>, StoredConfig>>> =
+    LazyLock::new(Default::default);
+
+/// The render's pair of recently rendered configurations, by the address of the shared
+/// configuration (kept alive here, so that no other configuration can take its address).
+type PairMemo = HashMap<usize, (Arc<PublishedConfig>, (String, String))>;
+static PAIRS: LazyLock<parking_lot::Mutex<PairMemo>> = LazyLock::new(Default::default);
+
+/// The `/configs/<id>` key and value `config` is rendered from (see
+/// [`ferry_controller::nginx::config_pair`]), written once per decoded configuration.
+pub(crate) fn config_pair(config: &Arc<PublishedConfig>) -> (String, String) {
+    let address = Arc::as_ptr(config) as usize;
+    if let Some((kept, pair)) = PAIRS.lock().get(&address) {
+        if Arc::ptr_eq(kept, config) {
+            return pair.clone();
+        }
+    }
+    let pair = ferry_controller::nginx::config_pair(config);
+    let mut kept = PAIRS.lock();
+    if kept.len() >= KEPT {
+        kept.clear();
+    }
+    kept.insert(address, (config.clone(), pair.clone()));
+    pair
+}
+
 impl StoredConfig {
-    /// Decodes the JSON text `text`.
+    /// Decodes the JSON text `text`, or takes the decode of the same text another agent of
+    /// this process made.
     pub fn from_json(text: &str) -> Self {
+        if let Some(decoded) = DECODED.lock().get(text) {
+            return decoded.clone();
+        }
+        let decoded = Self::decode(text);
+        if text.len() <= LONGEST_KEPT {
+            let mut kept = DECODED.lock();
+            if kept.len() >= KEPT {
+                kept.clear();
+            }
+            kept.insert(text.into(), decoded.clone());
+        }
+        decoded
+    }
+
+    fn decode(text: &str) -> Self {
         if let Some(config) = decode_direct(text) {
             return Self {
                 version: config.version,
@@ -262,5 +317,26 @@ mod tests {
         );
         assert_eq!(stored.version, 3);
         assert!(serde_json::from_str::<StoredConfig>("not json").is_err());
+    }
+
+    #[test]
+    fn agents_of_one_process_share_a_decode_and_its_pair_text() {
+        let first = StoredConfig::from_json(SHOP);
+        let second = StoredConfig::from_json(SHOP);
+        let (Ok(a), Ok(b)) = (&first.decoded, &second.decoded) else {
+            panic!("the shop configuration decodes: {first:?}");
+        };
+        assert!(Arc::ptr_eq(a, b), "the same text: one shared decode");
+        assert_eq!(config_pair(a), ferry_controller::nginx::config_pair(a));
+        assert_eq!(config_pair(b), ferry_controller::nginx::config_pair(a));
+        // Another text is decoded on its own, and its pair says so.
+        let newer = StoredConfig::from_json(&SHOP.replace(r#""version":3"#, r#""version":4"#));
+        let Ok(c) = &newer.decoded else {
+            panic!("version 4 decodes: {newer:?}");
+        };
+        assert_eq!((newer.version, c.version), (4, 4));
+        assert!(!Arc::ptr_eq(a, c));
+        assert_eq!(config_pair(c), ferry_controller::nginx::config_pair(c));
+        assert_ne!(config_pair(c).1, config_pair(a).1);
     }
 }

@@ -835,19 +835,28 @@ fn functions_over(snapshot: SnapshotSlot, nameserver: Option<std::net::SocketAdd
 pub struct ConfdTemplate {
     template: Template,
     name: String,
+    /// The length of its last output: the next one starts with that much room rather than
+    /// growing from nothing (a render's text is copied about eight times otherwise).
+    last_len: std::sync::atomic::AtomicUsize,
 }
 
 impl ConfdTemplate {
     /// Runs the template (with no data, as confd does) and returns what it wrote.
     pub fn execute_to_string(&self) -> Result<String, Error> {
+        use std::sync::atomic::Ordering;
         let _types = slice_type::Execution::start();
+        let last = self.last_len.load(Ordering::Relaxed);
+        // With some slack: a text a few bytes longer would otherwise copy itself once more.
+        let mut text = String::with_capacity(last + last / 8);
         if self.template.lookup(&self.name).is_some() {
             self.template
-                .execute_template_to_string(&self.name, &Value::Nil)
+                .execute_template_fmt(&mut text, &self.name, &Value::Nil)?;
         } else {
             // An empty template: there is nothing to run.
-            self.template.execute_to_string(&Value::Nil)
+            self.template.execute_fmt(&mut text, &Value::Nil)?;
         }
+        self.last_len.store(text.len(), Ordering::Relaxed);
+        Ok(text)
     }
 }
 
@@ -964,6 +973,7 @@ fn parse_over(
     Ok(ConfdTemplate {
         template,
         name: name.to_string(),
+        last_len: Default::default(),
     })
 }
 

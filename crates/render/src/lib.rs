@@ -22,6 +22,7 @@ pub mod resource;
 mod rewrite;
 mod slice_type;
 pub mod snapshot;
+mod staged_file;
 pub mod status;
 pub mod watch;
 
