@@ -22,7 +22,6 @@ pub mod resource;
 mod rewrite;
 mod slice_type;
 pub mod snapshot;
-mod staged_file;
 pub mod status;
 pub mod watch;
 

@@ -9,7 +9,6 @@ use crate::functions::PreparedTemplate;
 use crate::last_install::LastInstall;
 use crate::resource::TemplateResource;
 use crate::snapshot::KvSnapshot;
-use crate::staged_file::StagedFile;
 
 /// What rendering one resource did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,7 +271,7 @@ enum Staged {
     /// Dry run: the difference.
     Diff(String),
     /// Written next to `dest`, to be checked and renamed over it.
-    File(StagedFile),
+    File(tempfile::NamedTempFile),
 }
 
 /// Compares `rendered` with `dest` and, when they differ, writes it next to `dest` with the
@@ -288,6 +287,7 @@ fn stage(
     noop: bool,
     known_new: bool,
 ) -> Result<Staged, RenderError> {
+    use std::io::Write;
     use std::os::unix::fs::MetadataExt;
     // One open of `dest` and its handle for the rest: every path lookup walks the whole path.
     let opened = if known_new && !noop {
@@ -316,12 +316,20 @@ fn stage(
             rendered,
         )));
     }
-    let staged = StagedFile::create(dest, rendered.as_bytes(), mode, (uid, gid)).map_err(|e| {
-        RenderError::Io {
-            path: dest.to_path_buf(),
-            source: e,
-        }
-    })?;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("dest");
+    let mut staged = tempfile::Builder::new()
+        .prefix(&format!(".{base}"))
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    let path = staged.path().to_path_buf();
+    let file = staged.as_file_mut();
+    file.write_all(rendered.as_bytes()).map_err(io(&path))?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(&path))?;
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::fchown(&*file, uid, gid).map_err(io(&path))?;
+    }
     Ok(Staged::File(staged))
 }
 
@@ -395,7 +403,7 @@ pub async fn install(
         let command = check.replace("{{.src}}", &staged.path().display().to_string());
         if let Err((status, output)) = crate::command::run(&command).await {
             if options.keep_stage_file {
-                staged.keep();
+                let _ = staged.keep();
             }
             // Otherwise dropping the staged file removes it; dest stays as it was.
             return Err(RenderError::Check {
@@ -416,11 +424,12 @@ pub async fn install(
 }
 
 /// Renames the staged file over `dest`.
-fn persist(staged: StagedFile, dest: &Path) -> Result<(), RenderError> {
-    staged.persist(dest).map_err(|source| RenderError::Io {
+fn persist(staged: tempfile::NamedTempFile, dest: &Path) -> Result<(), RenderError> {
+    staged.persist(dest).map_err(|e| RenderError::Io {
         path: dest.to_path_buf(),
-        source,
-    })
+        source: e.error,
+    })?;
+    Ok(())
 }
 
 /// Runs the resource's `reload_cmd` after `dest` was replaced (not with `sync_only`).
