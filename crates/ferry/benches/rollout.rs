@@ -20,7 +20,9 @@
 //! instead of on whichever ran then. 200 measured rounds per store below 1,000 agents, 100 at
 //! 1,000, so that the p99 is not just the slowest round.
 //!
-//! After the table, each ferry store's p99 over etcd's in the same run, per fleet size.
+//! After the table, each ferry store's p99 over etcd's in the same run, per fleet size, and
+//! every round that took over twice its store's p50, with its block and when the API
+//! answered (a round slow before its answer was held up before the publication).
 //!
 //! "CPU ms per round" is the whole machine's cost of one rollout, measured over the store's
 //! rounds: this process (agents, controller, their clients, and the embedded store) plus the
@@ -93,6 +95,17 @@ struct Tally {
     /// the store when it is embedded), and of the store's own process.
     cpu: Duration,
     store_cpu: Duration,
+    /// The block being measured, and each round's block and times in the order taken.
+    block: usize,
+    rounds: Vec<RoundTimes>,
+}
+
+/// One round's block and times: its answer, first agent and last agent.
+struct RoundTimes {
+    block: usize,
+    answer: Duration,
+    first: Duration,
+    last: Duration,
 }
 
 /// CPU time used so far by this process and by `store_pid`, a store in its own process.
@@ -253,7 +266,9 @@ impl Fleet {
         )
         .await?;
         anyhow::ensure!(reply.status == 200, "update: {}", reply.body);
-        tally.answers.push(started.elapsed());
+        let answered = started.elapsed();
+        tally.answers.push(answered);
+        let mut first = Duration::ZERO;
         let mut done: HashMap<String, ()> = HashMap::new();
         let deadline = started + Duration::from_secs(60);
         while done.len() < self.agents {
@@ -266,14 +281,22 @@ impl Fleet {
                     let status: AgentStatus = serde_json::from_slice(kv.value())?;
                     if status.ok && status.version == version as i64 {
                         if done.is_empty() {
-                            tally.firsts.push(started.elapsed());
+                            first = started.elapsed();
+                            tally.firsts.push(first);
                         }
                         done.insert(status.agent, ());
                     }
                 }
             }
         }
-        tally.samples.push(started.elapsed());
+        let last = started.elapsed();
+        tally.samples.push(last);
+        tally.rounds.push(RoundTimes {
+            block: tally.block,
+            answer: answered,
+            first,
+            last,
+        });
         let cpu_after = cpu(self.store_pid);
         tally.cpu += cpu_after.0.saturating_sub(cpu_before.0);
         tally.store_cpu += cpu_after.1.saturating_sub(cpu_before.1);
@@ -306,6 +329,38 @@ impl Fleet {
 }
 
 impl Tally {
+    /// The rounds that took over twice the store's p50, to be printed after the table: a
+    /// tail's rounds, and whether they were slow before the publication (the answer) or
+    /// after it.
+    fn slow_rounds(&self, agents: usize, name: &str) -> Vec<String> {
+        let mut sorted = self.samples.clone();
+        sorted.sort();
+        let p50 = percentile(&sorted, 50.0);
+        let per_block = |block: usize| self.rounds.iter().filter(|r| r.block == block).count();
+        let mut index_in_block = 0;
+        let mut last_block = usize::MAX;
+        let mut lines = Vec::new();
+        for r in &self.rounds {
+            if r.block != last_block {
+                (last_block, index_in_block) = (r.block, 0);
+            }
+            index_in_block += 1;
+            if r.last > p50 * 2 {
+                lines.push(format!(
+                    "- {agents} agents, {name}: block {} round {index_in_block} of {}: {} ms \
+                     (API answer {} ms, first agent {} ms; p50 {} ms)",
+                    r.block + 1,
+                    per_block(r.block),
+                    fmt(r.last),
+                    fmt(r.answer),
+                    fmt(r.first),
+                    fmt(p50),
+                ));
+            }
+        }
+        lines
+    }
+
     /// The store's line of the table; returns its p99.
     fn print(mut self, agents: usize, name: &str, own_process: bool) -> Duration {
         let rounds = self.samples.len();
@@ -456,6 +511,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| agents | store | rounds | p50 ms | p99 ms | max ms | API answer p50 ms | first agent p50 ms | CPU ms per round | of which the store's process |");
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut p99s = Vec::new();
+    let mut slow = Vec::new();
     for &agents in &sizes {
         // With fewer than 100 rounds the p99 is the slowest round.
         let rounds = fixed_rounds.unwrap_or(if agents >= 1000 { 100 } else { 200 });
@@ -495,6 +551,7 @@ async fn main() -> anyhow::Result<()> {
                 for n in 0..warmup {
                     fleet.round(n + 2, &mut unmeasured).await?;
                 }
+                tally.block = block;
                 for n in 0..in_block {
                     fleet.round(warmup + n + 2, tally).await?;
                 }
@@ -505,12 +562,17 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .zip(tallies)
             .map(|((name, _, store_pid), tally)| {
+                slow.extend(tally.slow_rounds(agents, name));
                 (*name, tally.print(agents, name, store_pid.is_some()))
             })
             .collect();
         p99s.push((agents, p99));
     }
     print_ratios(&p99s);
+    if !slow.is_empty() {
+        println!("\nRounds over twice their store's p50:");
+        slow.iter().for_each(|line| println!("{line}"));
+    }
     // Stopped before its directory is removed, which its background checkpoint would
     // otherwise report as a storage failure.
     embedded.shutdown().await?;
