@@ -40,8 +40,9 @@ impl<'de> Deserialize<'de> for StoredConfig {
     }
 }
 
-/// Longer values are decoded at every use rather than kept.
-const LONGEST_KEPT: usize = 64 * 1024;
+/// Longer values are decoded at every use rather than kept (a configuration is usually a
+/// few hundred bytes; this bounds what the memo holds to a few MiB).
+const LONGEST_KEPT: usize = 16 * 1024;
 
 /// How many decoded values (and pair texts) are kept; each memo starts over when full.
 const KEPT: usize = 256;
