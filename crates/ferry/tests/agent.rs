@@ -29,25 +29,46 @@ impl Drop for Killer {
     }
 }
 
+/// `ferry agent` named a1 in prod, on `prefix`, with `extra` flags, not yet started.
+fn agent_a1_command(server: &Server, prefix: &std::path::Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(ferry_bin());
+    command
+        .args([
+            "agent",
+            "--endpoints",
+            &server.endpoint(),
+            "--env",
+            "prod",
+            "--name",
+            "a1",
+        ])
+        .arg("--nginx-prefix")
+        .arg(prefix)
+        .args(extra)
+        .env("FERRY_LOG", "warn");
+    command
+}
+
 /// `ferry agent` named a1 in prod, on `prefix`, with `extra` flags.
 fn agent_a1(server: &Server, prefix: &std::path::Path, extra: &[&str]) -> anyhow::Result<Killer> {
-    Ok(Killer(
-        Command::new(ferry_bin())
-            .args([
-                "agent",
-                "--endpoints",
-                &server.endpoint(),
-                "--env",
-                "prod",
-                "--name",
-                "a1",
-            ])
-            .arg("--nginx-prefix")
-            .arg(prefix)
-            .args(extra)
-            .env("FERRY_LOG", "warn")
-            .spawn()?,
-    ))
+    Ok(Killer(agent_a1_command(server, prefix, extra).spawn()?))
+}
+
+/// Turns authentication on with `ferry store auth-bootstrap`, writing the passwords of root
+/// and of `agent` (`env/name`) under `dir`.
+fn auth_bootstrap(server: &Server, dir: &std::path::Path, agent: &str) -> anyhow::Result<()> {
+    let out = Command::new(ferry_bin())
+        .args(["store", "auth-bootstrap", "--endpoints", &server.endpoint()])
+        .arg("--credentials-dir")
+        .arg(dir)
+        .args(["--agent", agent])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// A SQL record in `dir` and shop.example.com (to a static backend) created and published.
@@ -432,38 +453,20 @@ async fn an_agent_signed_in_as_another_environments_user_stops_with_the_reason(
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let credentials = tmp.path().join("credentials");
-    let out = Command::new(ferry_bin())
-        .args(["store", "auth-bootstrap", "--endpoints", &server.endpoint()])
-        .arg("--credentials-dir")
-        .arg(&credentials)
-        .args(["--agent", "staging/a1"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    auth_bootstrap(server, &credentials, "staging/a1")?;
     let user = "agent-staging-a1";
     let password = std::fs::read_to_string(credentials.join(user))?;
     let port = ferry_testkit::free_port()?;
+    let listen = format!("127.0.0.1:{port}");
     let mut agent = Killer(
-        Command::new(ferry_bin())
-            .args([
-                "agent",
-                "--endpoints",
-                &server.endpoint(),
-                "--env",
-                "prod",
-                "--name",
-                "a1",
-            ])
-            .arg("--nginx-prefix")
-            .arg(tmp.path().join("nginx"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--user", user])
-            .env("FERRY_PASSWORD", password.trim())
-            .env("FERRY_LOG", "warn")
-            .stderr(std::process::Stdio::piped())
-            .spawn()?,
+        agent_a1_command(
+            server,
+            &tmp.path().join("nginx"),
+            &["--listen", &listen, "--user", user],
+        )
+        .env("FERRY_PASSWORD", password.trim())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?,
     );
     let until = Instant::now() + Duration::from_secs(20);
     let status = loop {
@@ -494,17 +497,7 @@ async fn a_status_the_store_refused_is_reported_again_without_another_change(
     use etcd_client::{Client, ConnectOptions, Permission, RoleRevokePermissionOptions};
     let tmp = tempfile::tempdir()?;
     let credentials = tmp.path().join("credentials");
-    let out = Command::new(ferry_bin())
-        .args(["store", "auth-bootstrap", "--endpoints", &server.endpoint()])
-        .arg("--credentials-dir")
-        .arg(&credentials)
-        .args(["--agent", "prod/a1"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    auth_bootstrap(server, &credentials, "prod/a1")?;
     let read_password = |user: &str| -> std::io::Result<String> {
         Ok(std::fs::read_to_string(credentials.join(user))?
             .trim()
@@ -537,20 +530,9 @@ async fn a_status_the_store_refused_is_reported_again_without_another_change(
     let prefix = tmp.path().join("nginx");
     let port = ferry_testkit::free_port()?;
     let user = "agent-prod-a1";
+    let listen = format!("127.0.0.1:{port}");
     let _agent = Killer(
-        Command::new(ferry_bin())
-            .args([
-                "agent",
-                "--endpoints",
-                &server.endpoint(),
-                "--env",
-                "prod",
-                "--name",
-                "a1",
-            ])
-            .arg("--nginx-prefix")
-            .arg(&prefix)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--user", user])
+        agent_a1_command(server, &prefix, &["--listen", &listen, "--user", user])
             .env("FERRY_PASSWORD", read_password(user)?)
             .env("FERRY_LOG", "error")
             .spawn()?,
