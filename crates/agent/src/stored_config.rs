@@ -66,12 +66,16 @@ pub(crate) fn config_pair(config: &Arc<PublishedConfig>) -> (String, String) {
         }
     }
     let pair = ferry_controller::nginx::config_pair(config);
-    let mut kept = PAIRS.lock();
-    if kept.len() >= KEPT {
-        kept.clear();
-    }
-    kept.insert(address, (config.clone(), pair.clone()));
+    keep(&mut PAIRS.lock(), address, (config.clone(), pair.clone()));
     pair
+}
+
+/// Inserts into a memo of at most `KEPT` entries, starting it over when full.
+fn keep<K: std::hash::Hash + Eq, V>(memo: &mut HashMap<K, V>, key: K, value: V) {
+    if memo.len() >= KEPT {
+        memo.clear();
+    }
+    memo.insert(key, value);
 }
 
 impl StoredConfig {
@@ -83,11 +87,7 @@ impl StoredConfig {
         }
         let decoded = Self::decode(text);
         if text.len() <= LONGEST_KEPT {
-            let mut kept = DECODED.lock();
-            if kept.len() >= KEPT {
-                kept.clear();
-            }
-            kept.insert(text.into(), decoded.clone());
+            keep(&mut DECODED.lock(), text.into(), decoded.clone());
         }
         decoded
     }
