@@ -150,6 +150,7 @@ pub async fn start(
         "API requests by method and status code",
         requests.clone(),
     );
+    let change_steps = crate::api::ChangeSteps::register(&mut registry);
     let preflight = crate::preflight::Preflight::start(&config.preflight)?;
     let state = Arc::new(ApiState {
         record: record.clone(),
@@ -161,6 +162,7 @@ pub async fn start(
         requests,
         registry: parking_lot::Mutex::new(registry),
         preflight,
+        change_steps,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

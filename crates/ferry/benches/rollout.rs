@@ -21,8 +21,9 @@
 //! 1,000, so that the p99 is not just the slowest round.
 //!
 //! After the table, each ferry store's p99 over etcd's in the same run, per fleet size, and
-//! every round that took over twice its store's p50, with its block and when the API
-//! answered (a round slow before its answer was held up before the publication).
+//! every round that took over twice its store's p50, with its block, when the API answered
+//! and the controller's steps before that answer (its `/metrics` read after each round): a
+//! round slow before its answer was held up before the publication, in the step named.
 //!
 //! "CPU ms per round" is the whole machine's cost of one rollout, measured over the store's
 //! rounds: this process (agents, controller, their clients, and the embedded store) plus the
@@ -76,6 +77,7 @@ struct Fleet {
     id: String,
     path: String,
     keys: Keys,
+    step_totals: [f64; 4],
     watcher: Client,
     running: Vec<RunningAgent>,
     controller: ferry_controller::server::RunningController,
@@ -100,12 +102,37 @@ struct Tally {
     rounds: Vec<RoundTimes>,
 }
 
-/// One round's block and times: its answer, first agent and last agent.
+/// One round's block and times: its answer, first agent and last agent, and the
+/// controller's steps before the answer.
 struct RoundTimes {
     block: usize,
     answer: Duration,
     first: Duration,
     last: Duration,
+    steps: StepTimes,
+}
+
+/// The controller's change steps, in the order of `STEPS`.
+type StepTimes = [Duration; 4];
+
+/// The steps of `ferry_controller_change_step_duration_seconds`, as the slow rounds show them.
+const STEPS: [&str; 4] = ["preflight", "store_probe", "record", "publish"];
+
+/// The controller's total time per step so far, from its `/metrics`.
+async fn step_totals(api: &str, token: &str) -> anyhow::Result<[f64; 4]> {
+    let reply = call(api, token, "GET", "/metrics", "", None).await?;
+    let mut totals = [0.0; 4];
+    for (total, step) in totals.iter_mut().zip(STEPS) {
+        let series =
+            format!("ferry_controller_change_step_duration_seconds_sum{{step=\"{step}\"}} ");
+        *total = reply
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_default();
+    }
+    Ok(totals)
 }
 
 /// CPU time used so far by this process and by `store_pid`, a store in its own process.
@@ -225,6 +252,7 @@ impl Fleet {
         let keys = Keys::default();
         // Every agent live and done with version 1 before measuring.
         wait_all(&mut client, &keys, &id, agents, 1, Duration::from_secs(120)).await?;
+        let step_totals = step_totals(&api, &token).await?;
         Ok(Fleet {
             name,
             store_pid,
@@ -234,6 +262,7 @@ impl Fleet {
             id,
             path,
             keys,
+            step_totals,
             watcher: client,
             running,
             controller,
@@ -290,16 +319,24 @@ impl Fleet {
             }
         }
         let last = started.elapsed();
+        let cpu_after = cpu(self.store_pid);
+        tally.cpu += cpu_after.0.saturating_sub(cpu_before.0);
+        tally.store_cpu += cpu_after.1.saturating_sub(cpu_before.1);
+        // Read after the round, outside its time and CPU.
+        let totals = step_totals(&self.api, &self.token).await?;
+        let mut steps = StepTimes::default();
+        for ((step, now), before) in steps.iter_mut().zip(totals).zip(self.step_totals) {
+            *step = Duration::from_secs_f64((now - before).max(0.0));
+        }
+        self.step_totals = totals;
         tally.samples.push(last);
         tally.rounds.push(RoundTimes {
             block: tally.block,
             answer: answered,
             first,
             last,
+            steps,
         });
-        let cpu_after = cpu(self.store_pid);
-        tally.cpu += cpu_after.0.saturating_sub(cpu_before.0);
-        tally.store_cpu += cpu_after.1.saturating_sub(cpu_before.1);
         Ok(())
     }
 
@@ -346,13 +383,19 @@ impl Tally {
             }
             index_in_block += 1;
             if r.last > p50 * 2 {
+                let steps: Vec<String> = STEPS
+                    .iter()
+                    .zip(r.steps)
+                    .map(|(step, took)| format!("{step} {}", fmt(took)))
+                    .collect();
                 lines.push(format!(
                     "- {agents} agents, {name}: block {} round {index_in_block} of {}: {} ms \
-                     (API answer {} ms, first agent {} ms; p50 {} ms)",
+                     (API answer {} ms: {}; first agent {} ms; p50 {} ms)",
                     r.block + 1,
                     per_block(r.block),
                     fmt(r.last),
                     fmt(r.answer),
+                    steps.join(", "),
                     fmt(r.first),
                     fmt(p50),
                 ));

@@ -338,6 +338,27 @@ async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
         metrics.contains("http_requests_total{method=\"POST\",code=\"201\"} 1"),
         "{metrics}"
     );
+    // Each step of a change is timed: four committed (create, update, rollback, delete) were
+    // published; the stale update also passed the store probe and reached the SQL record,
+    // which refused it. The requests refused before that (bad body, no If-Match) are not.
+    let step = |suffix: &str, step: &str| {
+        let series =
+            format!("ferry_controller_change_step_duration_seconds_{suffix}{{step=\"{step}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert_eq!(
+        (
+            step("count", "store_probe"),
+            step("count", "record"),
+            step("count", "publish")
+        ),
+        (Some(5.0), Some(5.0), Some(4.0)),
+        "{metrics}"
+    );
+    assert!(step("sum", "record").is_some_and(|s| s > 0.0), "{metrics}");
     // The controller registered itself.
     assert!(!c.get(keys.controller("c1"), None).await?.kvs().is_empty());
     Ok(())

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::params::{
     if_match, valid_env, valid_skip_reason, ConfigPath, EnvPath, RollbackQuery, WriteQuery,
 };
-use super::{ApiError, ApiState, Caller, ErrorBody, Shared};
+use super::{ApiError, ApiState, Caller, ChangeStep, ErrorBody, Shared};
 use crate::auth::Role;
 use crate::document::IngressDocument;
 use crate::publish::PublishedConfig;
@@ -47,7 +47,9 @@ fn parse_document(body: &[u8]) -> Result<IngressDocument, ApiError> {
 
 /// Publishes a committed change; `Err` says why it is not in the store yet.
 async fn publish_after_commit(state: &ApiState, rec: &ConfigRecord) -> Result<(), String> {
-    state.publisher.publish_change(rec).await.map_err(|e| {
+    let publish = state.publisher.publish_change(rec);
+    let published = state.change_steps.time(ChangeStep::Publish, publish).await;
+    published.map_err(|e| {
         // SQL holds the change; the periodic reconciliation publishes it.
         tracing::warn!(env = %rec.env, id = %rec.id, error = %e, "publishing failed; reconciliation will retry");
         e.to_string()
@@ -127,7 +129,8 @@ pub async fn create(
         name: &who.name,
         preflight_skipped: skipped,
     };
-    let rec = s.record.create(&p.env, &doc, author).await?;
+    let recorded = s.record.create(&p.env, &doc, author);
+    let rec = s.change_steps.time(ChangeStep::Record, recorded).await?;
     s.audit_change("create", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::CREATED, rec).await)
 }
@@ -208,10 +211,8 @@ pub async fn update(
         name: &who.name,
         preflight_skipped: skipped,
     };
-    let rec = s
-        .record
-        .update(&p.env, &p.id, expected, &doc, author)
-        .await?;
+    let recorded = s.record.update(&p.env, &p.id, expected, &doc, author);
+    let rec = s.change_steps.time(ChangeStep::Record, recorded).await?;
     s.audit_change("update", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::OK, rec).await)
 }
@@ -241,10 +242,8 @@ pub async fn remove(
     let who = s.authorize(&caller, Role::Admin, Some(&p.env))?;
     let expected = if_match(&headers)?;
     s.ensure_store_writable().await?;
-    let rec = s
-        .record
-        .delete(&p.env, &p.id, expected, who.name.as_str())
-        .await?;
+    let recorded = s.record.delete(&p.env, &p.id, expected, who.name.as_str());
+    let rec = s.change_steps.time(ChangeStep::Record, recorded).await?;
     s.audit_change("delete", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::OK, rec).await)
 }
@@ -307,10 +306,10 @@ pub async fn rollback(
         name: &who.name,
         preflight_skipped: skipped,
     };
-    let rec = s
+    let recorded = s
         .record
-        .rollback(&p.env, &p.id, q.version, expected, author)
-        .await?;
+        .rollback(&p.env, &p.id, q.version, expected, author);
+    let rec = s.change_steps.time(ChangeStep::Record, recorded).await?;
     s.audit_change("rollback", &who, &caller, &rec);
     Ok(changed(&s, StatusCode::OK, rec).await)
 }

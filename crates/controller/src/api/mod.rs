@@ -6,6 +6,7 @@
 //! The routes and the OpenAPI document come from the same handlers (`utoipa`): a route
 //! cannot exist without its description, nor the other way round.
 
+mod change_steps;
 mod configs;
 mod environments;
 mod health;
@@ -24,6 +25,8 @@ use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+pub use change_steps::{ChangeStep, ChangeSteps};
 
 use crate::audit::{Audit, AuditEvent};
 use crate::auth::{Identity, Role, Tokens};
@@ -74,6 +77,8 @@ pub struct ApiState {
     pub registry: parking_lot::Mutex<prometheus_client::registry::Registry>,
     /// The pre-flight check, when it is on.
     pub preflight: Option<Arc<crate::preflight::Preflight>>,
+    /// `ferry_controller_change_step_duration_seconds{step}`.
+    pub change_steps: ChangeSteps,
 }
 
 type Shared = Arc<ApiState>;
@@ -241,7 +246,11 @@ impl ApiState {
         // A linearizable read needs the quorum, exactly as a write does.
         let mut client = self.client.clone();
         let probe = client.get(self.keys.root(), Some(GetOptions::new().with_count_only()));
-        let reason = match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+        let answer = self.change_steps.time(
+            ChangeStep::StoreProbe,
+            tokio::time::timeout(std::time::Duration::from_secs(3), probe),
+        );
+        let reason = match answer.await {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer within 3s".to_string(),
@@ -266,6 +275,20 @@ impl ApiState {
         if skipped.is_some() {
             return Ok(());
         }
+        self.change_steps
+            .time(
+                ChangeStep::Preflight,
+                self.run_preflight(check, change, existing),
+            )
+            .await
+    }
+
+    async fn run_preflight(
+        &self,
+        check: &crate::preflight::Preflight,
+        change: &crate::publish::PublishedConfig,
+        existing: bool,
+    ) -> Result<(), ApiError> {
         let others: Vec<crate::publish::PublishedConfig> = self
             .record
             .list(&change.env)
