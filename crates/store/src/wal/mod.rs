@@ -27,6 +27,7 @@ mod frame;
 mod redo;
 mod replay;
 mod segment;
+mod spare;
 
 pub(crate) use redo::{apply as apply_redo, Redo};
 pub(crate) use replay::replay;

@@ -1,5 +1,5 @@
 //! The appending side: the current segment, its rotation, and the spare segment a
-//! background thread fills with zeros ahead of time.
+//! background thread fills with zeros ahead of time (`spare`).
 //!
 //! Why zeros: `fdatasync` after writing into blocks that already hold data flushes the data
 //! alone, while writing into a hole (or preallocated-but-unwritten extents) also commits the
@@ -12,9 +12,10 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
-use super::frame;
+use super::{frame, spare};
 
 /// A segment's header: magic, version, first sequence number, CRC-32 of the rest.
 pub const SEGMENT_HEADER: u64 = 32;
@@ -77,6 +78,9 @@ pub struct Wal {
     current: PathBuf,
     spare: Option<mpsc::Receiver<io::Result<PathBuf>>>,
     ready_spare: Option<PathBuf>,
+    /// Set when this log is dropped: a spare still being prepared stops writing (a log
+    /// opened again in the same directory may take a new spare under the same name).
+    closed: Arc<AtomicBool>,
     frame: Vec<u8>,
 }
 
@@ -110,6 +114,7 @@ impl Wal {
             current,
             spare: None,
             ready_spare: None,
+            closed: Arc::new(AtomicBool::new(false)),
             frame: Vec::new(),
         })
     }
@@ -195,25 +200,11 @@ impl Wal {
         let (tx, rx) = mpsc::channel();
         let path = self.dir.join(SPARE);
         let size = self.segment_bytes;
+        let closed = self.closed.clone();
         let spawned = std::thread::Builder::new()
             .name("ferry-wal-prepare".into())
             .spawn(move || {
-                let result = (|| {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&path)?;
-                    let zeros = vec![0u8; 1024 * 1024];
-                    let mut at = 0;
-                    while at < size {
-                        let n = zeros.len().min((size - at) as usize);
-                        file.write_all_at(&zeros[..n], at)?;
-                        at += n as u64;
-                    }
-                    file.sync_all()?;
-                    Ok(path)
-                })();
+                let result = spare::zero_fill(&path, size, &closed).map(|()| path);
                 let _ = tx.send(result);
             });
         if spawned.is_ok() {
@@ -274,5 +265,11 @@ impl Wal {
         }
         self.since_checkpoint = 0;
         Ok(())
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Relaxed);
     }
 }
