@@ -341,14 +341,7 @@ async fn configuration_api_end_to_end(server: &Server) -> anyhow::Result<()> {
     // Each step of a change is timed: four committed (create, update, rollback, delete) were
     // published; the stale update also passed the store probe and reached the SQL record,
     // which refused it. The requests refused before that (bad body, no If-Match) are not.
-    let step = |suffix: &str, step: &str| {
-        let series =
-            format!("ferry_controller_change_step_duration_seconds_{suffix}{{step=\"{step}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series.as_str()))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let step = |suffix: &str, step: &str| common::ingress::change_step(&metrics, suffix, step);
     assert_eq!(
         (
             step("count", "store_probe"),

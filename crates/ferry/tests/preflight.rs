@@ -191,10 +191,8 @@ async fn a_change_nginx_refuses_is_refused_before_anything_is_written(
     // or changes refused, three passed.
     let metrics =
         ferry_controller::http_client::request(addr, "GET", "/metrics", None, &[], "").await?;
-    let checks = metrics.body.lines().find_map(|l| {
-        l.strip_prefix("ferry_controller_change_step_duration_seconds_count{step=\"preflight\"} ")
-    });
-    assert_eq!(checks.map(str::trim), Some("6"), "{}", metrics.body);
+    let checks = common::ingress::change_step(&metrics.body, "count", "preflight");
+    assert_eq!(checks, Some(6.0), "{}", metrics.body);
 
     // A reason must be a reason.
     let (status, body) = call(

@@ -318,6 +318,17 @@ pub async fn call(
     ))
 }
 
+/// The value of `ferry_controller_change_step_duration_seconds_<suffix>{step="<step>"}` in
+/// a controller's `/metrics` text (`suffix` is `count` or `sum`).
+pub fn change_step(metrics: &str, suffix: &str, step: &str) -> Option<f64> {
+    let series =
+        format!("ferry_controller_change_step_duration_seconds_{suffix}{{step=\"{step}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The path of configuration `id` in `prod`.
 pub fn config_path(id: &str) -> String {
     format!("/api/v1/environments/prod/configs/{id}")
