@@ -54,6 +54,13 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// The sequence number and payload length a frame header at `at` claims, if one starts
+/// there (checked for its magic only: the frame itself may be damaged).
+pub fn header_at(buf: &[u8], at: usize) -> Option<(u64, usize)> {
+    let header = buf.get(at..at.checked_add(HEADER)?)?;
+    (u32_at(header, 0) == MAGIC).then(|| (u64_at(header, 8), u32_at(header, 4) as usize))
+}
+
 /// Reads the frame at `at` in `buf`.
 pub fn parse(buf: &[u8], at: usize) -> Parsed<'_> {
     if at >= buf.len() {

@@ -18,7 +18,9 @@
 //!
 //! Format: segment files `<first seq, 16 hex digits>.wal`, each a 32-byte header
 //! ([`segment`]) followed by frames ([`frame`]), one batch each, each written with one write
-//! and synced before the next is written. A damaged frame at the very end of the log is a
+//! and synced before the next is written. A checkpointed segment is reused as the next one
+//! (its header says so): its own frames end at the first that is older than the segment, or
+//! at bytes that do not start the next batch. A damaged frame at the very end of the log is a
 //! write that was never acknowledged (torn by a crash): it is set aside and the store starts.
 //! Damage anywhere else, or a complete frame after a damaged one (the damaged one must have
 //! been synced, so acknowledged), refuses the start with the file and offset.
@@ -50,14 +52,30 @@ pub fn segments(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf
 }
 
 /// The intact frames of a segment file: sequence number and byte range of each, up to the
-/// first one that is not intact (for inspection and tests).
+/// first one that is not intact or, in a reused segment, older than the segment (for
+/// inspection and tests).
 pub fn frames(segment: &std::path::Path) -> std::io::Result<Vec<(u64, std::ops::Range<usize>)>> {
     let buf = std::fs::read(segment)?;
     let mut out = Vec::new();
+    let Some(header) = segment::parse_segment_header(&buf) else {
+        return Ok(out);
+    };
     let mut at = segment::SEGMENT_HEADER as usize;
     while let frame::Parsed::Frame { seq, next, .. } = frame::parse(&buf, at) {
+        if header.reused && seq < header.first {
+            break;
+        }
         out.push((seq, at..next));
         at = next;
     }
     Ok(out)
+}
+
+/// Whether a segment file is a reused one: frames of the older segment it held may follow
+/// its own (for inspection and tests).
+pub fn is_reused(segment: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut header = [0u8; segment::SEGMENT_HEADER as usize];
+    std::fs::File::open(segment)?.read_exact(&mut header)?;
+    Ok(segment::parse_segment_header(&header).is_some_and(|h| h.reused))
 }
