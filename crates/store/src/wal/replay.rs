@@ -195,8 +195,11 @@ mod tests {
         out
     }
 
+    /// Batches by sequence number, with their payloads.
+    type Batches = Vec<(u64, Vec<u8>)>;
+
     /// Replays `dir` after `durable`: the batches applied, and what replay said.
-    fn run(dir: &Path, durable: u64) -> Result<(Vec<(u64, Vec<u8>)>, Replayed), StoreError> {
+    fn run(dir: &Path, durable: u64) -> Result<(Batches, Replayed), StoreError> {
         let mut applied = Vec::new();
         let out = replay(dir, durable, |seq, payload| {
             applied.push((seq, payload.to_vec()));
