@@ -18,7 +18,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Run from the executable's initialisers (`.init_array`), before Rust's runtime makes the
 /// first allocation: called at the start of `main`, the pages allocated before it would
 /// keep the huge pages they got (4 MiB of them). mimalloc's own switch for this is an
-/// environment variable read at that same time, too early for the program to set.
+/// environment variable read at that same time, too early for the program to set. Child
+/// processes inherit the setting; none of them depends on huge pages.
 extern "C" fn disable_transparent_huge_pages() {
     // SAFETY: prctl with integer arguments only; it reads and writes no memory of this
     // process. A kernel without the option answers EINVAL, which changes nothing.
