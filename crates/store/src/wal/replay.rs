@@ -140,9 +140,11 @@ pub fn replay(
                             format!("{what}, followed by intact batches"),
                         ));
                     }
-                    let torn_frame =
-                        frame::header_at(&buf, at).map(|(seq, len)| (seq == want, len));
-                    if header.reused && !matches!(torn_frame, Some((true, _))) {
+                    // The length the next batch's frame claims, if one starts here.
+                    let torn_len = frame::header_at(&buf, at)
+                        .filter(|&(seq, _)| seq == want)
+                        .map(|(_, len)| len);
+                    if header.reused && torn_len.is_none() {
                         // Not the start of the batch that comes next: the older segment's
                         // bytes, cut where this one's frames end.
                         break;
@@ -150,8 +152,8 @@ pub fn replay(
                     if i != last {
                         return Err(refuse(path, at, what));
                     }
-                    let end = match torn_frame {
-                        Some((_, len)) if header.reused => {
+                    let end = match torn_len {
+                        Some(len) if header.reused => {
                             (at + frame::HEADER).saturating_add(len).min(buf.len())
                         }
                         _ => buf.len() - buf.iter().rev().take_while(|&&b| b == 0).count(),
