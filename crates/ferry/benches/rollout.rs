@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use ferry_agent::{AgentConfig, RunningAgent};
-use ferry_controller::api::AgentStatus;
+use ferry_controller::api::{AgentStatus, ChangeStep};
 use ferry_controller::auth::Tokens;
 use ferry_controller::keys::Keys;
 use ferry_controller::server::ControllerConfig;
@@ -112,25 +112,19 @@ struct RoundTimes {
     steps: StepTimes,
 }
 
-/// The controller's change steps, in the order of `STEPS`.
+/// The controller's change steps, in the order of `ChangeStep::ALL`.
 type StepTimes = [Duration; 4];
-
-/// The steps of `ferry_controller_change_step_duration_seconds`, as the slow rounds show them.
-const STEPS: [&str; 4] = ["preflight", "store_probe", "record", "publish"];
 
 /// The controller's total time per step so far, from its `/metrics`.
 async fn step_totals(api: &str, token: &str) -> anyhow::Result<[f64; 4]> {
     let reply = call(api, token, "GET", "/metrics", "", None).await?;
     let mut totals = [0.0; 4];
-    for (total, step) in totals.iter_mut().zip(STEPS) {
-        let series =
-            format!("ferry_controller_change_step_duration_seconds_sum{{step=\"{step}\"}} ");
-        *total = reply
-            .body
-            .lines()
-            .find_map(|l| l.strip_prefix(series.as_str()))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_default();
+    for (total, step) in totals.iter_mut().zip(ChangeStep::ALL) {
+        let series = format!(
+            "ferry_controller_change_step_duration_seconds_sum{{step=\"{}\"}}",
+            step.label()
+        );
+        *total = ferry_testkit::metric_value(&reply.body, &series).unwrap_or_default();
     }
     Ok(totals)
 }
@@ -383,10 +377,10 @@ impl Tally {
             }
             index_in_block += 1;
             if r.last > p50 * 2 {
-                let steps: Vec<String> = STEPS
+                let steps: Vec<String> = ChangeStep::ALL
                     .iter()
                     .zip(r.steps)
-                    .map(|(step, took)| format!("{step} {}", fmt(took)))
+                    .map(|(step, took)| format!("{} {}", step.label(), fmt(took)))
                     .collect();
                 lines.push(format!(
                     "- {agents} agents, {name}: block {} round {index_in_block} of {}: {} ms \

@@ -18,11 +18,13 @@ pub use ferry_client::TlsFiles;
 
 pub mod cluster;
 mod cpu;
+mod metrics;
 pub mod s3;
 pub mod sql;
 
 pub use cluster::EtcdCluster;
 pub use cpu::process_cpu;
+pub use metrics::metric_value;
 
 /// Which implementation of the etcd v3 API a server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,16 @@ pub enum ChangeStep {
 }
 
 impl ChangeStep {
-    fn label(self) -> &'static str {
+    /// Every step, in the order they run.
+    pub const ALL: [ChangeStep; 4] = [
+        ChangeStep::Preflight,
+        ChangeStep::StoreProbe,
+        ChangeStep::Record,
+        ChangeStep::Publish,
+    ];
+
+    /// The value of the metric's `step` label.
+    pub fn label(self) -> &'static str {
         match self {
             ChangeStep::Preflight => "preflight",
             ChangeStep::StoreProbe => "store_probe",

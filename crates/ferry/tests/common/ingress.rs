@@ -322,11 +322,8 @@ pub async fn call(
 /// a controller's `/metrics` text (`suffix` is `count` or `sum`).
 pub fn change_step(metrics: &str, suffix: &str, step: &str) -> Option<f64> {
     let series =
-        format!("ferry_controller_change_step_duration_seconds_{suffix}{{step=\"{step}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .and_then(|v| v.trim().parse().ok())
+        format!("ferry_controller_change_step_duration_seconds_{suffix}{{step=\"{step}\"}}");
+    ferry_testkit::metric_value(metrics, &series)
 }
 
 /// The path of configuration `id` in `prod`.
