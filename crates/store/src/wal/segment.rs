@@ -103,7 +103,9 @@ pub struct Wal {
     file: File,
     offset: u64,
     capacity: u64,
-    zero_filled: bool,
+    /// Every block of the current segment is written (a zero-filled or reused spare), so an
+    /// append's `fdatasync` flushes data alone; a sparse segment is not.
+    whole: bool,
     next_seq: u64,
     segment_bytes: u64,
     since_checkpoint: u64,
@@ -141,7 +143,7 @@ impl Wal {
             file,
             offset: SEGMENT_HEADER,
             capacity: segment_bytes,
-            zero_filled: false,
+            whole: false,
             next_seq,
             segment_bytes,
             since_checkpoint: 0,
@@ -186,7 +188,7 @@ impl Wal {
         frame::encode(seq, payload, &mut self.frame);
         let need = self.frame.len() as u64;
         let full = self.offset + need > self.capacity;
-        if full || (!self.zero_filled && self.poll_spare()) {
+        if full || (!self.whole && self.poll_spare()) {
             self.rotate(need, full)?;
         }
         self.file.write_all_at(&self.frame, self.offset)?;
@@ -196,7 +198,7 @@ impl Wal {
         self.since_checkpoint += need;
         // A sparse segment wants a zero-filled one soon. A whole one waits for the checkpoint
         // to hand it the segment before it, unless it is half full first.
-        let wants_spare = if self.zero_filled {
+        let wants_spare = if self.whole {
             self.offset >= self.capacity / 2
         } else {
             self.offset >= SPARE_AFTER
@@ -207,7 +209,7 @@ impl Wal {
         Ok(seq)
     }
 
-    /// Whether a zero-filled spare is ready.
+    /// Whether a spare is ready.
     fn poll_spare(&mut self) -> bool {
         if self.ready_spare.is_some() {
             return true;
@@ -217,10 +219,7 @@ impl Wal {
         };
         match rx.try_recv() {
             Ok(Ok(path)) => {
-                self.ready_spare = Some(ReadySpare {
-                    path,
-                    reused: false,
-                });
+                self.ready_spare = Some(ReadySpare::zero_filled(path));
                 self.spare = None;
                 true
             }
@@ -253,17 +252,14 @@ impl Wal {
         }
     }
 
-    /// Moves to a new segment: the zero-filled spare when there is one (waiting for it when
-    /// the current segment is `full` and one is being prepared), else a sparse one.
+    /// Moves to a new segment: the spare when there is one (waiting for a zero fill when the
+    /// current segment is `full` and one is being prepared), else a sparse one.
     fn rotate(&mut self, need: u64, full: bool) -> io::Result<()> {
         let fits_spare = SEGMENT_HEADER + need <= self.segment_bytes;
         if full && fits_spare && self.ready_spare.is_none() {
             if let Some(rx) = self.spare.take() {
                 if let Ok(Ok(path)) = rx.recv() {
-                    self.ready_spare = Some(ReadySpare {
-                        path,
-                        reused: false,
-                    });
+                    self.ready_spare = Some(ReadySpare::zero_filled(path));
                 }
             }
         }
@@ -273,7 +269,7 @@ impl Wal {
         } else {
             None
         };
-        let (file, capacity, zero_filled) = match spare {
+        let (file, capacity, whole) = match spare {
             Some(spare) => {
                 // The header is durable before the name: a crash between the two leaves
                 // either the spare or a segment that says where it starts.
@@ -293,13 +289,13 @@ impl Wal {
         };
         sync_dir(&self.dir)?;
         let left = std::mem::replace(&mut self.current, next);
-        if self.zero_filled && self.capacity == self.segment_bytes {
+        if self.whole && self.capacity == self.segment_bytes {
             self.reusable.push(left);
         }
         self.file = file;
         self.offset = SEGMENT_HEADER;
         self.capacity = capacity;
-        self.zero_filled = zero_filled;
+        self.whole = whole;
         if self.spare.is_none() && self.ready_spare.is_none() && self.reusable.is_empty() {
             self.prepare_spare();
         }
@@ -340,6 +336,16 @@ struct ReadySpare {
     path: PathBuf,
     /// It is a checkpointed segment: its old frames are still in it.
     reused: bool,
+}
+
+impl ReadySpare {
+    /// The file a zero fill prepared.
+    fn zero_filled(path: PathBuf) -> Self {
+        Self {
+            path,
+            reused: false,
+        }
+    }
 }
 
 impl Drop for Wal {
