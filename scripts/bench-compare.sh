@@ -9,4 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# The store's idle memory depends on the link order made for its code (crates/ferry/build.rs).
+cargo build --locked --release -p ferry --bin ferry
+scripts/symbol-order.py --check target/release/ferry crates/ferry/link/symbol-order.txt
 cargo bench --locked -p ferry --bench compare -- --write "$PWD/docs/BENCHMARKS.md" "$@"
